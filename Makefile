@@ -1,0 +1,46 @@
+# The two commands of the README: `make demo` and `make test`. Both set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: setup demo test test-unit kafka-up kafka-down clean
+
+setup: $(STAMP) .local/kafka/libs/.pom.sha256
+
+$(STAMP): setup.py constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+.local/kafka/libs/.pom.sha256: deploy/local/pom.xml
+	deploy/local/kafka.sh fetch
+
+kafka-up: setup
+	$(BIN)/journeys kafka up
+
+kafka-down:
+	deploy/local/kafka.sh down
+
+# Broker up, a seeded history of events of all three topics produced to it, a look at what landed.
+demo: kafka-up
+	$(BIN)/journeys generate --customers 2000 --days 60 --seed 7 --malformed 0.01 --late 0.02 --out-of-order 0.05
+	$(BIN)/journeys kafka status
+	@echo
+	@echo "Broker: 127.0.0.1:$${JOURNEYS_KAFKA_PORT:-19092} (data and logs under .local/kafka/)."
+	@echo "Look:   $(BIN)/journeys peek orders --limit 5     Stop: make kafka-down"
+
+# Unit and integration tests; the broker is started for them and stopped afterwards, also on failure.
+test: setup
+	$(BIN)/journeys kafka up
+	status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	  deploy/local/kafka.sh down; exit $$status
+
+test-unit: setup
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+clean: kafka-down
+	rm -rf .local $(VENV) *.egg-info

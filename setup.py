@@ -1,0 +1,30 @@
+"""customer-journeys: Kafka → Beam → warehouse pipeline for channel attribution and retention.
+
+Direct dependencies are pinned here; constraints.txt pins the whole resolved tree (make uses it).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="customer-journeys",
+    version="0.1.0",
+    description="Streaming customer-journey analytics: social, web and orders joined per customer on Apache Beam.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipelines*", "schemas*", "transforms*"]),
+    package_data={"schemas": ["topics/*.avsc", "topics/registry.json"]},
+    install_requires=[
+        "apache-beam==2.77.0",
+        "kafka-python==3.0.12",
+        "fastavro==1.13.1",
+        "google-cloud-bigquery==3.47.0",
+        "great-expectations==1.24.1",
+        "duckdb==1.5.5",
+    ],
+    extras_require={
+        "dev": [
+            "pytest==9.2.0",
+            "bqemulator==1.4.0",
+            "duckdb-extension-spatial==1.5.5",
+        ],
+    },
+    entry_points={"console_scripts": ["journeys=pipelines.cli:main"]},
+)

@@ -1,0 +1,100 @@
+"""How to reach a Kafka cluster: one frozen, typed settings object for producers, consumers and admin clients.
+
+Settings come from the environment (JOURNEYS_KAFKA_*) or an env file; secrets may instead come from files
+(JOURNEYS_KAFKA_SASL_PASSWORD_FILE, JOURNEYS_KAFKA_SSL_PASSWORD_FILE) so they never sit in a command line.
+Secrets are excluded from repr() and from describe(), so logging a connection never leaks them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+PREFIX = "JOURNEYS_KAFKA_"
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"  # deploy/local/kafka.sh
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaConnection:
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = field(default=None, repr=False)
+    client_id: str = "customer-journeys"
+
+    def __post_init__(self):
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"security protocol {self.security_protocol!r}: one of {', '.join(SECURITY_PROTOCOLS)}")
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise ValueError(f"{self.security_protocol} needs a SASL mechanism: one of {', '.join(SASL_MECHANISMS)}")
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError(f"{self.security_protocol} needs {PREFIX}SASL_USERNAME and a password "
+                                 f"({PREFIX}SASL_PASSWORD or {PREFIX}SASL_PASSWORD_FILE)")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> "KafkaConnection":
+        """Settings from JOURNEYS_KAFKA_* variables; an env file (KEY=VALUE lines) fills what they leave unset."""
+        values = dict(read_env_file(env_file)) if env_file else {}
+        values.update({k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith(PREFIX)})
+
+        def get(name: str) -> str | None:
+            return values.get(PREFIX + name) or None
+
+        def secret(name: str) -> str | None:
+            path = get(name + "_FILE")
+            return Path(path).read_text().strip() if path else get(name)
+
+        if not get("BOOTSTRAP") and get("PORT"):
+            values[PREFIX + "BOOTSTRAP"] = f"127.0.0.1:{get('PORT')}"
+        return cls(
+            bootstrap_servers=get("BOOTSTRAP") or DEFAULT_BOOTSTRAP,
+            security_protocol=(get("SECURITY_PROTOCOL") or "PLAINTEXT").upper(),
+            sasl_mechanism=get("SASL_MECHANISM"),
+            sasl_username=get("SASL_USERNAME"),
+            sasl_password=secret("SASL_PASSWORD"),
+            ssl_cafile=get("SSL_CAFILE"),
+            ssl_certfile=get("SSL_CERTFILE"),
+            ssl_keyfile=get("SSL_KEYFILE"),
+            ssl_password=secret("SSL_PASSWORD"),
+            client_id=get("CLIENT_ID") or "customer-journeys",
+        )
+
+    def client_config(self) -> dict:
+        """Keyword arguments for kafka-python's KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+        config = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            config.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                          sasl_plain_password=self.sasl_password)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            config.update({k: v for k, v in {
+                "ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile,
+                "ssl_keyfile": self.ssl_keyfile, "ssl_password": self.ssl_password}.items() if v})
+        return config
+
+    def describe(self) -> str:
+        """For logs: where and how, never the secrets."""
+        auth = f" sasl={self.sasl_mechanism} user={self.sasl_username}" if self.sasl_mechanism else ""
+        return f"{self.bootstrap_servers} ({self.security_protocol}{auth})"
+
+
+def read_env_file(path: str | Path) -> list[tuple[str, str]]:
+    pairs = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            pairs.append((key.strip(), value.strip()))
+    return pairs
