@@ -46,7 +46,7 @@ class PlantedTruth:
     }))
     engaged_share: float = 0.35  # customers who interact with the brand on social media
     # Mean active lifetime after the first order (days): retention differs by engagement.
-    lifetime_days: MappingProxyType = field(default_factory=lambda: _frozen({False: 45.0, True: 120.0}))
+    lifetime_days: MappingProxyType = field(default_factory=lambda: _frozen({False: 25.0, True: 120.0}))
     engaged_spend_lift: float = 1.25  # engaged customers' orders are this much larger on average
     mean_days_between_visits: float = 4.0
     prospect_patience_visits: float = 8.0  # mean visits a prospect makes before giving up without an order

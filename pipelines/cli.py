@@ -1,0 +1,166 @@
+"""`journeys`: the command line of customer-journeys. `journeys <command> --help` for each command."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger("journeys")
+REPO = Path(__file__).resolve().parents[1]
+KAFKA_SCRIPT = REPO / "deploy" / "local" / "kafka.sh"
+
+
+def _connection(args):
+    from transforms.kafka_connection import KafkaConnection
+
+    return KafkaConnection.from_env(env_file=args.kafka_env_file)
+
+
+def _add_connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kafka-env-file", metavar="FILE",
+                        help="KEY=VALUE file of JOURNEYS_KAFKA_* settings (bootstrap, SASL, TLS); the environment "
+                             "wins over it. Default bootstrap: 127.0.0.1:19092, the local broker.")
+    parser.add_argument("--topic-prefix", default="", help="prefix of the Kafka topic names (default: none)")
+
+
+def cmd_kafka(args) -> int:
+    if not KAFKA_SCRIPT.exists():
+        log.error("%s is missing: `journeys kafka` runs from a checkout of customer-journeys", KAFKA_SCRIPT)
+        return 2
+    status = subprocess.run([str(KAFKA_SCRIPT), args.action], check=False).returncode
+    if status or args.action != "up" or args.no_topics:
+        return status
+    from pipelines.kafka_topics import ensure_topics
+
+    topics = ensure_topics(_connection(args), prefix=args.topic_prefix, partitions=args.partitions)
+    print("topics: " + ", ".join(f"{name} ({count} partitions)" for name, count in topics.items()))
+    return 0
+
+
+def _start(value: str) -> dt.datetime:
+    if value == "now":
+        return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a fraction between 0 and 1")
+    return number
+
+
+def cmd_generate(args) -> int:
+    from pipelines.generate import GeneratorConfig, generate, manifest
+    from pipelines.generate import sinks
+    from transforms.pseudonymise import load_key
+
+    config = GeneratorConfig(seed=args.seed, customers=args.customers, days=args.days, start=args.start)
+    # Synthetic people: without a configured key, one derived from the seed keeps runs reproducible.
+    key = load_key() or f"journeys-generator-{args.seed}".encode()
+    records = generate(config, key, fmt=args.format, out_of_order=args.out_of_order, late=args.late,
+                       malformed=args.malformed)
+    summary = manifest(config, records)
+    if args.out:
+        stats = sinks.write_avro_files(records, Path(args.out))
+        where = f"Avro files in {args.out}"
+    else:
+        connection = _connection(args)
+        if not args.no_create_topics:
+            from pipelines.kafka_topics import ensure_topics
+
+            ensure_topics(connection, prefix=args.topic_prefix, partitions=args.partitions)
+        stats = sinks.produce(records, connection, topic_prefix=args.topic_prefix, rate=args.rate)
+        where = f"Kafka at {connection.describe()}"
+    summary["send_seconds"] = round(stats.seconds, 3)
+    summary["send_rate_per_s"] = round(stats.rate, 1)
+    if args.manifest:
+        Path(args.manifest).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"generated {len(records)} records ({', '.join(f'{t}: {n}' for t, n in summary['events_by_topic'].items())}; "
+          f"malformed: {sum(summary['malformed_by_kind'].values())}) to {where} "
+          f"in {stats.seconds:.1f}s = {stats.rate:,.0f} records/s")
+    return 0
+
+
+def cmd_peek(args) -> int:
+    from pipelines.kafka_topics import read_topic
+    from transforms import codec
+
+    for message in read_topic(_connection(args), args.topic_prefix + args.topic, limit=args.limit):
+        try:
+            shown = codec.to_json(None, codec.decode(args.topic, message.value, message.headers))
+        except codec.DecodeError as error:
+            shown = {"undecodable": error.reason, "detail": error.detail}
+        print(json.dumps({"partition": message.partition, "offset": message.offset, **shown}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import schemas
+    from pipelines.generate import GeneratorConfig
+    from pipelines.generate.records import FORMAT_CHOICES
+    from pipelines.kafka_topics import DEFAULT_PARTITIONS
+
+    parser = argparse.ArgumentParser(prog="journeys", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kafka = commands.add_parser("kafka", help="the local Kafka broker (KRaft, single node): up | down | status | logs",
+                                description="Start, stop and inspect the local broker of deploy/local/kafka.sh; "
+                                            "`up` also creates the event topics.")
+    kafka.add_argument("action", choices=("up", "down", "status", "logs", "fetch"))
+    kafka.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions of new topics")
+    kafka.add_argument("--no-topics", action="store_true", help="`up` without creating the topics")
+    _add_connection_args(kafka)
+    kafka.set_defaults(func=cmd_kafka)
+
+    gen = commands.add_parser("generate", help="produce seeded synthetic journeys to Kafka or Avro files",
+                              description="Simulate customers and their journeys (social interactions, web sessions, "
+                                          "orders) with planted ground truth, and send them to Kafka or write Avro "
+                                          "container files. The same seed and knobs give the same records.")
+    gen.add_argument("--customers", type=int, default=1000)
+    gen.add_argument("--days", type=float, default=30.0, help="length of the simulated history")
+    gen.add_argument("--start", type=_start, default=GeneratorConfig.start.date().isoformat(),
+                     help="first day, ISO-8601 (UTC if no zone) or 'now' (default: %(default)s)")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--format", choices=FORMAT_CHOICES, default="confluent",
+                     help="wire format; 'mixed' picks one per record (default: %(default)s)")
+    gen.add_argument("--out-of-order", type=_fraction, default=0.0, help="fraction sent up to 10 min late")
+    gen.add_argument("--late", type=_fraction, default=0.0, help="fraction sent 2-48 h after their event time")
+    gen.add_argument("--malformed", type=_fraction, default=0.0,
+                     help="malformed records to add, as a fraction of the events (bad bytes, truncated Avro, wrong "
+                          "schema, missing fields, unknown enum values, negative amounts, far-future times)")
+    gen.add_argument("--rate", type=float, help="records per second (default: as fast as the broker takes them)")
+    gen.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions of topics it creates")
+    gen.add_argument("--no-create-topics", action="store_true", help="expect the topics to exist")
+    gen.add_argument("--out", metavar="DIR", help="write Avro container files to DIR instead of producing to Kafka")
+    gen.add_argument("--manifest", metavar="FILE", help="write counts and the planted truth as JSON")
+    _add_connection_args(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    peek = commands.add_parser("peek", help="print the first decoded records of a topic as JSON lines")
+    peek.add_argument("topic", choices=schemas.TOPICS)
+    peek.add_argument("--limit", type=int, default=10)
+    _add_connection_args(peek)
+    peek.set_defaults(func=cmd_peek)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+import os
+import uuid
+
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """The local broker `make test` started (deploy/local/kafka.sh); fails loudly when it is not there."""
+    from pipelines.kafka_topics import admin_client
+    from transforms.kafka_connection import KafkaConnection
+
+    connection = KafkaConnection.from_env()
+    admin = admin_client(connection, timeout_s=20)  # raises with the address when no broker answers
+    admin.close()
+    return connection
+
+
+@pytest.fixture
+def topic_prefix():
+    """Fresh topics per test, so tests never see each other's records."""
+    return f"t{uuid.uuid4().hex[:10]}_"
