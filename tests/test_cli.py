@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+
+import fastavro
+import pytest
+
+JOURNEYS = [sys.executable, "-m", "pipelines.cli"]
+
+
+def _run(*args):
+    return subprocess.run(JOURNEYS + list(args), capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_commands():
+    result = _run("--help")
+    assert result.returncode == 0
+    for command in ("kafka", "generate", "peek"):
+        assert command in result.stdout
+    assert "--malformed" in _run("generate", "--help").stdout
+
+
+def test_generate_writes_avro_container_files_and_a_manifest(tmp_path):
+    result = _run("generate", "--customers", "80", "--days", "15", "--seed", "3", "--malformed", "0.05",
+                  "--out", str(tmp_path), "--manifest", str(tmp_path / "manifest.json"))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for topic, count in manifest["events_by_topic"].items():
+        with open(tmp_path / f"{topic}.avro", "rb") as events:
+            rows = list(fastavro.reader(events))
+        assert len(rows) == count > 0
+    with open(tmp_path / "malformed.avro", "rb") as bad:
+        kinds = [row["kind"] for row in fastavro.reader(bad)]
+    assert len(kinds) == sum(manifest["malformed_by_kind"].values()) > 0
+    assert manifest["planted"]["conversion_rate"]["email"] == pytest.approx(0.09)
+
+
+@pytest.mark.integration
+def test_generate_to_kafka_then_peek(kafka, topic_prefix):
+    result = _run("generate", "--customers", "40", "--days", "10", "--topic-prefix", topic_prefix, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert "records/s" in result.stdout
+    peek = _run("peek", "orders", "--limit", "3", "--topic-prefix", topic_prefix)
+    lines = [json.loads(line) for line in peek.stdout.splitlines()]
+    assert len(lines) == 3 and all(line["order_id"] and line["status"] for line in lines)
