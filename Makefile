@@ -33,11 +33,13 @@ demo: kafka-up
 	@echo "Broker: 127.0.0.1:$${JOURNEYS_KAFKA_PORT:-19092} (data and logs under .local/kafka/)."
 	@echo "Look:   $(BIN)/journeys peek orders --limit 5     Stop: make kafka-down"
 
-# Unit and integration tests; the broker is started for them and stopped afterwards, also on failure.
+# Unit and integration tests against the real local broker. A broker this target started is stopped
+# afterwards, also on failure; one that was already running (make demo) is left running.
 test: setup
-	$(BIN)/journeys kafka up
-	status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
-	  deploy/local/kafka.sh down; exit $$status
+	@was_running=0; deploy/local/kafka.sh status >/dev/null && was_running=1; \
+	  $(BIN)/journeys kafka up || exit 1; \
+	  status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	  [ $$was_running = 1 ] || deploy/local/kafka.sh down; exit $$status
 
 test-unit: setup
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)

@@ -43,6 +43,7 @@ def by_id(schema_id: int) -> TopicSchema:
         raise KeyError(f"unknown schema id {schema_id}") from None
 
 
+@cache
 def latest(topic: str) -> TopicSchema:
     versions = [s for s in registry().values() if s.topic == topic]
     if not versions:

@@ -64,9 +64,11 @@ def test_rate_limited_produce_keeps_its_pace(kafka, topic_prefix):
 
 
 def test_sasl_plain_listener_takes_the_right_password_only(kafka, topic_prefix, tmp_path):
+    import os
     from pathlib import Path
 
-    env_file = Path(__file__).resolve().parents[1] / ".local" / "kafka" / "sasl.env"
+    local = os.environ.get("JOURNEYS_LOCAL_DIR") or Path(__file__).resolve().parents[1] / ".local"
+    env_file = Path(local) / "kafka" / "sasl.env"  # written once by deploy/local/kafka.sh
     port = int(kafka.bootstrap_servers.rsplit(":", 1)[1]) + 2
     settings = {"JOURNEYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "JOURNEYS_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                 "JOURNEYS_KAFKA_SASL_MECHANISM": "PLAIN"}

@@ -64,16 +64,22 @@ def to_records(events: list[Event], *, seed: int, fmt: str = "confluent", out_of
     # Send order: event time plus the delay (a stable sort keeps simultaneous events as they were).
     records.sort(key=lambda r: r.event["event_time"] + r.delay)
     if malformed > 0 and events:
-        bad = [_malformed(rng, events) for _ in range(round(malformed * len(events)))]
-        for record in bad:
-            records.insert(rng.randrange(len(records) + 1), record)
+        by_topic = {topic: [e for e in events if e.topic == topic] for topic in {e.topic for e in events}}
+        bad = [_malformed(rng, events, by_topic) for _ in range(round(malformed * len(events)))]
+        # Spread over the send order: positions drawn first, then one merge instead of a list.insert each.
+        slots = sorted((rng.randrange(len(records) + 1), n) for n in range(len(bad)))
+        merged, taken = [], 0
+        for position, n in slots:
+            merged.extend(records[taken:position])
+            merged.append(bad[n])
+            taken = position
+        records = merged + records[taken:]
     return records
 
 
-def _malformed(rng: random.Random, events: list[Event]) -> ProducerRecord:
+def _malformed(rng: random.Random, events: list[Event], by_topic: dict[str, list[Event]]) -> ProducerRecord:
     kind = rng.choice(list(MALFORMED_KINDS))
-    candidates = [e for e in events if e.topic == "orders"] if kind == "negative_amount" else events
-    template = rng.choice(candidates or events)
+    template = rng.choice(by_topic.get("orders") or events) if kind == "negative_amount" else rng.choice(events)
     topic, key = template.topic, template.key.encode()
     record = dict(template.record, event_id=str(_uuid(rng)))
     if kind == "bad_bytes":
@@ -83,7 +89,7 @@ def _malformed(rng: random.Random, events: list[Event]) -> ProducerRecord:
         value, headers = codec.encode(topic, record, "confluent")
         value = value[:len(value) // 2]
     elif kind == "wrong_schema":
-        other = rng.choice([e for e in events if e.topic != topic] or events)
+        other = rng.choice([e for t, es in by_topic.items() if t != topic for e in es[:50]] or events)
         value, headers = codec.encode(other.topic, other.record, "confluent")
     elif kind in ("missing_field", "unknown_enum"):
         document = codec.to_json(None, record)
