@@ -26,12 +26,19 @@ kafka-down:
 	deploy/local/kafka.sh down
 
 # Broker up, a seeded history of events of all three topics produced to it, a look at what landed.
+# (Running it again appends the same events again: downstream deduplicates by event_id.)
+DEMO_DIR := .local/demo
 demo: kafka-up
-	$(BIN)/journeys generate --customers 2000 --days 60 --seed 7 --malformed 0.01 --late 0.02 --out-of-order 0.05
-	$(BIN)/journeys kafka status
+	mkdir -p $(DEMO_DIR)
+	$(BIN)/journeys generate --customers 3000 --days 60 --seed 7 --format mixed \
+	  --out-of-order 0.05 --late 0.02 --malformed 0.01 --manifest $(DEMO_DIR)/manifest.json
+	@echo; echo "A few orders as they came back from Kafka, decoded:"
+	@$(BIN)/journeys peek orders --limit 3
 	@echo
-	@echo "Broker: 127.0.0.1:$${JOURNEYS_KAFKA_PORT:-19092} (data and logs under .local/kafka/)."
-	@echo "Look:   $(BIN)/journeys peek orders --limit 5     Stop: make kafka-down"
+	@echo "Broker:    $$($(BIN)/journeys kafka status)"
+	@echo "Manifest:  $(DEMO_DIR)/manifest.json (counts, malformed records by kind, the planted truth)"
+	@echo "Look:      $(BIN)/journeys peek web_sessions --limit 5   |   $(BIN)/journeys kafka logs"
+	@echo "Stop:      make kafka-down"
 
 # Unit and integration tests against the real local broker. A broker this target started is stopped
 # afterwards, also on failure; one that was already running (make demo) is left running.
