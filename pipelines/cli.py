@@ -94,7 +94,7 @@ def cmd_peek(args) -> int:
 
     for message in read_topic(_connection(args), args.topic_prefix + args.topic, limit=args.limit):
         try:
-            shown = codec.to_json(None, codec.decode(args.topic, message.value, message.headers))
+            shown = codec.to_json(codec.decode(args.topic, message.value, message.headers))
         except codec.DecodeError as error:
             shown = {"undecodable": error.reason, "detail": error.detail}
         print(json.dumps({"partition": message.partition, "offset": message.offset, **shown}))

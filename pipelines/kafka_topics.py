@@ -30,7 +30,8 @@ def ensure_topics(connection: KafkaConnection, *, prefix: str = "", partitions: 
     names = [prefix + topic for topic in schemas.TOPICS]
     admin = admin_client(connection)
     try:
-        missing = [name for name in names if name not in set(admin.list_topics())]
+        existing = set(admin.list_topics())
+        missing = [name for name in names if name not in existing]
         if missing:
             try:
                 admin.create_topics([NewTopic(name, partitions, replication_factor) for name in missing])

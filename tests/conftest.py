@@ -18,6 +18,14 @@ def kafka():
     return connection
 
 
+@pytest.fixture(scope="session")
+def sample_events():
+    """One generated event per topic: a realistic value for every field."""
+    from pipelines.generate import GeneratorConfig, simulate
+
+    return {e.topic: e.record for e in simulate(GeneratorConfig(customers=60, days=20, seed=3), b"test-key")}
+
+
 @pytest.fixture
 def topic_prefix():
     """Fresh topics per test, so tests never see each other's records."""

@@ -3,17 +3,10 @@ from decimal import Decimal
 
 import pytest
 
-from pipelines.generate import GeneratorConfig, simulate
 from transforms.codec import DecodeError
 from transforms.event_rules import EventRules
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def sample():
-    events = simulate(GeneratorConfig(customers=60, days=20, seed=3), b"test-key")
-    return {e.topic: e.record for e in events}
 
 
 def _reason(topic, record):
@@ -22,13 +15,13 @@ def _reason(topic, record):
     return caught.value.reason
 
 
-def test_generated_events_pass(sample):
-    for topic, record in sample.items():
+def test_generated_events_pass(sample_events):
+    for topic, record in sample_events.items():
         EventRules().check(topic, record, NOW)
 
 
-def test_rules_name_what_is_wrong(sample):
-    order, session, social = sample["orders"], sample["web_sessions"], sample["social_interactions"]
+def test_rules_name_what_is_wrong(sample_events):
+    order, session, social = sample_events["orders"], sample_events["web_sessions"], sample_events["social_interactions"]
     assert _reason("orders", dict(order, amount=Decimal("-1.00"))) == "negative_amount"
     assert _reason("orders", dict(order, currency="XXX")) == "unknown_currency"
     assert _reason("orders", dict(order, items=[dict(order["items"][0], quantity=0)])) == "invalid_item"
@@ -38,8 +31,8 @@ def test_rules_name_what_is_wrong(sample):
     assert _reason("social_interactions", dict(social, sentiment=3.0)) == "sentiment_out_of_range"
 
 
-def test_clock_skew_is_configurable(sample):
-    soon = dict(sample["orders"], event_time=NOW + dt.timedelta(hours=5))
+def test_clock_skew_is_configurable(sample_events):
+    soon = dict(sample_events["orders"], event_time=NOW + dt.timedelta(hours=5))
     EventRules().check("orders", soon, NOW)
     with pytest.raises(DecodeError):
         EventRules(max_clock_skew=dt.timedelta(hours=1)).check("orders", soon, NOW)

@@ -145,6 +145,7 @@ def test_anonymous_sessions_later_log_in_and_stitch_to_one_customer(world):
     assert len(stitched_later) > 0.1 * len(anonymous)
     guest_orders = [o for o in world["orders"] if o["session_id"] and o["anonymous_id"] not in first_login]
     assert guest_orders, "some devices are only ever identified through a guest checkout"
+    assert any(o["session_id"] is None and o["anonymous_id"] is None for o in world["orders"]), "offline orders"
 
 
 def test_personal_identifiers_are_pseudonymised(world):

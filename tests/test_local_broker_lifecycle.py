@@ -48,7 +48,7 @@ def test_up_twice_crash_restart_and_down(tmp_path):
     try:
         up = journeys("kafka", "up")
         assert up.returncode == 0, up.stderr
-        assert "topics: social_interactions (3 partitions)" in up.stdout
+        assert "topics: social_interactions (3 partitions)" in up.stdout and "started in" in up.stderr
         assert (tmp_path / "kafka" / "libs" / "kafka-clients-4.1.1.jar").exists()
         again = journeys("kafka", "up")
         assert again.returncode == 0 and "already running" in again.stderr

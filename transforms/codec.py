@@ -44,7 +44,7 @@ def encode(topic: str, record: dict, fmt: str = "confluent", version: int | None
     """The value bytes and headers of one event, as a producer of that topic would write them."""
     schema = schemas.version(topic, version) if version else schemas.latest(topic)
     if fmt == "json":
-        body = json.dumps(to_json(schema.definition, record), separators=(",", ":")).encode()
+        body = json.dumps(to_json(record), separators=(",", ":")).encode()
         return body, [("content-type", CONTENT_TYPES["json"])]
     buffer = io.BytesIO()
     if fmt == "confluent":
@@ -134,16 +134,12 @@ def _decode_json(reader: schemas.TopicSchema, value: bytes) -> dict:
 
 # --- JSON <-> record, driven by the Avro schema ------------------------------------------------------------------
 
-def to_json(schema, value):
-    """A record as plain JSON: ISO-8601 timestamps, decimals as strings, unions unwrapped."""
+def to_json(value):
+    """A record as plain JSON: ISO-8601 UTC timestamps with milliseconds, decimals as strings."""
     if isinstance(value, dict):
-        fields = {f["name"]: f["type"] for f in schema["fields"]} if isinstance(schema, dict) and "fields" in schema else {}
-        return {k: to_json(fields.get(k), v) for k, v in value.items()}
+        return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        item_schema = schema.get("items") if isinstance(schema, dict) else None
-        if isinstance(schema, list):
-            item_schema = next((s["items"] for s in schema if isinstance(s, dict) and s.get("type") == "array"), None)
-        return [to_json(item_schema, v) for v in value]
+        return [to_json(v) for v in value]
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(value, Decimal):

@@ -44,7 +44,7 @@ fetch() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   say "resolving broker jars from Maven Central into $libs"
   rm -rf "$libs" && mkdir -p "$libs"
-  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
     -DoutputDirectory="$libs" -DincludeScope=runtime >&2
   echo "$want" >"$stamp"
 }
@@ -126,7 +126,8 @@ up() {
   fetch
   write_config
   format_once
-  local started=$SECONDS
+  local started=$SECONDS started_ns
+  started_ns=$(date +%s%N)
   : >"$log"
   # its own session, so that the broker outlives the shell (or make) that started it
   setsid java "${java_opts[@]}" kafka.Kafka "$state/server.properties" </dev/null >"$state/logs/stdout.log" 2>&1 &
@@ -144,7 +145,7 @@ up() {
     fi
     sleep 0.2
   done
-  say "up on $host:$port (pid $(cat "$pidfile"), started in $((SECONDS - started))s)"
+  say "up on $host:$port (pid $(cat "$pidfile"), started in $((($(date +%s%N) - started_ns) / 1000000)) ms)"
 }
 
 down() {

@@ -92,7 +92,7 @@ def _malformed(rng: random.Random, events: list[Event], by_topic: dict[str, list
         other = rng.choice([e for t, es in by_topic.items() if t != topic for e in es[:50]] or events)
         value, headers = codec.encode(other.topic, other.record, "confluent")
     elif kind in ("missing_field", "unknown_enum"):
-        document = codec.to_json(None, record)
+        document = codec.to_json(record)
         if kind == "missing_field":
             del document[_REQUIRED[topic]]
         else:

@@ -53,7 +53,7 @@ class PlantedTruth:
     login_share_after_first_order: float = 0.8  # P(a returning customer's session is logged in)
     second_device_share: float = 0.3  # customers who also browse on a second, first anonymous device
     guest_checkout_share: float = 0.35  # first orders placed without logging in: stitched via the order
-    offline_order_share: float = 0.05  # orders with no session (phone, store)
+    offline_orders_per_visit: float = 0.003  # orders by phone or in store, with no session behind them
     cancel_share: float = 0.03
     refund_share: float = 0.05
 
@@ -197,7 +197,7 @@ class _Customer:
         if converts:
             self._order(start + duration * rng.uniform(0.6, 0.95), session_id, anonymous_id)
             self.logged_in_devices.add(anonymous_id)  # checkout creates the account / remembers the device
-        if rng.random() < truth.offline_order_share * truth.conversion_rate[channel] * 4:
+        if rng.random() < truth.offline_orders_per_visit:
             self._order(start + rng.uniform(1, 48) * dt.timedelta(hours=1), None, None)
         return converts
 
