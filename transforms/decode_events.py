@@ -1,0 +1,94 @@
+"""Kafka messages → typed event records per topic, and dead letters for everything that is not one.
+
+`decode_message` is the pure function (bytes → record or dead letter, never an exception); `DecodeEvents` is the
+PTransform: one tagged output per event topic plus `dead_letters`, so records in = records out + dead letters.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+
+import schemas
+from transforms import codec
+from transforms.event_rules import EventRules
+from transforms.kafka_message import KafkaMessage
+
+DEAD_LETTERS = "dead_letters"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that did not become an event: its raw bytes, where it came from, and why."""
+    topic: str
+    partition: int
+    offset: int
+    kafka_timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: tuple
+    stage: str  # "decode" (bytes → record) or "validate" (record breaks an event rule)
+    reason: str
+    error: str
+    first_seen: dt.datetime
+
+
+@dataclass(frozen=True)
+class EventDecoder:
+    """Which Kafka topic carries which event topic, and the rules a record must meet."""
+    logical_topics: tuple[tuple[str, str], ...]  # (kafka topic, schemas topic)
+    rules: EventRules = field(default_factory=EventRules)
+
+    @classmethod
+    def for_prefix(cls, prefix: str = "", rules: EventRules | None = None) -> "EventDecoder":
+        return cls(tuple((prefix + t, t) for t in schemas.TOPICS), rules or EventRules())
+
+    def logical_topic(self, kafka_topic: str) -> str | None:
+        return dict(self.logical_topics).get(kafka_topic)
+
+    def __call__(self, message: KafkaMessage, now: dt.datetime | None = None) -> dict | DeadLetter:
+        now = now or dt.datetime.now(dt.timezone.utc)
+        topic = self.logical_topic(message.topic)
+        if topic is None:
+            return _dead(message, "decode", "unknown_topic", f"no event schema for Kafka topic {message.topic}", now)
+        try:
+            record = codec.decode(topic, message.value, list(message.headers))
+        except codec.DecodeError as error:
+            return _dead(message, "decode", error.reason, error.detail, now)
+        try:
+            self.rules.check(topic, record, now)
+        except codec.DecodeError as error:
+            return _dead(message, "validate", error.reason, error.detail, now)
+        return record
+
+
+def _dead(message: KafkaMessage, stage: str, reason: str, error: str, now: dt.datetime) -> DeadLetter:
+    return DeadLetter(message.topic, message.partition, message.offset, message.timestamp_ms, message.key,
+                      message.value, message.headers, stage, reason, error, now)
+
+
+class _Route(beam.DoFn):
+    def __init__(self, decoder: EventDecoder):
+        self.decoder = decoder
+
+    def process(self, message: KafkaMessage):
+        # The source may have decoded already (to timestamp by event time); never decode twice.
+        outcome = message.decoded if message.decoded is not None else self.decoder(message)
+        if isinstance(outcome, DeadLetter):
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, outcome)
+        else:
+            yield beam.pvalue.TaggedOutput(self.decoder.logical_topic(message.topic), outcome)
+
+
+class DecodeEvents(beam.PTransform):
+    """KafkaMessages → {topic: PCollection of records, ..., "dead_letters": PCollection of DeadLetter}."""
+
+    def __init__(self, decoder: EventDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def expand(self, messages):
+        topics = sorted({t for _, t in self.decoder.logical_topics})
+        routed = messages | "Route" >> beam.ParDo(_Route(self.decoder)).with_outputs(*topics, DEAD_LETTERS)
+        return {name: routed[name] for name in (*topics, DEAD_LETTERS)}

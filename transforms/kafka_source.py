@@ -1,0 +1,358 @@
+"""ReadFromKafka: a pure-Python Kafka source for Beam, on kafka-python and Beam's UnboundedSource API.
+
+Works on every runner that runs Python SDFs (DirectRunner, Prism, Flink, Dataflow): no Java expansion service.
+
+- One split per topic-partition known at launch, plus (when streaming) one split that picks up partitions
+  created later. Each split's checkpoint mark is its next offsets, so a resumed reader continues exactly there.
+- Streaming (unbounded) or backfill (bounded: stops at the end offsets snapshotted at launch, or given ones).
+- Start: earliest, latest, explicit offsets (e.g. stored with the results), a timestamp (offsets_for_times), or
+  the group's committed offsets. All are resolved to explicit offsets once, at launch.
+- Element timestamps: the payload's event time (decoded once, in the reader) or the Kafka timestamp.
+  Watermark per partition = newest timestamp seen − max_out_of_orderness; a partition with no new records for
+  idle_after_s follows the wall clock instead, so an idle partition never holds the pipeline back.
+- group_id: offsets are committed when Beam finalizes a checkpoint, for lag monitoring only; the pipeline never
+  reads them back unless asked to start from them.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.transforms import trigger, window
+from apache_beam.io.unbounded_source import CheckpointMark, ReadFromUnboundedSource, UnboundedReader, UnboundedSource
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
+
+from transforms.decode_events import DeadLetter, EventDecoder
+from transforms.kafka_connection import KafkaConnection
+from transforms.kafka_message import KafkaMessage
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]  # (topic, partition)
+Offsets = tuple[tuple[Partition, int], ...]  # sorted, hashable {partition: offset}
+
+
+@dataclass(frozen=True)
+class StartAt:
+    """Where a partition is read from when there is no checkpoint to resume from."""
+    kind: str = "earliest"  # earliest | latest | offsets | timestamp | committed
+    offsets: Offsets = ()  # kind=offsets: next offset per partition (others start at the earliest)
+    timestamp_ms: int | None = None  # kind=timestamp
+
+    @classmethod
+    def at_offsets(cls, offsets: dict[Partition, int]) -> "StartAt":
+        return cls("offsets", tuple(sorted(offsets.items())))
+
+    @classmethod
+    def at_time(cls, when: dt.datetime) -> "StartAt":
+        return cls("timestamp", timestamp_ms=int(when.timestamp() * 1000))
+
+
+@dataclass(frozen=True)
+class KafkaReadSpec:
+    """Everything a reader needs, resolved at launch: picklable, immutable, no live clients."""
+    connection: KafkaConnection
+    topics: tuple[str, ...]
+    start_offsets: Offsets  # per partition known at launch
+    stop_offsets: Offsets | None  # bounded: read up to (excluding) these; None: unbounded
+    known_partitions: tuple[tuple[str, int], ...]  # (topic, partition count at launch), for discovery
+    event_time: EventDecoder | None  # decode in the reader and use the payload's event time; None: Kafka time
+    group_id: str | None = None
+    isolation_level: str = "read_uncommitted"
+    max_out_of_orderness_s: float = 5.0
+    idle_after_s: float = 10.0
+    discovery_interval_s: float = 30.0
+    poll_timeout_ms: int = 200
+
+
+class KafkaCheckpointMark(CheckpointMark):
+    """The next offset of every partition a split reads: where its reader resumes."""
+
+    def __init__(self, spec: KafkaReadSpec, next_offsets: Offsets):
+        self.spec = spec
+        self.next_offsets = next_offsets
+
+    def finalize_checkpoint(self) -> None:
+        if self.spec.group_id and self.next_offsets:
+            _GroupCommitter.commit(self.spec, dict(self.next_offsets))
+
+    def __eq__(self, other):
+        return isinstance(other, KafkaCheckpointMark) and other.next_offsets == self.next_offsets
+
+    def __hash__(self):
+        return hash(self.next_offsets)
+
+    def __repr__(self):
+        return f"KafkaCheckpointMark({dict(self.next_offsets)})"
+
+
+class _GroupCommitter:
+    """One consumer per (cluster, group) per worker process, to commit offsets for lag monitoring."""
+    _consumers: dict = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def commit(cls, spec: KafkaReadSpec, offsets: dict[Partition, int]) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        key = (spec.connection, spec.group_id)
+        with cls._lock:
+            consumer = cls._consumers.get(key)
+            if consumer is None:
+                consumer = KafkaConsumer(**spec.connection.client_config(), group_id=spec.group_id,
+                                         enable_auto_commit=False)
+                cls._consumers[key] = consumer
+            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+
+
+@dataclass
+class _PartitionClock:
+    newest: Timestamp = MIN_TIMESTAMP  # newest element timestamp seen
+    last_record_wall: float = field(default_factory=time.time)
+    watermark: Timestamp = MIN_TIMESTAMP
+
+
+class _KafkaReader(UnboundedReader):
+    def __init__(self, source: "KafkaPartitionSource", mark: KafkaCheckpointMark | None):
+        self.source = source
+        self.spec = source.spec
+        self.next_offsets: dict[Partition, int] = dict(mark.next_offsets) if mark else dict(source.start_offsets)
+        self.stop = dict(self.spec.stop_offsets) if self.spec.stop_offsets is not None else None
+        self.buffer: collections.deque = collections.deque()
+        self.clocks: dict[Partition, _PartitionClock] = {}
+        self.current: KafkaMessage | None = None
+        self.current_timestamp: Timestamp = MIN_TIMESTAMP
+        self.consumer = None
+        self.next_discovery = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> bool:
+        from kafka import KafkaConsumer
+
+        self.consumer = KafkaConsumer(**self.spec.connection.client_config(), group_id=None,
+                                      enable_auto_commit=False, auto_offset_reset="earliest",
+                                      isolation_level=self.spec.isolation_level, max_poll_records=2000,
+                                      fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
+        self._assign()
+        return self.advance()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+            self.consumer = None
+
+    def _assign(self) -> None:
+        from kafka import TopicPartition
+
+        partitions = sorted(self.next_offsets)
+        self.consumer.assign([TopicPartition(t, p) for t, p in partitions])
+        for tp in partitions:
+            self.consumer.seek(TopicPartition(*tp), self.next_offsets[tp])
+            self.clocks.setdefault(tp, _PartitionClock())
+
+    def _discover(self) -> None:
+        """The discovery split takes on partitions created after launch, from their first offset."""
+        if not self.source.discovers or time.monotonic() < self.next_discovery:
+            return
+        self.next_discovery = time.monotonic() + self.spec.discovery_interval_s
+        known = dict(self.spec.known_partitions)
+        new = {}
+        for topic in self.spec.topics:
+            for partition in self.consumer.partitions_for_topic(topic) or ():
+                if partition >= known.get(topic, 0) and (topic, partition) not in self.next_offsets:
+                    new[(topic, partition)] = 0
+        if new:
+            log.info("picked up new partitions %s", sorted(new))
+            self.next_offsets.update(new)
+            self._assign()
+
+    # --- reading ---------------------------------------------------------------------------------------------
+    def advance(self) -> bool:
+        if not self.buffer:
+            self._fill()
+        while self.buffer:
+            record = self.buffer.popleft()
+            tp = (record.topic, record.partition)
+            if self.stop is not None and record.offset >= self.stop.get(tp, 0):
+                continue  # past the bounded end
+            self.next_offsets[tp] = record.offset + 1
+            self.current = KafkaMessage(record.topic, record.partition, record.offset, record.timestamp,
+                                        record.key, record.value, tuple(record.headers or ()))
+            self.current_timestamp = self._timestamp(self.current)
+            clock = self.clocks[tp]
+            clock.last_record_wall = time.time()
+            if not isinstance(self.current.decoded, DeadLetter) and self.current_timestamp > clock.newest:
+                clock.newest = self.current_timestamp
+            return True
+        return False
+
+    def _fill(self) -> None:
+        from kafka import TopicPartition
+
+        self._discover()
+        if self.finished():
+            return
+        batches = self.consumer.poll(timeout_ms=self.spec.poll_timeout_ms)
+        for tp in sorted(batches):
+            self.buffer.extend(batches[tp])
+        if self.stop is not None and not self.buffer:
+            # Transaction markers and compaction leave offsets without records: positions tell the truth.
+            for (topic, partition), stop in self.stop.items():
+                if (topic, partition) in self.next_offsets:
+                    position = self.consumer.position(TopicPartition(topic, partition))
+                    self.next_offsets[(topic, partition)] = max(self.next_offsets[(topic, partition)],
+                                                                min(position, stop))
+
+    def _timestamp(self, message: KafkaMessage) -> Timestamp:
+        if self.spec.event_time is not None:
+            message.decoded = self.spec.event_time(message)
+            if isinstance(message.decoded, dict):
+                return Timestamp.from_utc_datetime(message.decoded["event_time"])
+        if message.timestamp_ms is not None and message.timestamp_ms >= 0:
+            return Timestamp(micros=message.timestamp_ms * 1000)
+        return Timestamp.now()
+
+    def finished(self) -> bool:
+        return self.stop is not None and all(self.next_offsets.get(tp, 0) >= stop
+                                             for tp, stop in self.stop.items() if tp in self.next_offsets)
+
+    # --- what Beam asks ----------------------------------------------------------------------------------------
+    def get_current(self) -> KafkaMessage:
+        return self.current
+
+    def get_current_timestamp(self) -> Timestamp:
+        return self.current_timestamp
+
+    def get_watermark(self) -> Timestamp:
+        if self.finished() and not self.buffer:
+            return MAX_TIMESTAMP
+        lag = self.spec.max_out_of_orderness_s
+        now = time.time()
+        for clock in self.clocks.values():
+            candidate = clock.newest - lag if clock.newest > MIN_TIMESTAMP else MIN_TIMESTAMP
+            if now - clock.last_record_wall >= self.spec.idle_after_s and self.stop is None:
+                candidate = max(candidate, Timestamp(now - lag))
+            clock.watermark = max(clock.watermark, candidate)
+        if not self.clocks:  # a discovery split with nothing to read yet follows the wall clock
+            return Timestamp(now - lag - self.spec.idle_after_s)
+        return min(clock.watermark for clock in self.clocks.values())
+
+    def get_checkpoint_mark(self) -> KafkaCheckpointMark:
+        return KafkaCheckpointMark(self.spec, tuple(sorted(self.next_offsets.items())))
+
+
+class KafkaPartitionSource(UnboundedSource):
+    """The partitions one reader reads; `discovers` marks the split that takes on new partitions."""
+
+    def __init__(self, spec: KafkaReadSpec, start_offsets: Offsets, discovers: bool = False):
+        self.spec = spec
+        self.start_offsets = start_offsets
+        self.discovers = discovers
+
+    def split(self, desired_num_splits, options=None):
+        if len(self.start_offsets) + self.discovers <= 1:
+            return [self]  # already one partition, or the discovery split itself
+        splits = [KafkaPartitionSource(self.spec, (item,)) for item in self.start_offsets]
+        if self.discovers:
+            splits.append(KafkaPartitionSource(self.spec, (), discovers=True))
+        return splits
+
+    def create_reader(self, options, checkpoint_mark):
+        return _KafkaReader(self, checkpoint_mark)
+
+    def get_checkpoint_mark_coder(self):
+        return coders.PickleCoder()
+
+    def default_output_coder(self):
+        return coders.PickleCoder()
+
+    def __repr__(self):
+        return f"KafkaPartitionSource({[tp for tp, _ in self.start_offsets]}, discovers={self.discovers})"
+
+
+def resolve_launch(connection: KafkaConnection, topics: tuple[str, ...], start: StartAt, bounded: bool,
+                   stop_offsets: dict[Partition, int] | None = None, group_id: str | None = None):
+    """Partitions, start offsets and (bounded) end offsets as the cluster has them now: the launch snapshot."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**connection.client_config(), group_id=group_id, enable_auto_commit=False)
+    try:
+        partitions = []
+        counts = []
+        for topic in topics:
+            ids = sorted(consumer.partitions_for_topic(topic) or ())
+            if not ids:
+                raise RuntimeError(f"topic {topic} does not exist at {connection.describe()}")
+            counts.append((topic, len(ids)))
+            partitions += [TopicPartition(topic, p) for p in ids]
+        beginning = consumer.beginning_offsets(partitions)
+        end = consumer.end_offsets(partitions)
+        if start.kind == "earliest":
+            chosen = beginning
+        elif start.kind == "latest":
+            chosen = end
+        elif start.kind == "offsets":
+            given = dict(start.offsets)
+            chosen = {tp: given.get((tp.topic, tp.partition), beginning[tp]) for tp in partitions}
+        elif start.kind == "timestamp":
+            found = consumer.offsets_for_times({tp: start.timestamp_ms for tp in partitions})
+            chosen = {tp: found[tp].offset if found.get(tp) else end[tp] for tp in partitions}
+        elif start.kind == "committed":
+            if not group_id:
+                raise ValueError("starting from committed offsets needs a group id")
+            chosen = {tp: consumer.committed(tp) if consumer.committed(tp) is not None else beginning[tp]
+                      for tp in partitions}
+        else:
+            raise ValueError(f"unknown start {start.kind!r}")
+        start_offsets = tuple(sorted(((tp.topic, tp.partition), chosen[tp]) for tp in partitions))
+        stop = None
+        if bounded:
+            stop = dict(stop_offsets) if stop_offsets else {(tp.topic, tp.partition): end[tp] for tp in partitions}
+            stop = tuple(sorted(stop.items()))
+        return start_offsets, stop, tuple(counts)
+    finally:
+        consumer.close()
+
+
+class ReadFromKafka(beam.PTransform):
+    """Kafka topics → PCollection of KafkaMessage (with `decoded` set when timestamps come from event time).
+
+    bounded=True reads up to the end offsets at launch (or `stop_offsets`) and finishes: a backfill.
+    """
+
+    def __init__(self, connection: KafkaConnection, topics, *, start: StartAt = StartAt(), bounded: bool = False,
+                 stop_offsets: dict[Partition, int] | None = None, event_time: EventDecoder | None = None,
+                 group_id: str | None = None, isolation_level: str = "read_uncommitted",
+                 max_out_of_orderness_s: float = 5.0, idle_after_s: float = 10.0, discovery_interval_s: float = 30.0,
+                 poll_interval_s: float = 0.5, max_records_per_bundle: int = 10000, max_bundle_seconds: float = 2.0):
+        super().__init__()
+        self.connection = connection
+        self.topics = tuple(topics)
+        self.start = start
+        self.bounded = bounded
+        self.stop_offsets = stop_offsets
+        self.options = dict(event_time=event_time, group_id=group_id, isolation_level=isolation_level,
+                            max_out_of_orderness_s=max_out_of_orderness_s, idle_after_s=idle_after_s,
+                            discovery_interval_s=discovery_interval_s)
+        self.read_options = dict(poll_interval=poll_interval_s, max_records_per_bundle=max_records_per_bundle,
+                                 max_read_time_seconds=max_bundle_seconds)
+
+    def expand(self, pbegin):
+        start_offsets, stop, counts = resolve_launch(self.connection, self.topics, self.start, self.bounded,
+                                                     self.stop_offsets, self.options["group_id"])
+        spec = KafkaReadSpec(self.connection, self.topics, start_offsets, stop, counts, **self.options)
+        source = KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded)
+        messages = pbegin | "ReadPartitions" >> ReadFromUnboundedSource(source, **self.read_options)
+        if not self.bounded:
+            return messages
+        # An UnboundedSource's output is unbounded even when it ends; one firing when the watermark reaches the
+        # end (after the last record) lets a backfill aggregate over all of it, as a bounded read would.
+        return messages | "FireAtEnd" >> beam.WindowInto(
+            window.GlobalWindows(), trigger=trigger.AfterWatermark(), accumulation_mode=trigger.AccumulationMode.DISCARDING)
