@@ -1,0 +1,35 @@
+"""Beam pipeline options for the runners this project supports, with the local pieces they need.
+
+- DirectRunner: Beam 2.77's DirectRunner hands pipelines it can to Prism and would first download Prism from the
+  internet; we pass our own build (--prism_location) so it never waits on a download. Without one it falls back to
+  the in-process FnApiRunner, which runs a stream only as one batch.
+- PrismRunner: Beam's local portable runner, built by deploy/local/prism.sh; SDK workers in this process (LOOPBACK).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNNERS = ("DirectRunner", "PrismRunner")
+
+
+def prism_path() -> Path:
+    """The Prism binary of deploy/local/prism.sh, built on first use."""
+    local = Path(os.environ.get("JOURNEYS_LOCAL_DIR", REPO / ".local"))
+    path = local / "bin" / "prism"
+    if not path.exists():
+        subprocess.run([str(REPO / "deploy" / "local" / "prism.sh")], check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def runner_args(runner: str, streaming: bool = False) -> list[str]:
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: one of {', '.join(RUNNERS)}")
+    args = [f"--runner={runner}", f"--prism_location={prism_path()}"]
+    if runner == "PrismRunner":
+        args.append("--environment_type=LOOPBACK")
+    if streaming:
+        args.append("--streaming")
+    return args

@@ -1,0 +1,58 @@
+"""DecodeEvents: every message becomes exactly one record of its topic or one dead letter."""
+import datetime as dt
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms import codec
+from transforms.decode_events import DEAD_LETTERS, DeadLetter, DecodeEvents, EventDecoder
+from transforms.kafka_message import KafkaMessage
+
+NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+
+def _message(topic, value, headers=(), offset=0):
+    return KafkaMessage(topic, 1, offset, 1_760_000_000_000, b"key", value, tuple(headers))
+
+
+def test_decoder_names_stage_and_reason_and_keeps_the_raw_bytes(sample_events):
+    decoder = EventDecoder.for_prefix("p.")
+    order = sample_events["orders"]
+    value, headers = codec.encode("orders", order, "avro")
+    assert decoder(_message("p.orders", value, headers), NOW) == order
+
+    dead = decoder(_message("p.orders", value[:7], headers, offset=42), NOW)
+    assert isinstance(dead, DeadLetter)
+    assert (dead.stage, dead.reason, dead.offset, dead.value, dead.key) == ("decode", "truncated_avro", 42, value[:7], b"key")
+    negative = codec.encode("orders", dict(order, amount=-order["amount"] - 1))[0]
+    assert decoder(_message("p.orders", negative), NOW).stage == "validate"
+    assert decoder(_message("elsewhere", value), NOW).reason == "unknown_topic"
+
+
+def test_decode_events_routes_records_by_topic_and_failures_to_dead_letters(sample_events):
+    decoder = EventDecoder.for_prefix("")
+    session, social = sample_events["web_sessions"], sample_events["social_interactions"]
+    messages = [
+        _message("web_sessions", *codec.encode("web_sessions", session, "confluent")),
+        _message("social_interactions", *codec.encode("social_interactions", social, "json")),
+        _message("orders", b"\xff\xfe garbage", offset=7),
+        _message("web_sessions", codec.encode("orders", sample_events["orders"])[0], offset=8),
+    ]
+    with TestPipeline() as pipeline:
+        outputs = pipeline | beam.Create(messages) | DecodeEvents(decoder)
+        assert_that(outputs["web_sessions"], equal_to([session]), label="sessions")
+        assert_that(outputs["social_interactions"], equal_to([social]), label="social")
+        assert_that(outputs["orders"], equal_to([]), label="orders")
+        reasons = outputs[DEAD_LETTERS] | beam.Map(lambda d: (d.topic, d.offset, d.stage, d.reason))
+        assert_that(reasons, equal_to([("orders", 7, "decode", "truncated_avro"),
+                                       ("web_sessions", 8, "decode", "wrong_topic_schema")]), label="dead")
+
+
+def test_a_message_decoded_by_the_source_is_not_decoded_again(sample_events):
+    decoder = EventDecoder.for_prefix("")
+    already = _message("orders", b"not even bytes of an order")
+    already.decoded = sample_events["orders"]
+    with TestPipeline() as pipeline:
+        outputs = pipeline | beam.Create([already]) | DecodeEvents(decoder)
+        assert_that(outputs["orders"], equal_to([sample_events["orders"]]))

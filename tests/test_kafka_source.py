@@ -1,0 +1,105 @@
+"""ReadFromKafka against the real local broker, on DirectRunner and Prism: backfill, streaming, idleness,
+new partitions, start positions."""
+import datetime as dt
+import threading
+import time
+from collections import Counter
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import FixedWindows
+
+from pipelines.generate import GeneratorConfig, generate
+from pipelines.generate.sinks import produce
+from pipelines.kafka_topics import ensure_topics
+from pipelines.runners import runner_args
+from tests.jsonl_sink import AppendJsonLines, read_json_lines
+from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
+from transforms.kafka_source import ReadFromKafka, StartAt, resolve_launch
+
+pytestmark = pytest.mark.integration
+TOPICS = ("social_interactions", "web_sessions", "orders")
+RUNNERS = ("DirectRunner", "PrismRunner")
+
+
+def _record_line(record, timestamp, window):
+    return {"event_id": record["event_id"]}
+
+
+def _dead_line(dead, timestamp, window):
+    return {"topic": dead.topic, "partition": dead.partition, "offset": dead.offset, "stage": dead.stage,
+            "reason": dead.reason, "raw_len": len(dead.value or b""), "kafka_ts": dead.kafka_timestamp_ms}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_backfill_reads_each_record_once_and_dead_letters_the_malformed(kafka, topic_prefix, tmp_path, runner):
+    records = generate(GeneratorConfig(customers=250, days=20, seed=31), b"k", fmt="mixed", malformed=0.03,
+                       late=0.02, out_of_order=0.05)
+    ensure_topics(kafka, prefix=topic_prefix, partitions=3)
+    produce(records, kafka, topic_prefix=topic_prefix)
+    decoder = EventDecoder.for_prefix(topic_prefix)
+
+    with beam.Pipeline(options=PipelineOptions(runner_args(runner))) as pipeline:
+        messages = pipeline | ReadFromKafka(kafka, [topic_prefix + t for t in TOPICS], bounded=True,
+                                            event_time=decoder, group_id=f"{topic_prefix}backfill")
+        outputs = messages | DecodeEvents(decoder)
+        for topic in TOPICS:
+            _ = outputs[topic] | f"Write{topic}" >> beam.ParDo(AppendJsonLines(str(tmp_path / f"{topic}.jsonl"), _record_line))
+        _ = outputs[DEAD_LETTERS] | "WriteDead" >> beam.ParDo(AppendJsonLines(str(tmp_path / "dead.jsonl"), _dead_line))
+
+    for topic in TOPICS:
+        landed = [row["event_id"] for row in read_json_lines(tmp_path / f"{topic}.jsonl")]
+        expected = [r.event["event_id"] for r in records if r.topic == topic and r.event is not None]
+        assert Counter(landed) == Counter(expected), topic  # every event exactly once
+    dead = read_json_lines(tmp_path / "dead.jsonl")
+    malformed = [r for r in records if r.malformed]
+    assert Counter(d["topic"] for d in dead) == Counter(topic_prefix + r.topic for r in malformed)
+    assert Counter(d["stage"] for d in dead)["validate"] == sum(r.malformed in ("negative_amount", "far_future") for r in malformed)
+    assert all(d["raw_len"] > 0 and d["kafka_ts"] > 0 and d["reason"] for d in dead)
+    assert len({(d["topic"], d["partition"], d["offset"]) for d in dead}) == len(dead)
+    # Records in = landed + dead-lettered.
+    landed_total = sum(len(read_json_lines(tmp_path / f"{t}.jsonl")) for t in TOPICS)
+    assert landed_total + len(dead) == len(records)
+    # Finalized checkpoints committed the group's offsets (for lag monitoring) up to the end.
+    assert _group_lag(kafka, f"{topic_prefix}backfill", [topic_prefix + t for t in TOPICS]) == 0
+
+
+def _group_lag(connection, group, topics):
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**connection.client_config(), group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t)]
+        end = consumer.end_offsets(partitions)
+        return sum(end[tp] - (consumer.committed(tp) or 0) for tp in partitions)
+    finally:
+        consumer.close()
+
+
+def test_start_positions_resolve_to_offsets_at_launch(kafka, topic_prefix):
+    from kafka import KafkaProducer
+
+    ensure_topics(kafka, prefix=topic_prefix, partitions=2)
+    topic = topic_prefix + "orders"
+    producer = KafkaProducer(**kafka.client_config())
+    early = int(time.time() * 1000) - 60_000
+    for n in range(10):
+        producer.send(topic, value=b"x", partition=n % 2, timestamp_ms=early + n * 1000)
+    producer.flush()
+    producer.close()
+
+    def start(at, **kw):
+        offsets, stop, counts = resolve_launch(kafka, (topic,), at, bounded=True, **kw)
+        return dict(offsets), dict(stop), counts
+
+    offsets, stop, counts = start(StartAt())
+    assert offsets == {(topic, 0): 0, (topic, 1): 0} and stop == {(topic, 0): 5, (topic, 1): 5}
+    assert counts == ((topic, 2),)
+    assert start(StartAt("latest"))[0] == stop
+    assert start(StartAt.at_offsets({(topic, 1): 3}))[0] == {(topic, 0): 0, (topic, 1): 3}
+    # Records 6..9 have timestamps from early+6s on: partition 0 holds n=6,8 at offsets 3,4; partition 1 n=7,9 at 3,4.
+    assert start(StartAt("timestamp", timestamp_ms=early + 6000))[0] == {(topic, 0): 3, (topic, 1): 3}
+    assert start(StartAt.at_time(dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)))[0] == stop
+    with pytest.raises(ValueError, match="group id"):
+        start(StartAt("committed"))
