@@ -149,10 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     peek.add_argument("--limit", type=int, default=10)
     _add_connection_args(peek)
     peek.set_defaults(func=cmd_peek)
+
+    commands.add_parser("count", add_help=False,
+                        help="events per topic per event-time window from Kafka, on a Beam runner "
+                             "(`journeys count --help`)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["count"]:  # a Beam pipeline: its own parser, and Beam's options pass through
+        from pipelines import event_counts
+
+        logging.basicConfig(level=logging.WARNING)
+        return event_counts.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

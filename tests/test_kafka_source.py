@@ -14,7 +14,8 @@ from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics
 from pipelines.runners import runner_args
-from tests.jsonl_sink import AppendJsonLines, read_json_lines
+from transforms.json_lines import AppendJsonLines, read_json_lines
+from transforms import codec
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
 from transforms.kafka_source import ReadFromKafka, StartAt, resolve_launch
 
@@ -23,11 +24,11 @@ TOPICS = ("social_interactions", "web_sessions", "orders")
 RUNNERS = ("DirectRunner", "PrismRunner")
 
 
-def _record_line(record, timestamp, window):
+def _record_line(record):
     return {"event_id": record["event_id"]}
 
 
-def _dead_line(dead, timestamp, window):
+def _dead_line(dead):
     return {"topic": dead.topic, "partition": dead.partition, "offset": dead.offset, "stage": dead.stage,
             "reason": dead.reason, "raw_len": len(dead.value or b""), "kafka_ts": dead.kafka_timestamp_ms}
 
@@ -45,8 +46,8 @@ def test_backfill_reads_each_record_once_and_dead_letters_the_malformed(kafka, t
                                             event_time=decoder, group_id=f"{topic_prefix}backfill")
         outputs = messages | DecodeEvents(decoder)
         for topic in TOPICS:
-            _ = outputs[topic] | f"Write{topic}" >> beam.ParDo(AppendJsonLines(str(tmp_path / f"{topic}.jsonl"), _record_line))
-        _ = outputs[DEAD_LETTERS] | "WriteDead" >> beam.ParDo(AppendJsonLines(str(tmp_path / "dead.jsonl"), _dead_line))
+            _ = outputs[topic] | f"Write{topic}" >> beam.Map(_record_line) | f"Append{topic}" >> beam.ParDo(AppendJsonLines(str(tmp_path / f"{topic}.jsonl")))
+        _ = outputs[DEAD_LETTERS] | "WriteDead" >> beam.Map(_dead_line) | "AppendDead" >> beam.ParDo(AppendJsonLines(str(tmp_path / "dead.jsonl")))
 
     for topic in TOPICS:
         landed = [row["event_id"] for row in read_json_lines(tmp_path / f"{topic}.jsonl")]
@@ -103,3 +104,43 @@ def test_start_positions_resolve_to_offsets_at_launch(kafka, topic_prefix):
     assert start(StartAt.at_time(dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)))[0] == stop
     with pytest.raises(ValueError, match="group id"):
         start(StartAt("committed"))
+
+
+def test_reader_watermark_holds_at_the_newest_event_then_follows_the_clock_when_idle(kafka, topic_prefix, sample_events):
+    from kafka import KafkaProducer
+    from apache_beam.utils.timestamp import Timestamp
+
+    ensure_topics(kafka, prefix=topic_prefix, partitions=2)
+    topic = topic_prefix + "orders"
+    hour_ago = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=1)
+    value, headers = codec.encode("orders", dict(sample_events["orders"], event_time=hour_ago))
+    producer = KafkaProducer(**kafka.client_config())
+    producer.send(topic, value=value, headers=headers, partition=0).get(timeout=10)
+    producer.close()
+
+    source = ReadFromKafka(kafka, [topic], event_time=EventDecoder.for_prefix(topic_prefix), idle_after_s=3,
+                           max_out_of_orderness_s=1).launch_source()
+    partition_zero = [s for s in source.split(20) if [tp for tp, _ in s.start_offsets] == [(topic, 0)]][0]
+    reader = partition_zero.create_reader(None, None)
+    try:
+        got = reader.start()
+        deadline = time.monotonic() + 20
+        while not got and time.monotonic() < deadline:
+            got = reader.advance()
+        assert got and reader.get_current().offset == 0
+        assert reader.get_current_timestamp() == Timestamp.from_utc_datetime(hour_ago)
+        held = Timestamp.from_utc_datetime(hour_ago) - 1
+        assert not reader.advance() and reader.get_watermark() == held  # quiet, not yet idle: held back
+        time.sleep(3.2)
+        assert not reader.advance()
+        assert reader.get_watermark() >= Timestamp.now() - 2  # idle: follows the wall clock
+        mark = reader.get_checkpoint_mark()
+        assert dict(mark.next_offsets) == {(topic, 0): 1}
+    finally:
+        reader.close()
+    # A reader resumed from that mark starts after the record it already delivered.
+    resumed = partition_zero.create_reader(None, mark)
+    try:
+        assert not resumed.start()
+    finally:
+        resumed.close()

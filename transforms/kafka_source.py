@@ -344,12 +344,15 @@ class ReadFromKafka(beam.PTransform):
         self.read_options = dict(poll_interval=poll_interval_s, max_records_per_bundle=max_records_per_bundle,
                                  max_read_time_seconds=max_bundle_seconds)
 
-    def expand(self, pbegin):
+    def launch_source(self) -> KafkaPartitionSource:
+        """The source as of now: partitions, start and (bounded) end offsets snapshotted from the cluster."""
         start_offsets, stop, counts = resolve_launch(self.connection, self.topics, self.start, self.bounded,
                                                      self.stop_offsets, self.options["group_id"])
         spec = KafkaReadSpec(self.connection, self.topics, start_offsets, stop, counts, **self.options)
-        source = KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded)
-        messages = pbegin | "ReadPartitions" >> ReadFromUnboundedSource(source, **self.read_options)
+        return KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded)
+
+    def expand(self, pbegin):
+        messages = pbegin | "ReadPartitions" >> ReadFromUnboundedSource(self.launch_source(), **self.read_options)
         if not self.bounded:
             return messages
         # An UnboundedSource's output is unbounded even when it ends; one firing when the watermark reaches the
