@@ -8,7 +8,11 @@ export GX_ANALYTICS_ENABLED := false
 
 .PHONY: setup demo test test-unit kafka-up kafka-down clean
 
-setup: $(STAMP) .local/kafka/libs/.pom.sha256
+setup: $(STAMP) .local/kafka/libs/.pom.sha256 .local/bin/prism
+
+# Prism (Beam's local portable runner), built with `go install` at the venv's Beam version.
+.local/bin/prism: $(STAMP)
+	deploy/local/prism.sh
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
