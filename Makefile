@@ -38,6 +38,8 @@ demo: kafka-up
 	  --out-of-order 0.05 --late 0.02 --malformed 0.01 --manifest $(DEMO_DIR)/manifest.json
 	@echo; echo "A few orders as they came back from Kafka, decoded:"
 	@$(BIN)/journeys peek orders --limit 3
+	@echo; echo "The Beam source on Prism, backfilling all three topics: events per topic per week, dead letters:"
+	@$(BIN)/journeys count --runner PrismRunner --window-seconds 604800 2>/dev/null
 	@echo
 	@echo "Broker:    $$($(BIN)/journeys kafka status)"
 	@echo "Manifest:  $(DEMO_DIR)/manifest.json (counts, malformed records by kind, the planted truth)"
