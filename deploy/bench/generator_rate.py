@@ -7,10 +7,9 @@ Produces to fresh topics (prefix bench<time>_) on JOURNEYS_KAFKA_* / the local b
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
 import time
+
+from report import peak_rss_mib, report
 
 from pipelines.generate import GeneratorConfig, simulate, to_records
 from pipelines.generate.sinks import produce
@@ -37,19 +36,14 @@ def main() -> None:
     ensure_topics(connection, prefix=prefix)
     stats = produce(records, connection, topic_prefix=prefix)
 
-    result = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()}".strip(),
+    report({
         "customers": args.customers, "days": args.days, "format": args.format, "records": len(records),
         "simulate_events_per_s": round(len(events) / (simulated - started)),
         "encode_records_per_s": round(len(records) / (encoded - simulated)),
         "produce_records_per_s": round(stats.rate),
         "end_to_end_records_per_s": round(len(records) / (time.perf_counter() - started)),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(result, out, indent=2)
+        "peak_rss_mib": peak_rss_mib(),
+    }, args.json)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import struct
 import time
 
 import apache_beam as beam
 import fastavro
 from apache_beam.options.pipeline_options import PipelineOptions
+from report import report
 
 import schemas
 from pipelines.generate import GeneratorConfig, generate
@@ -83,17 +82,14 @@ def main() -> None:
     os.environ["SRC_BENCH_OUT"] = f"/tmp/{prefix}count"
 
     raw_n, raw_s = raw_loop(connection, prefix)
-    result = {"machine": f"{platform.machine()} cpus={os.cpu_count()}", "records": len(records),
+    result = {"records": len(records),
               "raw_kafka_python_fastavro": {"records": raw_n, "seconds": round(raw_s, 2),
                                             "records_per_s": round(raw_n / raw_s)}}
     for runner in args.runners:
         n, seconds = pipeline_backfill(connection, prefix, runner)
         result[runner] = {"records": n, "seconds": round(seconds, 2), "records_per_s": round(n / seconds),
                           "ratio_to_raw": round((n / seconds) / (raw_n / raw_s), 3)}
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(result, out, indent=2)
+    report(result, args.json)
 
 
 if __name__ == "__main__":
