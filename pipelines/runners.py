@@ -27,7 +27,9 @@ def prism_path() -> Path:
 def runner_args(runner: str, streaming: bool = False) -> list[str]:
     if runner not in RUNNERS:
         raise ValueError(f"runner {runner!r}: one of {', '.join(RUNNERS)}")
-    args = [f"--runner={runner}", f"--prism_location={prism_path()}"]
+    # Beam shares one Prism job server per process, made with the options of whichever pipeline came first: a
+    # pipeline without --prism_location would leave it pointing at a download. Ours get their own server.
+    args = [f"--runner={runner}", f"--prism_location={prism_path()}", "--experiments=disable_prism_server_singleton"]
     if runner == "PrismRunner":
         args.append("--environment_type=LOOPBACK")
     if streaming:

@@ -10,6 +10,8 @@ from transforms.decode_events import DEAD_LETTERS, DeadLetter, DecodeEvents, Eve
 from transforms.kafka_message import KafkaMessage
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+# The DirectRunner's own engine, named so that it does not first try (and fail) to download Prism.
+UNIT_RUNNER = "FnApiRunner"
 
 
 def _message(topic, value, headers=(), offset=0):
@@ -39,7 +41,7 @@ def test_decode_events_routes_records_by_topic_and_failures_to_dead_letters(samp
         _message("orders", b"\xff\xfe garbage", offset=7),
         _message("web_sessions", codec.encode("orders", sample_events["orders"])[0], offset=8),
     ]
-    with TestPipeline() as pipeline:
+    with TestPipeline(runner=UNIT_RUNNER) as pipeline:
         outputs = pipeline | beam.Create(messages) | DecodeEvents(decoder)
         assert_that(outputs["web_sessions"], equal_to([session]), label="sessions")
         assert_that(outputs["social_interactions"], equal_to([social]), label="social")
@@ -53,6 +55,6 @@ def test_a_message_decoded_by_the_source_is_not_decoded_again(sample_events):
     decoder = EventDecoder.for_prefix("")
     already = _message("orders", b"not even bytes of an order")
     already.decoded = sample_events["orders"]
-    with TestPipeline() as pipeline:
+    with TestPipeline(runner=UNIT_RUNNER) as pipeline:
         outputs = pipeline | beam.Create([already]) | DecodeEvents(decoder)
         assert_that(outputs["orders"], equal_to([sample_events["orders"]]))
