@@ -32,3 +32,17 @@ def test_incomplete_security_settings_are_refused():
         KafkaConnection(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u")
     with pytest.raises(ValueError, match="security protocol"):
         KafkaConnection(security_protocol="TLS")
+
+
+def test_a_password_from_a_file_is_not_pickled_with_the_connection(tmp_path):
+    import pickle
+
+    secret = tmp_path / "password"
+    secret.write_text("file-borne-secret")
+    settings = {"JOURNEYS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "JOURNEYS_KAFKA_SASL_MECHANISM": "PLAIN",
+                "JOURNEYS_KAFKA_SASL_USERNAME": "svc", "JOURNEYS_KAFKA_SASL_PASSWORD_FILE": str(secret)}
+    shipped = pickle.dumps(KafkaConnection.from_env(settings))
+    assert b"file-borne-secret" not in shipped
+    assert pickle.loads(shipped).client_config()["sasl_plain_password"] == "file-borne-secret"
+    secret.write_text("rotated")  # read where it is used: a rotated secret needs no new job
+    assert pickle.loads(shipped).client_config()["sasl_plain_password"] == "rotated"

@@ -73,7 +73,8 @@ def test_sasl_plain_listener_takes_the_right_password_only(kafka, topic_prefix, 
     settings = {"JOURNEYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "JOURNEYS_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                 "JOURNEYS_KAFKA_SASL_MECHANISM": "PLAIN"}
     secure = KafkaConnection.from_env(settings, env_file=env_file)
-    assert secure.sasl_password and secure.sasl_password not in repr(secure) + secure.describe()
+    password = secure.sasl_password.reveal()
+    assert password and password not in repr(secure) + secure.describe()
     records = generate(GeneratorConfig(customers=20, days=5, seed=1), b"test-key")
     ensure_topics(secure, prefix=topic_prefix)
     produce(records, secure, topic_prefix=topic_prefix)

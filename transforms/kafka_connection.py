@@ -2,7 +2,9 @@
 
 Settings come from the environment (JOURNEYS_KAFKA_*) or an env file; secrets may instead come from files
 (JOURNEYS_KAFKA_SASL_PASSWORD_FILE, JOURNEYS_KAFKA_SSL_PASSWORD_FILE) so they never sit in a command line.
-Secrets are excluded from repr() and from describe(), so logging a connection never leaks them.
+Secrets are excluded from repr() and from describe(), so logging a connection never leaks them. A secret read from
+a file is read again where it is used and is left out when the connection is pickled, so it never travels inside
+a Beam job graph: on a cluster, mount the file on the workers.
 """
 from __future__ import annotations
 
@@ -18,16 +20,29 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
+class Secret:
+    """A password, given as its value or as the file it lives in."""
+    value: str | None = field(default=None, repr=False)
+    file: str | None = None
+
+    def reveal(self) -> str:
+        return Path(self.file).read_text().strip() if self.file else self.value
+
+    def __getstate__(self):
+        return {"value": None if self.file else self.value, "file": self.file}
+
+
+@dataclass(frozen=True)
 class KafkaConnection:
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
+    sasl_password: Secret | None = None
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
-    ssl_password: str | None = field(default=None, repr=False)
+    ssl_password: Secret | None = None
     client_id: str = "customer-journeys"
 
     def __post_init__(self):
@@ -49,9 +64,10 @@ class KafkaConnection:
         def get(name: str) -> str | None:
             return values.get(PREFIX + name) or None
 
-        def secret(name: str) -> str | None:
-            path = get(name + "_FILE")
-            return Path(path).read_text().strip() if path else get(name)
+        def secret(name: str) -> Secret | None:
+            if get(name + "_FILE"):
+                return Secret(file=get(name + "_FILE"))
+            return Secret(value=get(name)) if get(name) else None
 
         if not get("BOOTSTRAP") and get("PORT"):
             values[PREFIX + "BOOTSTRAP"] = f"127.0.0.1:{get('PORT')}"
@@ -77,11 +93,12 @@ class KafkaConnection:
         }
         if self.security_protocol.startswith("SASL_"):
             config.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                          sasl_plain_password=self.sasl_password)
+                          sasl_plain_password=self.sasl_password.reveal())
         if self.security_protocol in ("SSL", "SASL_SSL"):
             config.update({k: v for k, v in {
                 "ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile,
-                "ssl_keyfile": self.ssl_keyfile, "ssl_password": self.ssl_password}.items() if v})
+                "ssl_keyfile": self.ssl_keyfile,
+                "ssl_password": self.ssl_password.reveal() if self.ssl_password else None}.items() if v})
         return config
 
     def describe(self) -> str:
