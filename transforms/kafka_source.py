@@ -112,11 +112,17 @@ class _GroupCommitter:
             consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
 
 
+_MIN_MICROS = MIN_TIMESTAMP.micros
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
 @dataclass
 class _PartitionClock:
-    newest: Timestamp = MIN_TIMESTAMP  # newest element timestamp seen
+    """Per partition, in plain microseconds: the watermark is asked for after every record."""
+    newest: int = _MIN_MICROS  # newest element timestamp seen
     last_record_wall: float = field(default_factory=time.time)
-    watermark: Timestamp = MIN_TIMESTAMP
+    watermark: int = _MIN_MICROS
 
 
 class _KafkaReader(UnboundedReader):
@@ -188,8 +194,8 @@ class _KafkaReader(UnboundedReader):
             self.current_timestamp = self._timestamp(self.current)
             clock = self.clocks[tp]
             clock.last_record_wall = time.time()
-            if not isinstance(self.current.decoded, DeadLetter) and self.current_timestamp > clock.newest:
-                clock.newest = self.current_timestamp
+            if not isinstance(self.current.decoded, DeadLetter) and self.current_timestamp.micros > clock.newest:
+                clock.newest = self.current_timestamp.micros
             return True
         return False
 
@@ -214,7 +220,7 @@ class _KafkaReader(UnboundedReader):
         if self.spec.event_time is not None:
             message.decoded = self.spec.event_time(message)
             if isinstance(message.decoded, dict):
-                return Timestamp.from_utc_datetime(message.decoded["event_time"])
+                return Timestamp(micros=(message.decoded["event_time"] - _EPOCH) // _MICROSECOND)
         if message.timestamp_ms is not None and message.timestamp_ms >= 0:
             return Timestamp(micros=message.timestamp_ms * 1000)
         return Timestamp.now()
@@ -233,16 +239,19 @@ class _KafkaReader(UnboundedReader):
     def get_watermark(self) -> Timestamp:
         if self.finished() and not self.buffer:
             return MAX_TIMESTAMP
-        lag = self.spec.max_out_of_orderness_s
+        lag = int(self.spec.max_out_of_orderness_s * 1e6)
         now = time.time()
-        for clock in self.clocks.values():
-            candidate = clock.newest - lag if clock.newest > MIN_TIMESTAMP else MIN_TIMESTAMP
-            if now - clock.last_record_wall >= self.spec.idle_after_s and self.stop is None:
-                candidate = max(candidate, Timestamp(now - lag))
-            clock.watermark = max(clock.watermark, candidate)
         if not self.clocks:  # a discovery split with nothing to read yet follows the wall clock
-            return Timestamp(now - lag - self.spec.idle_after_s)
-        return min(clock.watermark for clock in self.clocks.values())
+            return Timestamp(micros=int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6))
+        lowest = None
+        for clock in self.clocks.values():
+            candidate = clock.newest - lag if clock.newest > _MIN_MICROS else _MIN_MICROS
+            if self.stop is None and now - clock.last_record_wall >= self.spec.idle_after_s:
+                candidate = max(candidate, int(now * 1e6) - lag)
+            if candidate > clock.watermark:
+                clock.watermark = candidate
+            lowest = clock.watermark if lowest is None else min(lowest, clock.watermark)
+        return Timestamp(micros=lowest)
 
     def get_checkpoint_mark(self) -> KafkaCheckpointMark:
         return KafkaCheckpointMark(self.spec, tuple(sorted(self.next_offsets.items())))
