@@ -23,6 +23,7 @@ setup(
     extras_require={
         "dev": [
             "pytest==9.2.0",
+            "hypothesis==6.170.15",
             "bqemulator==1.4.0",
             "duckdb-extension-spatial==1.5.5",
         ],

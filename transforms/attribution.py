@@ -1,0 +1,228 @@
+"""Attribution models as pure functions: which touches of a customer's path earn an order, and how much.
+
+Heuristic models work on one path and return one credit per touch (summing to 1). Data-driven models (Markov
+chain removal effect, Shapley) learn channel values from many paths, converting and not, and then split each
+order among the channels on its path in proportion to those values.
+
+A path is a list of Touch, oldest first. `prepare_path` applies the lookback window (days and steps), a path
+transform, and channel include/exclude; an empty path is credited to `no_touch_channel` (Direct).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HEURISTIC_MODELS = ("first_touch", "last_touch", "last_non_direct", "linear", "position_based", "time_decay")
+PATH_TRANSFORMS = ("unique", "exposure", "first", "frequency", "remove_if_last_and_not_all")
+CONVERSION, NULL, START = "(conversion)", "(null)", "(start)"
+
+
+@dataclass(frozen=True)
+class Touch:
+    time: dt.datetime
+    channel: str
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    lookback_days: float = 30.0
+    lookback_steps: int | None = None  # keep at most this many touches, the latest
+    path_transform: str = "unique"
+    include_channels: frozenset | None = None  # None: all
+    exclude_channels: frozenset = frozenset()
+    no_touch_channel: str = "Direct"
+    direct_channel: str = "Direct"
+    position_weights: tuple[float, float, float] = (0.4, 0.2, 0.4)  # first, middle (shared), last
+    half_life_days: float = 7.0
+    markov_order: int = 1
+    shapley_exact_max_channels: int = 12
+    shapley_samples: int = 2000
+    seed: int = 0
+
+
+def prepare_path(touches: list[Touch], conversion_time: dt.datetime, config: AttributionConfig) -> list[Touch]:
+    """The touches that may earn this conversion: in the lookback window, transformed, filtered; never empty."""
+    since = conversion_time - dt.timedelta(days=config.lookback_days)
+    path = sorted((t for t in touches if since <= t.time <= conversion_time), key=lambda t: t.time)
+    path = [t for t in path if t.channel not in config.exclude_channels
+            and (config.include_channels is None or t.channel in config.include_channels)]
+    if config.lookback_steps is not None:
+        path = path[-config.lookback_steps:] if config.lookback_steps > 0 else []
+    path = transform_path(path, config.path_transform, config.direct_channel)
+    return path or [Touch(conversion_time, config.no_touch_channel)]
+
+
+def transform_path(path: list[Touch], how: str, direct: str = "Direct") -> list[Touch]:
+    if how == "unique":  # every touch as it happened
+        return list(path)
+    if how == "exposure":  # consecutive repeats of a channel collapse into their first touch
+        return [t for i, t in enumerate(path) if i == 0 or path[i - 1].channel != t.channel]
+    if how in ("first", "frequency"):  # each channel once, at its first touch (frequency: see channel_frequency)
+        seen = set()
+        return [t for t in path if not (t.channel in seen or seen.add(t.channel))]
+    if how == "remove_if_last_and_not_all":  # drop trailing Direct touches unless the path is only Direct
+        if all(t.channel == direct for t in path):
+            return list(path)
+        end = len(path)
+        while end and path[end - 1].channel == direct:
+            end -= 1
+        return path[:end]
+    raise ValueError(f"path transform {how!r}: one of {', '.join(PATH_TRANSFORMS)}")
+
+
+def channel_frequency(path: list[Touch]) -> dict[str, int]:
+    """The 'frequency' transform's counts: how often each channel touched before the conversion."""
+    return dict(Counter(t.channel for t in path))
+
+
+# --- heuristic models: one path → one credit per touch ---------------------------------------------------------
+
+def heuristic_credits(model: str, path: list[Touch], conversion_time: dt.datetime,
+                      config: AttributionConfig = AttributionConfig()) -> list[float]:
+    n = len(path)
+    if n == 0:
+        raise ValueError("a prepared path has at least one touch")
+    if model == "first_touch":
+        return [1.0] + [0.0] * (n - 1)
+    if model == "last_touch":
+        return [0.0] * (n - 1) + [1.0]
+    if model == "last_non_direct":
+        index = max((i for i, t in enumerate(path) if t.channel != config.direct_channel), default=n - 1)
+        return [1.0 if i == index else 0.0 for i in range(n)]
+    if model == "linear":
+        return [1.0 / n] * n
+    if model == "position_based":
+        first, middle, last = config.position_weights
+        if n == 1:
+            return [1.0]
+        if n == 2:
+            return [first / (first + last), last / (first + last)]
+        return [first] + [middle / (n - 2)] * (n - 2) + [last]
+    if model == "time_decay":
+        ages = [(conversion_time - t.time).total_seconds() / 86400 for t in path]
+        weights = [2.0 ** (-age / config.half_life_days) for age in ages]
+        total = sum(weights)
+        return [w / total for w in weights]
+    raise ValueError(f"model {model!r}: one of {', '.join(HEURISTIC_MODELS)}")
+
+
+# --- Markov chain removal effect ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MarkovResult:
+    conversion_probability: float
+    removal_effects: dict  # channel → 1 - P(conversion without it) / P(conversion)
+
+    def shares(self) -> dict:
+        total = sum(self.removal_effects.values())
+        return {c: (v / total if total else 0.0) for c, v in self.removal_effects.items()}
+
+
+def markov_removal_effects(paths: list[tuple[list[str], bool]], order: int = 1) -> MarkovResult:
+    """Exact removal effects of an order-k Markov chain fitted to (channels, converted) paths."""
+    transitions: dict = defaultdict(Counter)
+    channels = set()
+    for steps, converted in paths:
+        channels.update(steps)
+        states = [START] + [tuple(steps[max(0, i - order + 1): i + 1]) for i in range(len(steps))]
+        for here, there in zip(states, states[1:]):
+            transitions[here][there] += 1
+        transitions[states[-1]][CONVERSION if converted else NULL] += 1
+    base = _absorption_probability(transitions, removed=None)
+    effects = {c: (1.0 - _absorption_probability(transitions, removed=c) / base) if base > 0 else 0.0
+               for c in sorted(channels)}
+    return MarkovResult(base, effects)
+
+
+def _absorption_probability(transitions: dict, removed: str | None) -> float:
+    """P(reaching CONVERSION from START): solve (I - Q) x = r over the transient states."""
+    transient = [s for s in transitions if s == START or removed is None or removed not in s]
+    index = {s: i for i, s in enumerate(transient)}
+    q = np.zeros((len(transient), len(transient)))
+    r = np.zeros(len(transient))
+    for state in transient:
+        counts = transitions[state]
+        total = sum(counts.values())
+        for target, count in counts.items():
+            p = count / total
+            if target == CONVERSION:
+                r[index[state]] += p
+            elif target == NULL or (removed is not None and target not in (CONVERSION, NULL) and removed in target):
+                continue  # absorbed without converting: a removed channel's states lead nowhere
+            else:
+                q[index[state], index[target]] += p
+    solution = np.linalg.solve(np.eye(len(transient)) - q, r)
+    return float(solution[index[START]])
+
+
+# --- Shapley values -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShapleyResult:
+    values: dict  # channel → Shapley value (in conversions); they sum to v(all channels)
+    standard_errors: dict  # 0 when exact
+    exact: bool
+
+    def shares(self) -> dict:
+        total = sum(self.values.values())
+        return {c: (v / total if total else 0.0) for c, v in self.values.items()}
+
+
+def shapley_values(paths: list[tuple[list[str], bool]], exact_max_channels: int = 12, samples: int = 2000,
+                   seed: int = 0) -> ShapleyResult:
+    """Shapley values of channels where a coalition S is worth the conversions of paths using only channels in S.
+
+    Exact over all coalitions up to `exact_max_channels` channels; beyond, permutation sampling with each
+    value's standard error reported.
+    """
+    conversions_by_set = Counter(frozenset(steps) for steps, converted in paths if converted and steps)
+    channels = sorted({c for s in conversions_by_set for c in s} | {c for steps, _ in paths for c in steps})
+
+    def worth(coalition: frozenset) -> float:
+        return float(sum(n for used, n in conversions_by_set.items() if used <= coalition))
+
+    n = len(channels)
+    if n <= exact_max_channels:
+        values = {}
+        for channel in channels:
+            others = [c for c in channels if c != channel]
+            total = 0.0
+            for size in range(n):
+                weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+                for subset in itertools.combinations(others, size):
+                    coalition = frozenset(subset)
+                    total += weight * (worth(coalition | {channel}) - worth(coalition))
+            values[channel] = total
+        return ShapleyResult(values, {c: 0.0 for c in channels}, exact=True)
+    rng = random.Random(seed)
+    draws: dict = {c: [] for c in channels}
+    for _ in range(samples):
+        order = channels[:]
+        rng.shuffle(order)
+        coalition: frozenset = frozenset()
+        before = 0.0
+        for channel in order:
+            coalition = coalition | {channel}
+            after = worth(coalition)
+            draws[channel].append(after - before)
+            before = after
+    values = {c: sum(d) / len(d) for c, d in draws.items()}
+    errors = {c: (np.std(d, ddof=1) / math.sqrt(len(d)) if len(d) > 1 else 0.0) for c, d in draws.items()}
+    return ShapleyResult(values, {c: float(e) for c, e in errors.items()}, exact=False)
+
+
+def data_driven_credits(path: list[Touch], channel_values: dict) -> list[float]:
+    """One order's credit per touch: its channels share in proportion to their learned values, each channel's
+    share split evenly over its touches. Falls back to linear when no channel on the path has value."""
+    counts = Counter(t.channel for t in path)
+    weights = {c: max(channel_values.get(c, 0.0), 0.0) for c in counts}
+    total = sum(weights.values())
+    if total <= 0:
+        return [1.0 / len(path)] * len(path)
+    return [weights[t.channel] / total / counts[t.channel] for t in path]
