@@ -1,0 +1,69 @@
+"""Event-time behaviour of AttributeOrders under TestStream: an order is attributed only once the watermark passes
+its time plus the allowed lateness, so a touch that is late but within it still counts; a touch later than that
+corrects the rows already emitted (same order, new values)."""
+import datetime as dt
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.customer_journeys import AttributeOrders, JourneyConfig
+
+T0 = dt.datetime(2026, 9, 1, 12, tzinfo=dt.timezone.utc)
+HOUR = dt.timedelta(hours=1)
+
+
+def _session(session_id, when, medium=None, source=None, referrer=None):
+    return {"session_id": session_id, "anonymous_id": "dev-1", "customer_id": "C1", "session_start": when,
+            "session_end": when + dt.timedelta(minutes=5), "utm_source": source, "utm_medium": medium,
+            "utm_campaign": None, "referrer": referrer, "event_time": when + dt.timedelta(minutes=5)}
+
+
+ORDER = {"order_id": "O1", "customer_id": "C1", "anonymous_id": "dev-1", "session_id": "s-email",
+         "status": "placed", "currency": "EUR", "amount": 100, "event_time": T0}
+
+
+def _at(when):
+    return Timestamp.from_utc_datetime(when)
+
+
+def test_late_touches_count_until_the_lateness_and_correct_after_it():
+    email = _session("s-email", T0 - HOUR, "email", "newsletter")
+    late_search = _session("s-search", T0 - 2 * HOUR, referrer="https://www.google.com/")  # arrives late
+    very_late_social = _session("s-social", T0 - 3 * HOUR, "social", "instagram")  # after the order fired
+    keyed = lambda s: ("C1", {"touch_id": s["session_id"], "time": s["session_start"], "kind": "session",
+                              "channel": {"email": "Email", None: "Organic Search", "social": "Organic Social"}[s["utm_medium"]],
+                              "source": s["utm_source"], "medium": s["utm_medium"], "campaign": "(not set)",
+                              "platform": None, "view_through": False})
+    config = JourneyConfig(allowed_lateness_s=1800)
+    stream = (TestStream()
+              .add_elements([TimestampedValue(("touch", keyed(email)), _at(email["session_start"]))], tag="touches")
+              .add_elements([TimestampedValue(ORDER, _at(T0))], tag="orders")
+              .advance_watermark_to(_at(T0 + dt.timedelta(minutes=10)), tag="touches")
+              .advance_watermark_to(_at(T0 + dt.timedelta(minutes=10)), tag="orders")
+              .add_elements([TimestampedValue(("touch", keyed(late_search)), _at(T0 + dt.timedelta(minutes=10)))],
+                            tag="touches")
+              .advance_watermark_to(_at(T0 + HOUR), tag="touches")
+              .advance_watermark_to(_at(T0 + HOUR), tag="orders")
+              .add_elements([TimestampedValue(("touch", keyed(very_late_social)), _at(T0 + HOUR))], tag="touches")
+              .advance_watermark_to_infinity(tag="touches")
+              .advance_watermark_to_infinity(tag="orders"))
+    options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=options) as pipeline:
+        inputs = pipeline | stream
+        touches = inputs["touches"] | "Unwrap" >> beam.Map(lambda kind_touch: kind_touch[1])
+        social = pipeline | "NoSocial" >> beam.Create([])
+        rows = (touches, social, inputs["orders"]) | AttributeOrders(config)
+        linear = (rows | beam.Filter(lambda r: r["model"] == "linear")
+                  | beam.Map(lambda r: (r["channel"], round(r["credit"], 4))))
+        assert_that(linear, equal_to([
+            # fired at T0 + 30 min with the email and the late (but within lateness) search session
+            ("Organic Search", 0.5), ("Email", 0.5),
+            # corrected when the social session arrived after that: the same order, three touches
+            ("Organic Social", 0.3333), ("Organic Search", 0.3333), ("Email", 0.3333),
+        ]))
