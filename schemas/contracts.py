@@ -1,0 +1,141 @@
+"""Output-table contracts (schemas/tables/*.json): one per table, the single source of every derived schema.
+
+A contract names the table, documents it and each column, and gives its primary key (so re-runs and corrections
+upsert), partitioning and clustering. From it come the DuckDB DDL, the BigQuery schema and the Avro schema here,
+and the data-quality suites later; none of them is written by hand.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+TABLES_DIR = Path(__file__).parent / "tables"
+TYPES = ("string", "int", "float", "bool", "timestamp", "date", "decimal")
+_DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    nullable: bool
+    doc: str
+    accepted_values: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def decimal(self) -> tuple[int, int] | None:
+        match = _DECIMAL.match(self.type)
+        return (int(match[1]), int(match[2])) if match else None
+
+    @property
+    def base_type(self) -> str:
+        return "decimal" if self.decimal else self.type
+
+
+@dataclass(frozen=True)
+class Contract:
+    table: str
+    doc: str
+    primary_key: tuple[str, ...]
+    partition_by: str | None
+    cluster_by: tuple[str, ...]
+    columns: tuple[Column, ...]
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    # --- derived schemas -----------------------------------------------------------------------------------------
+    def duckdb_ddl(self) -> str:
+        duck = {"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
+                "timestamp": "TIMESTAMPTZ", "date": "DATE"}
+        lines = []
+        for c in self.columns:
+            sql_type = f"DECIMAL({c.decimal[0]}, {c.decimal[1]})" if c.decimal else duck[c.type]
+            lines.append(f'  "{c.name}" {sql_type}{"" if c.nullable else " NOT NULL"}')
+        lines.append(f'  PRIMARY KEY ({", ".join(chr(34) + k + chr(34) for k in self.primary_key)})')
+        return f'CREATE TABLE IF NOT EXISTS "{self.table}" (\n' + ",\n".join(lines) + "\n)"
+
+    def bigquery_schema(self) -> list:
+        from google.cloud.bigquery import SchemaField
+
+        bq = {"string": "STRING", "int": "INT64", "float": "FLOAT64", "bool": "BOOL", "timestamp": "TIMESTAMP",
+              "date": "DATE"}
+        fields = []
+        for c in self.columns:
+            mode = "NULLABLE" if c.nullable else "REQUIRED"
+            if c.decimal:
+                fields.append(SchemaField(c.name, "NUMERIC", mode=mode, description=c.doc,
+                                          precision=c.decimal[0], scale=c.decimal[1]))
+            else:
+                fields.append(SchemaField(c.name, bq[c.type], mode=mode, description=c.doc))
+        return fields
+
+    def avro_schema(self) -> dict:
+        avro = {"string": "string", "int": "long", "float": "double", "bool": "boolean",
+                "timestamp": {"type": "long", "logicalType": "timestamp-micros"},
+                "date": {"type": "int", "logicalType": "date"}}
+        fields = []
+        for c in self.columns:
+            kind = ({"type": "bytes", "logicalType": "decimal", "precision": c.decimal[0], "scale": c.decimal[1]}
+                    if c.decimal else avro[c.type])
+            fields.append({"name": c.name, "type": ["null", kind] if c.nullable else kind, "doc": c.doc,
+                           **({"default": None} if c.nullable else {})})
+        return {"type": "record", "name": self.table, "namespace": "customer_journeys.tables", "doc": self.doc,
+                "fields": fields}
+
+    def markdown(self) -> str:
+        rows = [f"### `{self.table}`", "", self.doc, "",
+                f"Primary key: {', '.join(self.primary_key)}. Partitioned by: {self.partition_by or '—'}. "
+                f"Clustered by: {', '.join(self.cluster_by) or '—'}.", "",
+                "| column | type | null | description |", "|---|---|---|---|"]
+        for c in self.columns:
+            rows.append(f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.doc} |")
+        return "\n".join(rows)
+
+
+def _load(path: Path) -> Contract:
+    raw = json.loads(path.read_text())
+    columns = tuple(Column(c["name"], c["type"], c["nullable"], c["doc"],
+                           tuple(c["accepted_values"]) if "accepted_values" in c else None,
+                           c.get("min"), c.get("max")) for c in raw["columns"])
+    contract = Contract(raw["table"], raw["doc"], tuple(raw["primary_key"]), raw.get("partition_by"),
+                        tuple(raw.get("cluster_by", ())), columns)
+    _check(contract)
+    return contract
+
+
+def _check(contract: Contract) -> None:
+    names = [c.name for c in contract.columns]
+    problems = []
+    if len(set(names)) != len(names):
+        problems.append("duplicate column names")
+    for c in contract.columns:
+        if c.base_type not in TYPES:
+            problems.append(f"{c.name}: unknown type {c.type}")
+        if not c.doc.strip():
+            problems.append(f"{c.name}: no description")
+    for key in contract.primary_key:
+        if key not in names or contract.column(key).nullable:
+            problems.append(f"primary key {key} must be a non-null column")
+    for name in (contract.partition_by, *contract.cluster_by):
+        if name and name not in names:
+            problems.append(f"{name} is not a column")
+    if problems:
+        raise ValueError(f"contract {contract.table}: " + "; ".join(problems))
+
+
+@cache
+def contracts() -> dict[str, Contract]:
+    return {c.table: c for c in map(_load, sorted(TABLES_DIR.glob("*.json")))}
+
+
+def contract(table: str) -> Contract:
+    try:
+        return contracts()[table]
+    except KeyError:
+        raise KeyError(f"no contract for table {table!r}; known: {', '.join(contracts())}") from None
