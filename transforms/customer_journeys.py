@@ -75,18 +75,15 @@ class _Stitch(beam.DoFn):
                 expiry=beam.DoFn.TimerParam(EXPIRY)):
         anonymous_id, (kind, payload) = element
         known = customer.read()
-        if kind == "link":
-            if known is None:
-                customer.write(payload)
-                yield from ((payload, touch) for touch in pending.read())
-                pending.clear()
-            return
-        touch = session_touch(payload, self.config.channels)
-        owner = payload["customer_id"] or known
-        if payload["customer_id"] and known is None:
+        owner = payload if kind == "link" else (payload["customer_id"] or known)
+        if known is None and (kind == "link" or payload["customer_id"]):
+            # The device is linked now: the sessions that waited for it go to its customer.
             customer.write(owner)
             yield from ((owner, waiting) for waiting in pending.read())
             pending.clear()
+        if kind == "link":
+            return
+        touch = session_touch(payload, self.config.channels)
         if owner:
             yield owner, touch
         else:
