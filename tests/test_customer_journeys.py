@@ -90,8 +90,9 @@ def rows(world, tmp_path_factory):
 def test_pipeline_paths_and_credits_equal_the_sql_reference(world, rows):
     expected = reference(world)
     by_order = defaultdict(lambda: defaultdict(list))
+    reversed_rows = defaultdict(list)
     for row in rows:
-        by_order[row["order_id"]][row["model"]].append(row)
+        (by_order[row["order_id"]][row["model"]] if row["status"] == "placed" else reversed_rows[row["order_id"]]).append(row)
     assert set(by_order) == set(expected), "every placed order is attributed, no other"
     for order_id, path in expected.items():
         linear = sorted(by_order[order_id]["linear"], key=lambda r: r["touch_index"])
@@ -108,3 +109,17 @@ def test_anonymous_sessions_before_login_reach_the_customer(world, rows):
     stitched = {r["touch_id"] for r in rows if r["touch_id"]}
     anonymous_then_linked = [s for s in world["web_sessions"] if s["customer_id"] is None and s["session_id"] in stitched]
     assert anonymous_then_linked, "some attributed touches were anonymous when they happened"
+
+
+def test_cancelled_and_refunded_orders_net_out_to_zero(world, rows):
+    reversed_orders = {o["order_id"]: o["status"] for o in world["orders"] if o["status"] != "placed"}
+    assert reversed_orders, "the generator cancels and refunds some orders"
+    net = defaultdict(float)
+    for row in rows:
+        if row["model"] == "linear":
+            net[row["order_id"]] += row["revenue_credit"]
+    for order_id, status in reversed_orders.items():
+        assert net[order_id] == pytest.approx(0.0, abs=1e-6), order_id
+        assert {r["status"] for r in rows if r["order_id"] == order_id} == {"placed", status}
+    placed_only = [o for o in world["orders"] if o["status"] == "placed" and o["order_id"] not in reversed_orders]
+    assert all(net[o["order_id"]] == pytest.approx(float(o["amount"])) for o in placed_only)

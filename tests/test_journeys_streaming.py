@@ -1,6 +1,6 @@
 """Event-time behaviour of AttributeOrders under TestStream: an order is attributed only once the watermark passes
 its time plus the allowed lateness, so a touch that is late but within it still counts; a touch later than that
-corrects the rows already emitted (same order, new values)."""
+corrects the rows already emitted (same order, new values); a refund then takes the credit back."""
 import datetime as dt
 
 import apache_beam as beam
@@ -25,6 +25,7 @@ def _session(session_id, when, medium=None, source=None, referrer=None):
 
 ORDER = {"order_id": "O1", "customer_id": "C1", "anonymous_id": "dev-1", "session_id": "s-email",
          "status": "placed", "currency": "EUR", "amount": 100, "event_time": T0}
+REFUND = dict(ORDER, status="refunded", event_time=T0 + 2 * HOUR)
 
 
 def _at(when):
@@ -50,6 +51,7 @@ def test_late_touches_count_until_the_lateness_and_correct_after_it():
               .advance_watermark_to(_at(T0 + HOUR), tag="touches")
               .advance_watermark_to(_at(T0 + HOUR), tag="orders")
               .add_elements([TimestampedValue(("touch", keyed(very_late_social)), _at(T0 + HOUR))], tag="touches")
+              .add_elements([TimestampedValue(REFUND, _at(REFUND["event_time"]))], tag="orders")
               .advance_watermark_to_infinity(tag="touches")
               .advance_watermark_to_infinity(tag="orders"))
     options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
@@ -59,7 +61,7 @@ def test_late_touches_count_until_the_lateness_and_correct_after_it():
         touches = inputs["touches"] | "Unwrap" >> beam.Map(lambda kind_touch: kind_touch[1])
         social = pipeline | "NoSocial" >> beam.Create([])
         rows = (touches, social, inputs["orders"]) | AttributeOrders(config)
-        linear = (rows | beam.Filter(lambda r: r["model"] == "linear")
+        linear = (rows | beam.Filter(lambda r: r["model"] == "linear" and r["status"] == "placed")
                   | beam.Map(lambda r: (r["channel"], round(r["credit"], 4))))
         assert_that(linear, equal_to([
             # fired at T0 + 30 min with the email and the late (but within lateness) search session
@@ -67,3 +69,8 @@ def test_late_touches_count_until_the_lateness_and_correct_after_it():
             # corrected when the social session arrived after that: the same order, three touches
             ("Organic Social", 0.3333), ("Organic Search", 0.3333), ("Email", 0.3333),
         ]))
+        # the refund takes back the whole order value over the corrected path, once, and re-emits nothing else
+        refunded = (rows | "Refunded" >> beam.Filter(lambda r: r["model"] == "linear" and r["status"] == "refunded")
+                    | "RefundCredit" >> beam.Map(lambda r: (r["channel"], round(r["revenue_credit"], 2))))
+        assert_that(refunded, equal_to([("Organic Social", -33.33), ("Organic Search", -33.33), ("Email", -33.33)]),
+                    label="refund")

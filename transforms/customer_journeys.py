@@ -34,6 +34,7 @@ VIEW_THROUGH = frozenset({"impression", "video_view"})
 class JourneyConfig:
     attribution: AttributionConfig = AttributionConfig()
     allowed_lateness_s: float = 3600.0
+    reversal_horizon_days: float = 120.0  # how long an attributed order waits for a cancellation or refund
     touch_interactions: frozenset = CLICK_THROUGH | VIEW_THROUGH  # which social interactions count as touches
     channels: ChannelRules = ChannelRules()
 
@@ -119,14 +120,22 @@ class _Attribute(beam.DoFn):
     TOUCHES = BagStateSpec("touches", PickleCoder())
     PENDING = BagStateSpec("pending_orders", PickleCoder())
     DONE = BagStateSpec("attributed_orders", PickleCoder())
+    REVERSALS = BagStateSpec("reversals", PickleCoder())
     DUE = TimerSpec("due", TimeDomain.WATERMARK)
 
     def __init__(self, config: JourneyConfig):
         self.config = config
 
     def process(self, element, touches=beam.DoFn.StateParam(TOUCHES), pending=beam.DoFn.StateParam(PENDING),
-                done=beam.DoFn.StateParam(DONE), due=beam.DoFn.TimerParam(DUE)):
+                done=beam.DoFn.StateParam(DONE), reversals=beam.DoFn.StateParam(REVERSALS),
+                due=beam.DoFn.TimerParam(DUE)):
         customer_id, (kind, payload) = element
+        if kind == "reversal":
+            reversals.add(payload)
+            attributed = [o for o in done.read() if o["order_id"] == payload["order_id"]]
+            for order in attributed:  # already attributed: take its credit back now
+                yield from self._rows(customer_id, order, list(touches.read()), [payload], placed=False)
+            return
         if kind == "order":
             pending.add(payload)
             due.set(self._due(min(o["event_time"] for o in pending.read())))
@@ -136,7 +145,7 @@ class _Attribute(beam.DoFn):
         # A touch behind an order that was already attributed corrects that order's rows.
         for order in done.read():
             if order["event_time"] - self.config.lookback <= payload["time"] <= order["event_time"]:
-                yield from self._rows(customer_id, order, list(touches.read()))
+                yield from self._rows(customer_id, order, list(touches.read()), list(reversals.read()))
 
     def _due(self, order_time: dt.datetime) -> Timestamp:
         return _ts(order_time) + self.config.allowed_lateness_s
@@ -144,21 +153,28 @@ class _Attribute(beam.DoFn):
     @on_timer(DUE)
     def fire(self, key=beam.DoFn.KeyParam, touches=beam.DoFn.StateParam(TOUCHES),
              pending=beam.DoFn.StateParam(PENDING), done=beam.DoFn.StateParam(DONE),
-             due=beam.DoFn.TimerParam(DUE), now=beam.DoFn.TimestampParam):
+             reversals=beam.DoFn.StateParam(REVERSALS), due=beam.DoFn.TimerParam(DUE),
+             now=beam.DoFn.TimestampParam):
         all_touches = list(touches.read())
         waiting, ready = [], []
         for order in pending.read():
             (ready if self._due(order["event_time"]) <= now else waiting).append(order)
+        all_reversals = list(reversals.read())
         for order in sorted(ready, key=lambda o: o["event_time"]):
-            yield from self._rows(key, order, all_touches)
+            yield from self._rows(key, order, all_touches, all_reversals)
         pending.clear()
         for order in waiting:
             pending.add(order)
-        finished = [o for o in list(done.read()) + ready
-                    if self._due(o["event_time"] + self.config.lookback) > now]  # may still be corrected
+        horizon_s = max(self.config.lookback.total_seconds(), self.config.reversal_horizon_days * 86400)
+        finished = [o for o in list(done.read()) + ready  # may still be corrected or reversed
+                    if self._due(o["event_time"]) + horizon_s > now]
         done.clear()
         for order in finished:
             done.add(order)
+        kept_reversals = [r for r in all_reversals if _ts(r["event_time"]) + horizon_s > now]
+        reversals.clear()
+        for reversal in kept_reversals:
+            reversals.add(reversal)
         # Keep only touches some order may still use: within the lookback of a waiting order or of the future.
         horizon = now.to_utc_datetime().replace(tzinfo=dt.timezone.utc) - self.config.lookback - dt.timedelta(
             seconds=self.config.allowed_lateness_s)
@@ -170,7 +186,10 @@ class _Attribute(beam.DoFn):
         if waiting:
             due.set(self._due(min(o["event_time"] for o in waiting)))
 
-    def _rows(self, customer_id: str, order: dict, touches: list[dict]):
+    def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict], placed: bool = True):
+        """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status)."""
+        statuses = [("placed", 1)] if placed else []
+        statuses += sorted({(r["status"], -1) for r in reversals if r["order_id"] == order["order_id"]})
         config = self.config.attribution
         by_id = {t["touch_id"]: t for t in touches}
         path = prepare_path([Touch(t["time"], t["channel"]) for t in by_id.values()], order["event_time"], config)
@@ -178,10 +197,11 @@ class _Attribute(beam.DoFn):
         value = order["amount"]
         for model in HEURISTIC_MODELS:
             for index, credit in enumerate(heuristic_credits(model, path, order["event_time"], config)):
-                yield {"order_id": order["order_id"], "model": model, "touch_index": index,
-                       "touch_id": ids[index], "customer_id": customer_id, "order_time": order["event_time"],
-                       "touch_time": path[index].time, "channel": path[index].channel, "credit": credit,
-                       "revenue_credit": float(value) * credit, "currency": order["currency"]}
+                for status, sign in statuses:
+                    yield {"order_id": order["order_id"], "model": model, "touch_index": index, "status": status,
+                           "touch_id": ids[index], "customer_id": customer_id, "order_time": order["event_time"],
+                           "touch_time": path[index].time, "channel": path[index].channel, "credit": credit,
+                           "revenue_credit": sign * float(value) * credit, "currency": order["currency"]}
 
 
 def _touch_ids(path: list[Touch], touches) -> list[str | None]:
@@ -193,7 +213,8 @@ def _touch_ids(path: list[Touch], touches) -> list[str | None]:
 class AttributeOrders(beam.PTransform):
     """(customer-keyed touches, social interactions, orders) → order_attribution rows (order × model × touch).
 
-    Only placed orders are attributed here; cancellations and refunds reverse credit in a later step.
+    A cancelled or refunded order keeps its placed rows and gains the same rows with that status and negative
+    revenue credit, so sums over all statuses are net.
     """
 
     def __init__(self, config: JourneyConfig = JourneyConfig()):
@@ -206,8 +227,8 @@ class AttributeOrders(beam.PTransform):
         social_touches = (social
                           | "KnownPeople" >> beam.Filter(lambda s: s["customer_id"] and s["interaction_type"] in touch_types)
                           | "SocialTouch" >> beam.Map(lambda s: (s["customer_id"], social_touch(s))))
-        placed = (orders | "Placed" >> beam.Filter(lambda o: o["status"] == "placed")
-                  | "ByCustomer" >> beam.Map(lambda o: (o["customer_id"], ("order", o))))
+        placed = orders | "ByCustomer" >> beam.Map(
+            lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", o)))
         touches = ((keyed_sessions, social_touches) | "AllTouches" >> beam.Flatten()
                    | "AsTouch" >> beam.MapTuple(lambda customer, touch: (customer, ("touch", touch))))
         return ((touches, placed) | "Meet" >> beam.Flatten()
