@@ -13,7 +13,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.generate import GeneratorConfig, simulate
 from transforms.channel_grouping import ChannelRules
-from transforms.customer_journeys import AttributeOrders, JourneyConfig, StitchIdentities
+from transforms.customer_journeys import AttributeOrders, DataDrivenAttribution, JourneyConfig, StitchIdentities
 from transforms.json_lines import AppendJsonLines, read_json_lines
 
 LOOKBACK_DAYS = 30
@@ -33,16 +33,20 @@ def _timestamped(pipeline, label, records, time_field="event_time"):
 
 
 def _run(world, tmp_path):
-    out = str(tmp_path / "attribution.jsonl")
+    out, paths_out, fitted_out = (str(tmp_path / name) for name in ("attribution.jsonl", "paths.jsonl", "fitted.jsonl"))
     with TestPipeline(runner="FnApiRunner") as pipeline:
         sessions = _timestamped(pipeline, "Sessions", world["web_sessions"])
         social = _timestamped(pipeline, "Social", world["social_interactions"])
         orders = _timestamped(pipeline, "Orders", world["orders"])
         config = JourneyConfig()
         keyed = (sessions, orders) | StitchIdentities(config)
-        attribution = (keyed, social, orders) | AttributeOrders(config)
+        outputs = (keyed, social, orders) | AttributeOrders(config)
+        attribution = outputs["order_attribution"]
         _ = attribution | beam.ParDo(AppendJsonLines(out))
-    return read_json_lines(out)
+        _ = outputs["paths"] | "WritePaths" >> beam.ParDo(AppendJsonLines(paths_out))
+        _ = (outputs["paths"] | DataDrivenAttribution(window_days=1000)
+             | "WriteFitted" >> beam.ParDo(AppendJsonLines(fitted_out)))
+    return {"rows": read_json_lines(out), "paths": read_json_lines(paths_out), "fitted": read_json_lines(fitted_out)}
 
 
 def reference(world):
@@ -83,8 +87,13 @@ def reference(world):
 
 
 @pytest.fixture(scope="module")
-def rows(world, tmp_path_factory):
+def outputs(world, tmp_path_factory):
     return _run(world, tmp_path_factory.mktemp("journeys"))
+
+
+@pytest.fixture(scope="module")
+def rows(outputs):
+    return outputs["rows"]
 
 
 def test_pipeline_paths_and_credits_equal_the_sql_reference(world, rows):
@@ -123,3 +132,25 @@ def test_cancelled_and_refunded_orders_net_out_to_zero(world, rows):
         assert {r["status"] for r in rows if r["order_id"] == order_id} == {"placed", status}
     placed_only = [o for o in world["orders"] if o["status"] == "placed" and o["order_id"] not in reversed_orders]
     assert all(net[o["order_id"]] == pytest.approx(float(o["amount"])) for o in placed_only)
+
+
+def test_paths_cover_each_touch_once_converting_or_not(world, outputs):
+    paths = outputs["paths"]
+    converting = [p for p in paths if p["converted"]]
+    assert len(converting) == sum(1 for o in world["orders"] if o["status"] == "placed")
+    non_converting = [p for p in paths if not p["converted"]]
+    assert non_converting, "journeys that never ordered are paths too"
+    used = [i for p in converting for i in p["touch_ids"] if i]
+    unused = [i for p in non_converting for i in p["touch_ids"]]
+    assert len(unused) == len(set(unused)) and not set(unused) & set(used)
+
+
+def test_data_driven_models_credit_every_conversion_and_rank_email_above_display(outputs):
+    fitted = outputs["fitted"]
+    for model in ("markov", "shapley"):
+        model_rows = {r["channel"]: r for r in fitted if r["model"] == model}
+        assert sum(r["share"] for r in model_rows.values()) == pytest.approx(1.0)
+        assert sum(r["conversions"] for r in model_rows.values()) == pytest.approx(
+            sum(1 for p in outputs["paths"] if p["converted"]))
+        # Planted: an email visit converts 7.5 times as often as a display visit.
+        assert model_rows["Email"]["value"] > model_rows["Display"]["value"], model

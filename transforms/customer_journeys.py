@@ -116,8 +116,12 @@ class StitchIdentities(beam.PTransform):
 
 # --- 2. attribution per customer ------------------------------------------------------------------------------------
 
+PATHS = "paths"
+
+
 class _Attribute(beam.DoFn):
     TOUCHES = BagStateSpec("touches", PickleCoder())
+    USED = BagStateSpec("used_touch_ids", StrUtf8Coder())  # touches on some order's path: not a non-converting path
     PENDING = BagStateSpec("pending_orders", PickleCoder())
     DONE = BagStateSpec("attributed_orders", PickleCoder())
     REVERSALS = BagStateSpec("reversals", PickleCoder())
@@ -125,66 +129,76 @@ class _Attribute(beam.DoFn):
 
     def __init__(self, config: JourneyConfig):
         self.config = config
+        self.lateness = dt.timedelta(seconds=config.allowed_lateness_s)
+        self.horizon = max(config.lookback, dt.timedelta(days=config.reversal_horizon_days))
 
-    def process(self, element, touches=beam.DoFn.StateParam(TOUCHES), pending=beam.DoFn.StateParam(PENDING),
-                done=beam.DoFn.StateParam(DONE), reversals=beam.DoFn.StateParam(REVERSALS),
-                due=beam.DoFn.TimerParam(DUE)):
+    def process(self, element, touches=beam.DoFn.StateParam(TOUCHES), used=beam.DoFn.StateParam(USED),
+                pending=beam.DoFn.StateParam(PENDING), done=beam.DoFn.StateParam(DONE),
+                reversals=beam.DoFn.StateParam(REVERSALS), due=beam.DoFn.TimerParam(DUE)):
         customer_id, (kind, payload) = element
         if kind == "reversal":
             reversals.add(payload)
-            attributed = [o for o in done.read() if o["order_id"] == payload["order_id"]]
-            for order in attributed:  # already attributed: take its credit back now
+            for order in (o for o in done.read() if o["order_id"] == payload["order_id"]):
+                # already attributed: take its credit back now
                 yield from self._rows(customer_id, order, list(touches.read()), [payload], placed=False)
-            return
-        if kind == "order":
+        elif kind == "order":
             pending.add(payload)
-            due.set(self._due(min(o["event_time"] for o in pending.read())))
-            return
-        touches.add(payload)
-        due.set(self._due(min((o["event_time"] for o in pending.read()), default=payload["time"])))
-        # A touch behind an order that was already attributed corrects that order's rows.
-        for order in done.read():
-            if order["event_time"] - self.config.lookback <= payload["time"] <= order["event_time"]:
-                yield from self._rows(customer_id, order, list(touches.read()), list(reversals.read()))
+        else:
+            touches.add(payload)
+            # A touch behind an order that was already attributed corrects that order's rows.
+            for order in done.read():
+                if order["event_time"] - self.config.lookback <= payload["time"] <= order["event_time"]:
+                    used.add(payload["touch_id"])
+                    yield from self._rows(customer_id, order, list(touches.read()), list(reversals.read()))
+        self._set_due(due, pending.read(), touches.read(), done.read(), reversals.read())
 
     def _due(self, order_time: dt.datetime) -> Timestamp:
-        return _ts(order_time) + self.config.allowed_lateness_s
+        return _ts(order_time + self.lateness)
+
+    def _set_due(self, due, pending, touches, done, reversals) -> None:
+        """The next moment anything happens: an order falls due, or a touch, order or reversal expires."""
+        moments = ([o["event_time"] for o in pending]
+                   + [t["time"] + self.config.lookback for t in touches]
+                   + [o["event_time"] + self.horizon for o in done]
+                   + [r["event_time"] + self.horizon for r in reversals])
+        if moments:
+            due.set(self._due(min(moments)))
 
     @on_timer(DUE)
-    def fire(self, key=beam.DoFn.KeyParam, touches=beam.DoFn.StateParam(TOUCHES),
+    def fire(self, key=beam.DoFn.KeyParam, touches=beam.DoFn.StateParam(TOUCHES), used=beam.DoFn.StateParam(USED),
              pending=beam.DoFn.StateParam(PENDING), done=beam.DoFn.StateParam(DONE),
              reversals=beam.DoFn.StateParam(REVERSALS), due=beam.DoFn.TimerParam(DUE),
              now=beam.DoFn.TimestampParam):
-        all_touches = list(touches.read())
-        waiting, ready = [], []
-        for order in pending.read():
-            (ready if self._due(order["event_time"]) <= now else waiting).append(order)
-        all_reversals = list(reversals.read())
-        for order in sorted(ready, key=lambda o: o["event_time"]):
-            yield from self._rows(key, order, all_touches, all_reversals)
-        pending.clear()
-        for order in waiting:
-            pending.add(order)
-        horizon_s = max(self.config.lookback.total_seconds(), self.config.reversal_horizon_days * 86400)
-        finished = [o for o in list(done.read()) + ready  # may still be corrected or reversed
-                    if self._due(o["event_time"]) + horizon_s > now]
-        done.clear()
-        for order in finished:
-            done.add(order)
-        kept_reversals = [r for r in all_reversals if _ts(r["event_time"]) + horizon_s > now]
-        reversals.clear()
-        for reversal in kept_reversals:
-            reversals.add(reversal)
-        # Keep only touches some order may still use: within the lookback of a waiting order or of the future.
-        horizon = now.to_utc_datetime().replace(tzinfo=dt.timezone.utc) - self.config.lookback - dt.timedelta(
-            seconds=self.config.allowed_lateness_s)
-        keep = [t for t in all_touches if t["time"] >= horizon or any(
-            o["event_time"] - self.config.lookback <= t["time"] for o in waiting + finished)]
-        touches.clear()
-        for touch in keep:
-            touches.add(touch)
-        if waiting:
-            due.set(self._due(min(o["event_time"] for o in waiting)))
+        cutoff = now.to_utc_datetime().replace(tzinfo=dt.timezone.utc) - self.lateness  # event time now settled
+        all_touches, all_reversals = list(touches.read()), list(reversals.read())
+        used_ids = set(used.read())
+        waiting = [o for o in pending.read() if o["event_time"] > cutoff]
+        ready = sorted((o for o in pending.read() if o["event_time"] <= cutoff), key=lambda o: o["event_time"])
+        for order in ready:
+            rows = list(self._rows(key, order, all_touches, all_reversals))
+            yield from rows
+            path_ids = [r["touch_id"] for r in rows if r["model"] == "linear" and r["status"] == "placed"]
+            used_ids.update(i for i in path_ids if i)
+            yield beam.pvalue.TaggedOutput(PATHS, _path(key, order, [r for r in rows if r["model"] == "linear"
+                                                                      and r["status"] == "placed"]))
+        finished = [o for o in list(done.read()) + ready if o["event_time"] + self.horizon > cutoff]
+        kept_reversals = [r for r in all_reversals if r["event_time"] + self.horizon > cutoff]
+        # A touch no order can use any more leaves state; unused ones leave as a non-converting path.
+        keep = [t for t in all_touches if t["time"] + self.config.lookback > cutoff]
+        expired = [t for t in all_touches if t["time"] + self.config.lookback <= cutoff]
+        unused = sorted((t for t in expired if t["touch_id"] not in used_ids), key=lambda t: t["time"])
+        if unused:
+            yield beam.pvalue.TaggedOutput(PATHS, {"customer_id": key, "order_id": None, "converted": False,
+                                                   "channels": [t["channel"] for t in unused],
+                                                   "touch_ids": [t["touch_id"] for t in unused],
+                                                   "revenue": 0.0, "currency": None})
+        kept_ids = {t["touch_id"] for t in keep}
+        for state, values in ((pending, waiting), (done, finished), (reversals, kept_reversals), (touches, keep),
+                              (used, sorted(used_ids & kept_ids))):
+            state.clear()
+            for value in values:
+                state.add(value)
+        self._set_due(due, waiting, keep, finished, kept_reversals)
 
     def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict], placed: bool = True):
         """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status)."""
@@ -204,6 +218,14 @@ class _Attribute(beam.DoFn):
                            "revenue_credit": sign * float(value) * credit, "currency": order["currency"]}
 
 
+def _path(customer_id: str, order: dict, rows: list[dict]) -> dict:
+    """A converting path for the data-driven models, from the order's linear rows (one per path step)."""
+    steps = sorted(rows, key=lambda r: r["touch_index"])
+    return {"customer_id": customer_id, "order_id": order["order_id"], "converted": True,
+            "channels": [r["channel"] for r in steps], "touch_ids": [r["touch_id"] for r in steps],
+            "revenue": float(order["amount"]), "currency": order["currency"]}
+
+
 def _touch_ids(path: list[Touch], touches) -> list[str | None]:
     """The touch id behind each path step (None for the synthetic no-touch step)."""
     lookup = {(t["time"], t["channel"]): t["touch_id"] for t in touches}
@@ -211,7 +233,8 @@ def _touch_ids(path: list[Touch], touches) -> list[str | None]:
 
 
 class AttributeOrders(beam.PTransform):
-    """(customer-keyed touches, social interactions, orders) → order_attribution rows (order × model × touch).
+    """(customer-keyed touches, social interactions, orders) → {"order_attribution": rows (order × model × touch),
+    "paths": converting paths (at attribution) and non-converting ones (when their touches expire unused)}.
 
     A cancelled or refunded order keeps its placed rows and gains the same rows with that status and negative
     revenue credit, so sums over all statuses are net.
@@ -231,5 +254,65 @@ class AttributeOrders(beam.PTransform):
             lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", o)))
         touches = ((keyed_sessions, social_touches) | "AllTouches" >> beam.Flatten()
                    | "AsTouch" >> beam.MapTuple(lambda customer, touch: (customer, ("touch", touch))))
-        return ((touches, placed) | "Meet" >> beam.Flatten()
-                | "Attribute" >> beam.ParDo(_Attribute(self.config)))
+        outputs = ((touches, placed) | "Meet" >> beam.Flatten()
+                   | "Attribute" >> beam.ParDo(_Attribute(self.config)).with_outputs(PATHS, main="order_attribution"))
+        return {"order_attribution": outputs.order_attribution, PATHS: outputs[PATHS]}
+
+
+class DataDrivenAttribution(beam.PTransform):
+    """paths → data_driven_attribution rows: per event-time window, Markov removal effects and Shapley values
+    fitted on that window's converting and non-converting paths, with the conversions and revenue each model
+    credits to each channel (every converting path split by data_driven_credits)."""
+
+    def __init__(self, window_days: float = 7.0, config: AttributionConfig = AttributionConfig()):
+        super().__init__()
+        self.window_days = window_days
+        self.config = config
+
+    def expand(self, paths):
+        from apache_beam.transforms.window import FixedWindows
+
+        return (paths
+                | "Window" >> beam.WindowInto(FixedWindows(self.window_days * 86400))
+                | "OneKey" >> beam.Map(lambda path: (None, path))
+                | "Gather" >> beam.GroupByKey()
+                | "Fit" >> beam.ParDo(_FitDataDriven(self.config)))
+
+
+class _FitDataDriven(beam.DoFn):
+    def __init__(self, config: AttributionConfig):
+        self.config = config
+
+    def process(self, element, window=beam.DoFn.WindowParam):
+        from transforms.attribution import markov_removal_effects, shapley_values
+
+        paths = list(element[1])
+        fitted = [(p["channels"], p["converted"]) for p in paths]
+        markov = markov_removal_effects(fitted, order=self.config.markov_order)
+        shapley = shapley_values(fitted, self.config.shapley_exact_max_channels, self.config.shapley_samples,
+                                 self.config.seed)
+        models = {"markov": (markov.removal_effects, markov.shares(), {}),
+                  "shapley": (shapley.values, shapley.shares(), shapley.standard_errors)}
+        for model, (values, shares, errors) in models.items():
+            conversions, revenue = _credited(paths, shares)
+            for channel in sorted(values):
+                yield {"window_start": window.start.to_utc_datetime(), "window_end": window.end.to_utc_datetime(),
+                       "model": model, "channel": channel, "value": values[channel], "share": shares[channel],
+                       "standard_error": errors.get(channel, 0.0), "conversions": conversions[channel],
+                       "revenue": round(revenue[channel], 2), "paths": len(paths)}
+
+
+def _credited(paths: list[dict], shares: dict) -> tuple[dict, dict]:
+    from collections import defaultdict
+
+    from transforms.attribution import data_driven_credits
+
+    conversions, revenue = defaultdict(float), defaultdict(float)
+    for path in paths:
+        if not path["converted"]:
+            continue
+        steps = [Touch(dt.datetime.min, channel) for channel in path["channels"]]
+        for step, credit in zip(steps, data_driven_credits(steps, shares)):
+            conversions[step.channel] += credit
+            revenue[step.channel] += credit * path["revenue"]
+    return conversions, revenue
