@@ -1,13 +1,11 @@
 """Identity stitching and per-customer attribution in Beam, checked against an independent DuckDB SQL reference
 computed from the same generated events."""
-import datetime as dt
 from collections import defaultdict
 
 import apache_beam as beam
 import duckdb
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 

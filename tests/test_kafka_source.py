@@ -1,14 +1,12 @@
 """ReadFromKafka against the real local broker, on DirectRunner and Prism: backfill, streaming, idleness,
 new partitions, start positions."""
 import datetime as dt
-import threading
 import time
 from collections import Counter
 
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms.window import FixedWindows
 
 from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
