@@ -104,8 +104,9 @@ def test_pipeline_paths_and_credits_equal_the_sql_reference(world, rows):
     for order_id, path in expected.items():
         linear = sorted(by_order[order_id]["linear"], key=lambda r: r["touch_index"])
         assert sorted(r["channel"] for r in linear) == sorted(path), order_id
-        assert [r["channel"] for r in sorted(by_order[order_id]["last_touch"], key=lambda r: r["touch_index"])
-                if r["credit"] == 1] == [path[-1]] or path.count(path[-1]) > 1
+        credited = [r for r in by_order[order_id]["last_touch"] if r["credit"] == 1]
+        assert [r["touch_index"] for r in credited] == [len(path) - 1], order_id
+        assert credited[0]["channel"] == path[-1], order_id
         for model, model_rows in by_order[order_id].items():
             assert sum(r["credit"] for r in model_rows) == pytest.approx(1.0), (order_id, model)
             amount = float(next(o["amount"] for o in world["orders"] if o["order_id"] == order_id))
