@@ -43,7 +43,7 @@ class _Coordinates(beam.DoFn):
         self.decoder = decoder
 
     def process(self, message):
-        outcome = message.decoded if message.decoded is not None else self.decoder(message)
+        outcome = self.decoder.outcome(message)
         kind = "dead_letter" if not isinstance(outcome, dict) else self.decoder.logical_topic(message.topic)
         yield {"kind": kind, "topic": message.topic, "partition": message.partition, "offset": message.offset,
                "event_id": outcome.get("event_id") if isinstance(outcome, dict) else None,

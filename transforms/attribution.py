@@ -63,7 +63,7 @@ def transform_path(path: list[Touch], how: str, direct: str = "Direct") -> list[
         return list(path)
     if how == "exposure":  # consecutive repeats of a channel collapse into their first touch
         return [t for i, t in enumerate(path) if i == 0 or path[i - 1].channel != t.channel]
-    if how in ("first", "frequency"):  # each channel once, at its first touch (frequency: see channel_frequency)
+    if how in ("first", "frequency"):  # each channel once, at its first touch (the models use no counts)
         seen = set()
         return [t for t in path if not (t.channel in seen or seen.add(t.channel))]
     if how == "remove_if_last_and_not_all":  # drop trailing Direct touches unless the path is only Direct
@@ -74,11 +74,6 @@ def transform_path(path: list[Touch], how: str, direct: str = "Direct") -> list[
             end -= 1
         return path[:end]
     raise ValueError(f"path transform {how!r}: one of {', '.join(PATH_TRANSFORMS)}")
-
-
-def channel_frequency(path: list[Touch]) -> dict[str, int]:
-    """The 'frequency' transform's counts: how often each channel touched before the conversion."""
-    return dict(Counter(t.channel for t in path))
 
 
 # --- heuristic models: one path → one credit per touch ---------------------------------------------------------

@@ -62,6 +62,11 @@ class EventDecoder:
             return _dead(message, "validate", error.reason, error.detail, now)
         return record
 
+    def outcome(self, message: KafkaMessage) -> dict | DeadLetter:
+        """The message's record or dead letter; the source may have decoded it already (to timestamp it by
+        event time), and then it is not decoded twice."""
+        return message.decoded if message.decoded is not None else self(message)
+
 
 def _dead(message: KafkaMessage, stage: str, reason: str, error: str, now: dt.datetime) -> DeadLetter:
     return DeadLetter(message.topic, message.partition, message.offset, message.timestamp_ms, message.key,
@@ -73,8 +78,7 @@ class _Route(beam.DoFn):
         self.decoder = decoder
 
     def process(self, message: KafkaMessage):
-        # The source may have decoded already (to timestamp by event time); never decode twice.
-        outcome = message.decoded if message.decoded is not None else self.decoder(message)
+        outcome = self.decoder.outcome(message)
         if isinstance(outcome, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, outcome)
         else:
