@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import faulthandler
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines import event_counts
 
         logging.basicConfig(level=logging.WARNING)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck job waits
         return event_counts.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

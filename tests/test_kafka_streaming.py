@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,11 @@ class CountJob:
                 self.restarts += 1
                 self.start()
             time.sleep(0.5)
-        raise AssertionError(f"{what} not within {timeout_s}s; see {self.log.name}")
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR1)  # the job prints its threads' stacks into its log
+            time.sleep(2)
+        tail = Path(self.log.name).read_bytes()[-6000:].decode(errors="replace")
+        raise AssertionError(f"{what} not within {timeout_s}s; the end of {self.log.name}:\n{tail}")
 
 
 def _produce_in_background(records, connection, prefix, rate):

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -72,11 +73,14 @@ class KafkaReadSpec:
 
 
 class KafkaCheckpointMark(CheckpointMark):
-    """The next offset of every partition a split reads: where its reader resumes."""
+    """The next offset of every partition a split reads: where its reader resumes. It also carries each
+    partition's watermark clock: runners rebuild readers from checkpoints between bundles (Prism does every few
+    seconds), and a rebuilt reader that started its idle timer afresh would never see a quiet partition as idle."""
 
-    def __init__(self, spec: KafkaReadSpec, next_offsets: Offsets):
+    def __init__(self, spec: KafkaReadSpec, next_offsets: Offsets, clocks: tuple = ()):
         self.spec = spec
         self.next_offsets = next_offsets
+        self.clocks: tuple[tuple[Partition, _PartitionClock], ...] = clocks
 
     def finalize_checkpoint(self) -> None:
         if self.spec.group_id and self.next_offsets:
@@ -132,7 +136,8 @@ class _KafkaReader(UnboundedReader):
         self.next_offsets: dict[Partition, int] = dict(mark.next_offsets) if mark else dict(source.start_offsets)
         self.stop = dict(self.spec.stop_offsets) if self.spec.stop_offsets is not None else None
         self.buffer: collections.deque = collections.deque()
-        self.clocks: dict[Partition, _PartitionClock] = {}
+        self.clocks: dict[Partition, _PartitionClock] = {tp: dataclasses.replace(clock)
+                                                          for tp, clock in (mark.clocks if mark else ())}
         self.current: KafkaMessage | None = None
         self.current_timestamp: Timestamp = MIN_TIMESTAMP
         self.consumer = None
@@ -254,7 +259,8 @@ class _KafkaReader(UnboundedReader):
         return Timestamp(micros=lowest)
 
     def get_checkpoint_mark(self) -> KafkaCheckpointMark:
-        return KafkaCheckpointMark(self.spec, tuple(sorted(self.next_offsets.items())))
+        return KafkaCheckpointMark(self.spec, tuple(sorted(self.next_offsets.items())),
+                                   tuple((tp, dataclasses.replace(clock)) for tp, clock in sorted(self.clocks.items())))
 
 
 class KafkaPartitionSource(UnboundedSource):
