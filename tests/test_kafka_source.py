@@ -151,3 +151,34 @@ def test_reader_watermark_holds_at_the_newest_event_then_follows_the_clock_when_
         assert rebuilt.get_watermark() >= Timestamp.now() - 2
     finally:
         rebuilt.close()
+
+
+def test_readers_rebuilt_from_checkpoints_reuse_one_consumer_rather_than_leak_one_each(kafka, topic_prefix,
+                                                                                       sample_events):
+    """Prism resumes a split on whichever bundle processor is free; the reader it left is parked in another
+    processor's cache and may never be closed. Its consumer went back to the pool at the checkpoint."""
+    from kafka import KafkaProducer
+
+    ensure_topics(kafka, prefix=topic_prefix, partitions=1)
+    topic = topic_prefix + "orders"
+    producer = KafkaProducer(**kafka.client_config())
+    for n in range(5):
+        value, headers = codec.encode("orders", dict(sample_events["orders"], event_id=f"o{n}"))
+        producer.send(topic, value=value, headers=headers, partition=0).get(timeout=10)
+    producer.close()
+    source = ReadFromKafka(kafka, [topic], event_time=EventDecoder.for_prefix(topic_prefix)).launch_source()
+    partition_zero = [s for s in source.split(20) if s.start_offsets][0]
+    abandoned, consumers, offsets, mark = [], [], [], None
+    for _ in range(5):  # one record per "bundle", each on a reader rebuilt from the last checkpoint
+        reader = partition_zero.create_reader(None, mark)
+        got, deadline = reader.start(), time.monotonic() + 20
+        while not got and time.monotonic() < deadline:
+            got = reader.advance()
+        assert got
+        offsets.append(reader.get_current().offset)
+        consumers.append(reader.consumer)
+        mark = reader.get_checkpoint_mark()
+        assert reader.consumer is None, "the consumer went back to the pool with the checkpoint"
+        abandoned.append(reader)  # never closed, like a reader parked in a cache nobody asks again
+    assert offsets == [0, 1, 2, 3, 4], "each rebuilt reader went on after the checkpoint, nothing re-read"
+    assert all(consumer is consumers[0] for consumer in consumers)

@@ -116,6 +116,47 @@ class _GroupCommitter:
             consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
 
 
+class _ConsumerPool:
+    """Idle consumers of this worker process, by cluster and partitions.
+
+    Runners rebuild readers from checkpoints: Prism resumes a split on whichever bundle processor comes next,
+    while Beam parks the old reader in the cache of the processor it left, where nothing may ever close it. A
+    reader holding its consumer there leaked one consumer (and its network thread) per bundle: 100 of them
+    starved a 2-core machine within a minute. So a reader hands its consumer back here at every checkpoint and
+    takes one when it reads again: the same consumer serves the split's next bundle wherever that runs.
+    """
+    IDLE_CLOSE_S = 60.0
+    _idle: dict = collections.defaultdict(list)  # key → [(consumer, given back at)]
+    _lock = threading.Lock()
+
+    @staticmethod
+    def _key(spec: KafkaReadSpec, partitions) -> tuple:
+        return spec.connection, spec.isolation_level, tuple(sorted(partitions))
+
+    @classmethod
+    def take(cls, spec: KafkaReadSpec, partitions):
+        with cls._lock:
+            idle = cls._idle.get(cls._key(spec, partitions))
+            consumer = idle.pop()[0] if idle else None
+        if consumer is not None:
+            return consumer
+        from kafka import KafkaConsumer
+        return KafkaConsumer(**spec.connection.client_config(), group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", isolation_level=spec.isolation_level,
+                             max_poll_records=2000, fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
+
+    @classmethod
+    def give(cls, spec: KafkaReadSpec, partitions, consumer) -> None:
+        now = time.monotonic()
+        with cls._lock:
+            cls._idle[cls._key(spec, partitions)].append((consumer, now))
+            stale = [c for entries in cls._idle.values() for c, at in entries if now - at > cls.IDLE_CLOSE_S]
+            for key in list(cls._idle):
+                cls._idle[key] = [(c, at) for c, at in cls._idle[key] if now - at <= cls.IDLE_CLOSE_S]
+        for old in stale:
+            old.close(autocommit=False)
+
+
 _MIN_MICROS = MIN_TIMESTAMP.micros
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MICROSECOND = dt.timedelta(microseconds=1)
@@ -145,13 +186,8 @@ class _KafkaReader(UnboundedReader):
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> bool:
-        from kafka import KafkaConsumer
-
-        self.consumer = KafkaConsumer(**self.spec.connection.client_config(), group_id=None,
-                                      enable_auto_commit=False, auto_offset_reset="earliest",
-                                      isolation_level=self.spec.isolation_level, max_poll_records=2000,
-                                      fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
-        self._assign()
+        for tp in self.next_offsets:
+            self.clocks.setdefault(tp, _PartitionClock())
         return self.advance()
 
     def close(self) -> None:
@@ -159,13 +195,28 @@ class _KafkaReader(UnboundedReader):
             self.consumer.close(autocommit=False)
             self.consumer = None
 
+    def _consumer(self):
+        """This reader's consumer, taken from the pool and positioned where the reader goes on."""
+        if self.consumer is None:
+            self.consumer = _ConsumerPool.take(self.spec, self.next_offsets)
+            self._assign()
+        return self.consumer
+
+    def _release(self) -> None:
+        if self.consumer is not None:
+            _ConsumerPool.give(self.spec, self.next_offsets, self.consumer)
+            self.consumer = None
+
     def _assign(self) -> None:
         from kafka import TopicPartition
 
-        partitions = sorted(self.next_offsets)
-        self.consumer.assign([TopicPartition(t, p) for t, p in partitions])
-        for tp in partitions:
-            self.consumer.seek(TopicPartition(*tp), self.next_offsets[tp])
+        # Records already buffered are not fetched again: each partition resumes after its last buffered one.
+        fetch_from = dict(self.next_offsets)
+        for record in self.buffer:
+            fetch_from[(record.topic, record.partition)] = record.offset + 1
+        self.consumer.assign([TopicPartition(t, p) for t, p in sorted(fetch_from)])
+        for tp, offset in fetch_from.items():
+            self.consumer.seek(TopicPartition(*tp), offset)
             self.clocks.setdefault(tp, _PartitionClock())
 
     def _discover(self) -> None:
@@ -175,14 +226,16 @@ class _KafkaReader(UnboundedReader):
         self.next_discovery = time.monotonic() + self.spec.discovery_interval_s
         known = dict(self.spec.known_partitions)
         new = {}
+        consumer = self._consumer()
+        consumer.topics()  # a fresh metadata fetch: a long-lived consumer's cache may predate the new partitions
         for topic in self.spec.topics:
-            for partition in self.consumer.partitions_for_topic(topic) or ():
+            for partition in consumer.partitions_for_topic(topic) or ():
                 if partition >= known.get(topic, 0) and (topic, partition) not in self.next_offsets:
                     new[(topic, partition)] = 0
         if new:
             log.info("picked up new partitions %s", sorted(new))
+            self._release()  # pooled by its partitions: the new set takes its own
             self.next_offsets.update(new)
-            self._assign()
 
     # --- reading ---------------------------------------------------------------------------------------------
     def advance(self) -> bool:
@@ -210,14 +263,16 @@ class _KafkaReader(UnboundedReader):
         self._discover()
         if self.finished():
             return
-        batches = self.consumer.poll(timeout_ms=self.spec.poll_timeout_ms)
+        if not self.next_offsets:
+            return  # a discovery split with nothing found yet
+        batches = self._consumer().poll(timeout_ms=self.spec.poll_timeout_ms)
         for tp in sorted(batches):
             self.buffer.extend(batches[tp])
         if self.stop is not None and not self.buffer:
             # Transaction markers and compaction leave offsets without records: positions tell the truth.
             for (topic, partition), stop in self.stop.items():
                 if (topic, partition) in self.next_offsets:
-                    position = self.consumer.position(TopicPartition(topic, partition))
+                    position = self._consumer().position(TopicPartition(topic, partition))
                     self.next_offsets[(topic, partition)] = max(self.next_offsets[(topic, partition)],
                                                                 min(position, stop))
 
@@ -259,6 +314,11 @@ class _KafkaReader(UnboundedReader):
         return Timestamp(micros=lowest)
 
     def get_checkpoint_mark(self) -> KafkaCheckpointMark:
+        # Beam asks at the end of each bundle; the split's next bundle may run on another processor.
+        if self.finished():
+            self.close()
+        else:
+            self._release()
         return KafkaCheckpointMark(self.spec, tuple(sorted(self.next_offsets.items())),
                                    tuple((tp, dataclasses.replace(clock)) for tp, clock in sorted(self.clocks.items())))
 
