@@ -1,17 +1,20 @@
 """Identity stitching and per-customer attribution in Beam, checked against an independent DuckDB SQL reference
 computed from the same generated events."""
+import datetime as dt
 from collections import defaultdict
 
 import apache_beam as beam
 import duckdb
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.generate import GeneratorConfig, simulate
 from transforms.channel_grouping import ChannelRules
-from transforms.customer_journeys import AttributeOrders, DataDrivenAttribution, JourneyConfig, StitchIdentities
+from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
+                                           StitchIdentities)
 from transforms.json_lines import AppendJsonLines, read_json_lines
 
 LOOKBACK_DAYS = 30
@@ -38,7 +41,8 @@ def _run(world, tmp_path):
         orders = _timestamped(pipeline, "Orders", world["orders"])
         config = JourneyConfig()
         keyed = (sessions, orders) | StitchIdentities(config)
-        outputs = (keyed, social, orders) | AttributeOrders(config)
+        touches = (keyed, social) | CustomerTouches(config)
+        outputs = (touches, orders) | AttributeOrders(config)
         attribution = outputs["order_attribution"]
         _ = attribution | beam.ParDo(AppendJsonLines(out))
         _ = outputs["paths"] | "WritePaths" >> beam.ParDo(AppendJsonLines(paths_out))
@@ -153,3 +157,25 @@ def test_data_driven_models_credit_every_conversion_and_rank_email_above_display
             sum(1 for p in outputs["paths"] if p["converted"]))
         # Planted: an email visit converts 7.5 times as often as a display visit.
         assert model_rows["Email"]["value"] > model_rows["Display"]["value"], model
+
+
+def _device_event(kind, anonymous_id, day, customer_id=None, session_id=None):
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=day)
+    if kind == "order":
+        return {"order_id": f"o{day}", "anonymous_id": anonymous_id, "customer_id": customer_id, "event_time": when}
+    return dict(session_id=session_id, anonymous_id=anonymous_id, customer_id=customer_id,
+                session_start=when, event_time=when)
+
+
+def test_each_session_goes_to_the_first_link_within_its_own_deadline_whatever_the_arrival_order():
+    # lookback 30 days + 1 h lateness: a link counts for sessions up to 30 days before it
+    sessions = [_device_event("session", "a", 0, session_id="a0"),    # linked on day 10 (seen after day 40's)
+                _device_event("session", "b", 0, session_id="b0"),    # its only link (day 45) is too late
+                _device_event("session", "b", 20, session_id="b20")]  # ...but covers this one
+    orders = [_device_event("order", "a", 40, "C1"), _device_event("order", "a", 10, "C1"),
+              _device_event("order", "b", 45, "C2")]
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        keyed = ((_timestamped(pipeline, "Sessions", sessions), _timestamped(pipeline, "Orders", orders))
+                 | StitchIdentities(JourneyConfig()))
+        assert_that(keyed | beam.MapTuple(lambda owner, touch: (touch["touch_id"], owner)),
+                    equal_to([("a0", "C1"), ("b0", "anon:b"), ("b20", "C2")]))

@@ -59,8 +59,7 @@ def test_late_touches_count_until_the_lateness_and_correct_after_it():
     with TestPipeline(options=options) as pipeline:
         inputs = pipeline | stream
         touches = inputs["touches"] | "Unwrap" >> beam.Map(lambda kind_touch: kind_touch[1])
-        social = pipeline | "NoSocial" >> beam.Create([])
-        rows = ((touches, social, inputs["orders"]) | AttributeOrders(config))["order_attribution"]
+        rows = ((touches, inputs["orders"]) | AttributeOrders(config))["order_attribution"]
         linear = (rows | beam.Filter(lambda r: r["model"] == "linear" and r["status"] == "placed")
                   | beam.Map(lambda r: (r["channel"], round(r["credit"], 4))))
         assert_that(linear, equal_to([

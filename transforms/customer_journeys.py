@@ -19,7 +19,7 @@ import pickle
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder, StrUtf8Coder
+from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
@@ -81,37 +81,59 @@ def social_touch(interaction: dict) -> dict:
 # --- 1. identity stitching -----------------------------------------------------------------------------------------
 
 class _Stitch(beam.DoFn):
-    CUSTOMER = ReadModifyWriteStateSpec("customer", StrUtf8Coder())
+    # (customer id, time of the device's first link seen): a session counts for the customer when a link came no
+    # later than its lookback + allowed lateness. A session without such a link waits in state until that deadline
+    # passes, so links may arrive in any order (a backfill's are unordered) and the answer is the same.
+    LINK = ReadModifyWriteStateSpec("link", BytesCoder())
     PENDING = BagStateSpec("pending", BytesCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
     def __init__(self, config: JourneyConfig):
         self.config = config
+        self.wait = config.lookback + dt.timedelta(seconds=config.allowed_lateness_s)
 
-    def process(self, element, customer=beam.DoFn.StateParam(CUSTOMER), pending=beam.DoFn.StateParam(PENDING),
+    def process(self, element, link=beam.DoFn.StateParam(LINK), pending=beam.DoFn.StateParam(PENDING),
                 expiry=beam.DoFn.TimerParam(EXPIRY)):
         anonymous_id, (kind, payload) = element
-        known = customer.read()
-        owner = payload if kind == "link" else (payload["customer_id"] or known)
-        if known is None and (kind == "link" or payload["customer_id"]):
-            # The device is linked now: the sessions that waited for it go to its customer.
-            customer.write(owner)
-            yield from ((owner, waiting) for waiting in _items(pending))
-            pending.clear()
+        stored = link.read()
+        known = pickle.loads(stored) if stored else None
+        new_link = (payload if kind == "link" else
+                    (payload["customer_id"], payload["session_start"]) if payload["customer_id"] else None)
+        waiting = _items(pending)
+        if new_link and (known is None or new_link[1] < known[1]):
+            known = new_link
+            link.write(pickle.dumps(known))
+            # The sessions this link covers go to its customer; the others keep waiting for an earlier one.
+            yield from ((known[0], touch) for touch in waiting if self._covers(known, touch))
+            waiting = [touch for touch in waiting if not self._covers(known, touch)]
+            self._keep(pending, expiry, waiting)
         if kind == "link":
             return
         touch = session_touch(payload, self.config.channels)
-        if owner:
-            yield owner, touch
+        if payload["customer_id"]:
+            yield payload["customer_id"], touch
+        elif known and self._covers(known, touch):
+            yield known[0], touch
         else:
+            self._keep(pending, expiry, waiting + [touch])
+
+    def _covers(self, link: tuple[str, dt.datetime], touch: dict) -> bool:
+        return link[1] <= touch["time"] + self.wait
+
+    def _keep(self, pending, expiry, waiting: list) -> None:
+        pending.clear()
+        for touch in waiting:
             _add(pending, touch)
-            expiry.set(_ts(touch["time"] + self.config.lookback) + self.config.allowed_lateness_s)
+        if waiting:
+            expiry.set(_ts(min(touch["time"] for touch in waiting) + self.wait))
 
     @on_timer(EXPIRY)
-    def expire(self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING)):
+    def expire(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam,
+               pending=beam.DoFn.StateParam(PENDING), expiry=beam.DoFn.TimerParam(EXPIRY)):
         # Never linked while any order could still have used them: an anonymous visitor's own journey.
-        yield from ((f"anon:{key}", touch) for touch in _items(pending))
-        pending.clear()
+        waiting = _items(pending)
+        yield from ((f"anon:{key}", touch) for touch in waiting if _ts(touch["time"] + self.wait) <= fired_at)
+        self._keep(pending, expiry, [touch for touch in waiting if _ts(touch["time"] + self.wait) > fired_at])
 
 
 class StitchIdentities(beam.PTransform):
@@ -125,7 +147,8 @@ class StitchIdentities(beam.PTransform):
         sessions, orders = inputs
         by_device = sessions | "SessionsByDevice" >> beam.Map(lambda s: (s["anonymous_id"], ("session", s)))
         links = (orders | "WithDevice" >> beam.Filter(lambda o: o["anonymous_id"] is not None)
-                 | "LinksByDevice" >> beam.Map(lambda o: (o["anonymous_id"], ("link", o["customer_id"]))))
+                 | "LinksByDevice" >> beam.Map(
+                     lambda o: (o["anonymous_id"], ("link", (o["customer_id"], o["event_time"])))))
         return ((by_device, links) | "Devices" >> beam.Flatten()
                 | "Stitch" >> beam.ParDo(_Stitch(self.config)))
 
@@ -163,6 +186,7 @@ class _Attribute(beam.DoFn):
             journey.reversals.append(payload)
             for order in (o for o in journey.done if o["order_id"] == payload["order_id"]):
                 # already attributed: take its credit back now
+                order["revision"] += 1
                 yield from self._rows(customer_id, order, journey.touches, [payload], placed=False)
         elif kind == "order":
             journey.pending.append(payload)
@@ -172,6 +196,7 @@ class _Attribute(beam.DoFn):
             for order in journey.done:
                 if order["event_time"] - self.config.lookback <= payload["time"] <= order["event_time"]:
                     journey.used.add(payload["touch_id"])
+                    order["revision"] += 1
                     yield from self._rows(customer_id, order, journey.touches, journey.reversals)
         self._save(state, due, journey)
 
@@ -198,6 +223,7 @@ class _Attribute(beam.DoFn):
         journey = _load(state)
         ready = sorted((o for o in journey.pending if o["event_time"] <= cutoff), key=lambda o: o["event_time"])
         for order in ready:
+            order["revision"] = 0
             rows = list(self._rows(key, order, journey.touches, journey.reversals))
             yield from rows
             steps = [r for r in rows if r["model"] == "linear" and r["status"] == "placed"]
@@ -236,7 +262,8 @@ class _Attribute(beam.DoFn):
                     yield {"order_id": order["order_id"], "model": model, "touch_index": index, "status": status,
                            "touch_id": ids[index], "customer_id": customer_id, "order_time": order["event_time"],
                            "touch_time": path[index].time, "channel": path[index].channel, "credit": credit,
-                           "revenue_credit": sign * float(value) * credit, "currency": order["currency"]}
+                           "revenue_credit": sign * float(value) * credit, "currency": order["currency"],
+                           "revision": order["revision"]}
 
 
 def _path(customer_id: str, order: dict, rows: list[dict]) -> dict:
@@ -253,12 +280,30 @@ def _touch_ids(path: list[Touch], touches) -> list[str | None]:
     return [lookup.get((step.time, step.channel)) for step in path]
 
 
+class CustomerTouches(beam.PTransform):
+    """(customer-keyed sessions from StitchIdentities, social interactions) → (customer key, touch) for every
+    touch: the sessions, and the social interactions of identified people whose type counts as a touch."""
+
+    def __init__(self, config: JourneyConfig = JourneyConfig()):
+        super().__init__()
+        self.config = config
+
+    def expand(self, inputs):
+        keyed_sessions, social = inputs
+        touch_types = self.config.touch_interactions
+        social_touches = (social
+                          | "KnownPeople" >> beam.Filter(lambda s: s["customer_id"] and s["interaction_type"] in touch_types)
+                          | "SocialTouch" >> beam.Map(lambda s: (s["customer_id"], social_touch(s))))
+        return (keyed_sessions, social_touches) | "AllTouches" >> beam.Flatten()
+
+
 class AttributeOrders(beam.PTransform):
-    """(customer-keyed touches, social interactions, orders) → {"order_attribution": rows (order × model × touch),
+    """(customer-keyed touches, orders) → {"order_attribution": rows (order × model × touch),
     "paths": converting paths (at attribution) and non-converting ones (when their touches expire unused)}.
 
     A cancelled or refunded order keeps its placed rows and gains the same rows with that status and negative
-    revenue credit, so sums over all statuses are net.
+    revenue credit, so sums over all statuses are net. Each emission of an order's rows carries a higher
+    `revision`: downstream, per primary key, the highest revision is the current row.
     """
 
     def __init__(self, config: JourneyConfig = JourneyConfig()):
@@ -266,15 +311,10 @@ class AttributeOrders(beam.PTransform):
         self.config = config
 
     def expand(self, inputs):
-        keyed_sessions, social, orders = inputs
-        touch_types = self.config.touch_interactions
-        social_touches = (social
-                          | "KnownPeople" >> beam.Filter(lambda s: s["customer_id"] and s["interaction_type"] in touch_types)
-                          | "SocialTouch" >> beam.Map(lambda s: (s["customer_id"], social_touch(s))))
+        keyed_touches, orders = inputs
         placed = orders | "ByCustomer" >> beam.Map(
             lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", o)))
-        touches = ((keyed_sessions, social_touches) | "AllTouches" >> beam.Flatten()
-                   | "AsTouch" >> beam.MapTuple(lambda customer, touch: (customer, ("touch", touch))))
+        touches = keyed_touches | "AsTouch" >> beam.MapTuple(lambda customer, touch: (customer, ("touch", touch)))
         outputs = ((touches, placed) | "Meet" >> beam.Flatten()
                    | "Attribute" >> beam.ParDo(_Attribute(self.config)).with_outputs(PATHS, main="order_attribution"))
         return {"order_attribution": outputs.order_attribution, PATHS: outputs[PATHS]}

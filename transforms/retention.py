@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import apache_beam as beam
+
 GRAINS = ("week", "month")
 
 
@@ -70,3 +72,19 @@ def retention_cohorts(customers: list[CustomerHistory], grain: str, until: dt.da
                          "net_revenue": revenue[index].quantize(Decimal("0.01")),
                          "cumulative_revenue_per_customer": (cumulative / size).quantize(Decimal("0.01"))})
     return rows
+
+
+class RetentionCohorts(beam.PTransform):
+    """[every customer's latest profile] (from AllProfiles) → retention_cohorts rows for weekly and monthly cohorts,
+    segmented by acquisition channel (last and first touch of the first order) and social engagement, as of the
+    latest event seen."""
+
+    def expand(self, all_profiles):
+        def cohorts(profiles):
+            if not profiles:
+                return []
+            until = max(p.last_seen for p in profiles)
+            histories = [p.history() for p in profiles]
+            return [row for grain in GRAINS for row in retention_cohorts(histories, grain, until)]
+
+        return all_profiles | "Cohorts" >> beam.FlatMap(cohorts)

@@ -17,7 +17,8 @@ from report import peak_rss_mib, report
 
 from pipelines.generate import GeneratorConfig, simulate
 from pipelines.runners import runner_args
-from transforms.customer_journeys import AttributeOrders, DataDrivenAttribution, JourneyConfig, StitchIdentities
+from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
+                                           StitchIdentities)
 
 
 def main() -> None:
@@ -43,7 +44,8 @@ def main() -> None:
             "Social", by_topic["social_interactions"]), timed("Orders", by_topic["orders"])
         config = JourneyConfig()
         keyed_sessions = (sessions, orders) | StitchIdentities(config)
-        outputs = (keyed_sessions, social, orders) | AttributeOrders(config)
+        touches = (keyed_sessions, social) | CustomerTouches(config)
+        outputs = (touches, orders) | AttributeOrders(config)
         _ = outputs["order_attribution"] | "CountRows" >> beam.combiners.Count.Globally()
         _ = outputs["paths"] | DataDrivenAttribution(window_days=7)
     seconds = time.perf_counter() - started

@@ -1,0 +1,312 @@
+"""Every table of CustomerJourneyTables from one generated history, against a reference written separately in
+DuckDB SQL over the raw events (only GA4 channel grouping is shared: it has table-driven tests of its own)."""
+import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
+
+import apache_beam as beam
+import duckdb
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from pipelines.generate import GeneratorConfig, simulate
+from schemas.contracts import contract
+from transforms.channel_grouping import ChannelRules
+from transforms.json_lines import AppendJsonLines, read_json_lines
+from transforms.journey_tables import TABLES, CustomerJourneyTables
+
+TIME_FIELD = {"web_sessions": "event_time", "social_interactions": "event_time", "orders": "event_time"}
+
+
+@pytest.fixture(scope="module")
+def world():
+    by_topic = defaultdict(list)
+    for event in simulate(GeneratorConfig(customers=500, days=150, seed=23), b"k"):
+        by_topic[event.topic].append(event.record)
+    return by_topic
+
+
+@pytest.fixture(scope="module")
+def tables(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tables")
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        topics = {topic: (pipeline | f"Create{topic}" >> beam.Create(records)
+                          | f"Time{topic}" >> beam.Map(
+                              lambda r: TimestampedValue(r, Timestamp.from_utc_datetime(r["event_time"]))))
+                  for topic, records in world.items()}
+        for name, rows in (topics | CustomerJourneyTables()).items():
+            _ = rows | f"Write{name}" >> beam.ParDo(AppendJsonLines(str(out / f"{name}.jsonl")))
+    return {name: read_json_lines(out / f"{name}.jsonl") for name in TABLES}
+
+
+def _norm(value):
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, (dt.datetime, dt.date, Decimal)):
+        return str(value)
+    return value
+
+
+# Money divided by a count: DuckDB divides decimals in double precision, so at an exact half cent its rounding
+# may land one cent from the pipeline's exact decimal division.
+PER_CUSTOMER_MONEY = ("average_order_value", "ltv", "cumulative_revenue_per_customer")
+
+
+def _same(column, got, expected):
+    if column in PER_CUSTOMER_MONEY and got is not None and expected is not None:
+        return abs(Decimal(got) - Decimal(expected)) <= Decimal("0.01")
+    return got == expected
+
+
+def _differences(got, expected, limit=8):
+    """The first few (key, column, got, expected) that differ, so a failure says what is wrong, not only where."""
+    found = [(key, None, "missing" if key not in got else "extra", None)
+             for key in sorted(got.keys() ^ expected.keys(), key=str)]
+    for key in sorted(got.keys() & expected.keys(), key=str):
+        found += [(key, column, got[key][column], expected[key][column])
+                  for column in expected[key] if not _same(column, got[key][column], expected[key][column])]
+    return found[:limit]
+
+
+def _keyed(rows, table, columns=None):
+    key = contract(table).primary_key
+    columns = columns or [c.name for c in contract(table).columns]
+    return {tuple(_norm(row[k]) for k in key): {c: _norm(row[c]) for c in columns} for row in rows}
+
+
+@pytest.fixture(scope="module")
+def sql(world):
+    rules = ChannelRules()
+    con = duckdb.connect()
+    con.execute("set timezone = 'UTC'")
+    con.execute("""create table sessions (session_id text, anonymous_id text, customer_id text, t timestamptz,
+                   channel text, source text, medium text, campaign text)""")
+    rows = []
+    for s in world["web_sessions"]:
+        traffic, channel = rules.session_channel(s)
+        rows.append((s["session_id"], s["anonymous_id"], s["customer_id"], s["session_start"], channel,
+                     traffic.source, traffic.medium, traffic.campaign))
+    con.executemany("insert into sessions values (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.execute("""create table social (event_id text, customer_id text, t timestamptz, platform text, kind text,
+                   is_paid bool, campaign text)""")
+    con.executemany("insert into social values (?, ?, ?, ?, ?, ?, ?)", [
+        (s["event_id"], s["customer_id"], s["event_time"], s["platform"], s["interaction_type"], s["is_paid"],
+         s["campaign"]) for s in world["social_interactions"]])
+    con.execute("""create table orders (order_id text, customer_id text, anonymous_id text, t timestamptz,
+                   status text, amount decimal(18, 2), currency text)""")
+    con.executemany("insert into orders values (?, ?, ?, ?, ?, ?, ?)", [
+        (o["order_id"], o["customer_id"], o["anonymous_id"], o["event_time"], o["status"], o["amount"], o["currency"])
+        for o in world["orders"]])
+    con.execute("""
+        create view touchpoints as
+        with links as (
+            select anonymous_id, customer_id, t from sessions where customer_id is not null
+            union all select anonymous_id, customer_id, t from orders where anonymous_id is not null),
+        first_link as (select anonymous_id, arg_min(customer_id, t) as customer_id, min(t) as t
+                       from links group by anonymous_id)
+        select s.session_id as touch_id,
+               coalesce(s.customer_id,
+                        case when f.t <= s.t + interval 30 day + interval 1 hour then f.customer_id end,
+                        'anon:' || s.anonymous_id) as customer_key,
+               s.t as touch_time, 'session' as kind, s.channel, coalesce(nullif(s.source, ''), '(direct)') as source,
+               coalesce(nullif(s.medium, ''), '(none)') as medium, coalesce(s.campaign, '(not set)') as campaign,
+               null as platform, false as view_through
+        from sessions s left join first_link f using (anonymous_id)
+        union all
+        select event_id, customer_id, t, 'social',
+               case when is_paid then 'Paid Social' else 'Organic Social' end, platform,
+               case when is_paid then 'paid_social' else 'social' end, coalesce(campaign, '(not set)'), platform,
+               kind in ('impression', 'video_view')
+        from social
+        where customer_id is not null and kind in ('impression', 'video_view', 'ad_click', 'link_click')""")
+    con.execute("""
+        create view placed as
+        select o.order_id, o.customer_id, o.t, o.amount, o.currency,
+               o.amount - coalesce((select sum(r.amount) from orders r
+                                    where r.order_id = o.order_id and r.status <> 'placed'), 0) as net,
+               (select count(*) from orders r where r.order_id = o.order_id and r.status <> 'placed') as reversals,
+               row_number() over (partition by o.customer_id order by o.t, o.order_id) as n
+        from orders o where o.status = 'placed'""")
+    con.execute("""
+        create view paths as  -- each placed order's touches in its 30-day lookback, oldest first
+        select p.order_id, p.t as order_time, p.currency, p.net, p.reversals,
+               k.channel, row_number() over (partition by p.order_id order by k.touch_time, k.touch_id) as step,
+               count(*) over (partition by p.order_id) as steps
+        from placed p join touchpoints k
+          on k.customer_key = p.customer_id and k.touch_time between p.t - interval 30 day and p.t
+        union all
+        select order_id, t, currency, net, reversals, 'Direct', 1, 1 from placed p
+        where not exists (select 1 from touchpoints k where k.customer_key = p.customer_id
+                          and k.touch_time between p.t - interval 30 day and p.t)""")
+    con.execute("""
+        create view engagement as
+        select customer_id, t, platform, kind from social
+        where customer_id is not null and not is_paid and kind not in ('impression', 'ad_click', 'link_click')""")
+    con.execute("""
+        create view customers as
+        with seen as (
+            select customer_key as customer_id, touch_time as t from touchpoints where customer_key not like 'anon:%'
+            union all select customer_id, t from orders
+            union all select customer_id, t from social where customer_id is not null),
+        devices as (
+            select customer_id, anonymous_id from sessions where customer_id is not null
+            union select customer_id, anonymous_id from orders where anonymous_id is not null),
+        firsts as (
+            select p.customer_id, p.t,
+                   (select channel from paths x where x.order_id = p.order_id and x.step = x.steps) as last_channel,
+                   (select channel from paths x where x.order_id = p.order_id and x.step = 1) as first_channel
+            from placed p where p.n = 1)
+        select c.customer_id, min(c.t) as first_seen, max(c.t) as last_seen, f.t as first_order_time,
+               f.last_channel as acquisition_channel, f.first_channel as first_touch_channel,
+               case when (select min(t) from engagement e where e.customer_id = c.customer_id) is null then 'none'
+                    when f.t is null then 'engaged_no_order'
+                    when (select min(t) from engagement e where e.customer_id = c.customer_id) <= f.t
+                         then 'before_first_order'
+                    else 'after_first_order' end as social_engagement,
+               (select count(*) from placed p where p.customer_id = c.customer_id) as orders,
+               coalesce((select sum(net) from placed p where p.customer_id = c.customer_id), 0) as net_revenue,
+               (select count(*) from devices d where d.customer_id = c.customer_id) as devices
+        from seen c left join firsts f using (customer_id)
+        group by c.customer_id, f.t, f.last_channel, f.first_channel""")
+    con.execute("create view until as select max(last_seen) as t from customers")
+    return con
+
+
+def test_touchpoints_equal_the_reference(tables, sql):
+    expected = [dict(zip([d[0] for d in sql.description], r)) for r in sql.execute("select * from touchpoints").fetchall()]
+    assert len(tables["touchpoints"]) == len(expected)
+    assert _keyed(tables["touchpoints"], "touchpoints") == _keyed(expected, "touchpoints")
+    assert any(r["customer_key"].startswith("anon:") for r in expected), "some visitors stay anonymous"
+
+
+def _query(sql, query):
+    cursor = sql.execute(query)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def test_customers_equal_the_reference(tables, sql):
+    expected = _query(sql, "select * exclude (last_seen) from customers")
+    got = _keyed(tables["customers"], "customers")
+    assert got == _keyed(expected, "customers")
+    engagement = {row["social_engagement"] for row in expected}
+    assert {"none", "before_first_order", "after_first_order"} <= engagement
+
+
+def test_channel_attribution_daily_equals_the_reference_for_the_rule_based_models(tables, sql):
+    expected = _query(sql, """
+        with credits as (
+            select 'linear' as model, order_time, currency, channel, 1.0 / steps as credit, net, reversals from paths
+            union all select 'first_touch', order_time, currency, channel, 1.0, net, reversals from paths where step = 1
+            union all select 'last_touch', order_time, currency, channel, 1.0, net, reversals from paths
+                      where step = steps)
+        select cast(order_time as date) as date, model, channel, currency,
+               sum(credit * (1 - reversals)) as conversions, round(sum(credit * net), 2) as revenue
+        from credits group by all""")
+    got = [r for r in tables["channel_attribution_daily"] if r["model"] in ("linear", "first_touch", "last_touch")]
+    got_keyed, expected_keyed = (_keyed(rows, "channel_attribution_daily") for rows in (got, expected))
+    assert got_keyed.keys() == expected_keyed.keys()
+    for key, row in expected_keyed.items():
+        assert got_keyed[key]["conversions"] == pytest.approx(row["conversions"], abs=1e-6), key
+        assert Decimal(got_keyed[key]["revenue"]) == pytest.approx(Decimal(row["revenue"]), abs=Decimal("0.011")), key
+
+
+def _retention_reference(sql, grain):
+    step = "7 day" if grain == "week" else "1 month"
+    return _query(sql, f"""
+        with members as (
+            select customer_id, date_trunc('{grain}', first_order_time)::date as cohort_start, 'all' as segment_type,
+                   'all' as segment from customers where first_order_time is not null
+            union all select customer_id, date_trunc('{grain}', first_order_time)::date, 'acquisition_channel',
+                   acquisition_channel from customers where first_order_time is not null
+            union all select customer_id, date_trunc('{grain}', first_order_time)::date, 'first_touch_channel',
+                   first_touch_channel from customers where first_order_time is not null
+            union all select customer_id, date_trunc('{grain}', first_order_time)::date, 'social_engagement',
+                   social_engagement from customers where first_order_time is not null),
+        cohorts as (select cohort_start, segment_type, segment, count(*) as cohort_size from members group by all),
+        periods as (
+            select c.*, unnest(generate_series(0, cast(
+                {"datediff('week', c.cohort_start, date_trunc('week', (select t from until))::date)" if grain == "week"
+                 else "datediff('month', c.cohort_start, date_trunc('month', (select t from until))::date)"}
+                as bigint))) as period_index
+            from cohorts c),
+        activity as (
+            select m.cohort_start, m.segment_type, m.segment, m.customer_id, p.net,
+                   {"datediff('week', m.cohort_start, date_trunc('week', p.t)::date)" if grain == "week"
+                    else "datediff('month', m.cohort_start, date_trunc('month', p.t)::date)"} as period_index
+            from members m join placed p using (customer_id))
+        select *, active_customers / cohort_size as retention_rate from (
+        select '{grain}' as cohort_grain, x.cohort_start, x.segment_type, x.segment, x.period_index, x.cohort_size,
+               (select count(distinct customer_id) from activity a where a.cohort_start = x.cohort_start
+                and a.segment_type = x.segment_type and a.segment = x.segment and a.period_index = x.period_index)
+                   as active_customers,
+               (select count(distinct customer_id) from activity a where a.cohort_start = x.cohort_start
+                and a.segment_type = x.segment_type and a.segment = x.segment and a.period_index >= x.period_index)
+                   / x.cohort_size as retention_rate_on_or_after,
+               coalesce((select sum(net) from activity a where a.cohort_start = x.cohort_start
+                and a.segment_type = x.segment_type and a.segment = x.segment and a.period_index = x.period_index),
+                0)::decimal(18, 2) as net_revenue,
+               round(coalesce((select sum(net) from activity a where a.cohort_start = x.cohort_start
+                and a.segment_type = x.segment_type and a.segment = x.segment and a.period_index <= x.period_index),
+                0) / x.cohort_size, 2)::decimal(18, 2) as cumulative_revenue_per_customer
+        from periods x)""")
+
+
+def test_retention_cohorts_equal_the_reference(tables, sql):
+    expected = _retention_reference(sql, "week") + _retention_reference(sql, "month")
+    assert not _differences(_keyed(tables["retention_cohorts"], "retention_cohorts"),
+                            _keyed(expected, "retention_cohorts"))
+    for row in tables["retention_cohorts"]:
+        assert 0 <= row["retention_rate"] <= row["retention_rate_on_or_after"] <= 1
+        assert row["active_customers"] <= row["cohort_size"]
+
+
+def test_social_impact_equals_the_reference(tables, sql):
+    expected = _query(sql, """
+        with months as (
+            select unnest(generate_series(date_trunc('month', (select min(first_seen) from customers)),
+                                          date_trunc('month', (select t from until)), interval 1 month))::date as m),
+        bounds as (select m, (m + interval 1 month)::timestamptz as month_end from months),
+        first_engaged as (select customer_id, platform, min(t) as t from engagement group by all
+                          union all select customer_id, 'all', min(t) from engagement group by all),
+        mentions as (
+            select e.customer_id, e.platform, e.t,
+                   exists (select 1 from engagement r where r.kind = 'brand_reply' and r.customer_id = e.customer_id
+                           and r.platform = e.platform and r.t between e.t and e.t + interval 7 day) as answered
+            from engagement e where e.kind = 'mention'),
+        members as (
+            select b.m, b.month_end, f.platform, 'engaged' as "group", f.customer_id
+            from bounds b join first_engaged f on f.t < b.month_end
+            union all
+            select b.m, b.month_end, 'all', 'not_engaged', c.customer_id
+            from bounds b join customers c on c.first_seen < b.month_end
+            where not exists (select 1 from engagement e where e.customer_id = c.customer_id and e.t < b.month_end)
+            union all
+            select b.m, b.month_end, x.platform,
+                   case when bool_or(x.answered) then 'mention_answered' else 'mention_unanswered' end, x.customer_id
+            from bounds b join (select customer_id, platform, t, answered from mentions
+                                union all select customer_id, 'all', t, answered from mentions) x on x.t < b.month_end
+            group by b.m, b.month_end, x.platform, x.customer_id),
+        firsts as (select p.customer_id, p.t, (select min(q.t) from placed q where q.customer_id = p.customer_id
+                                                and q.n = 2) as second_t
+                   from placed p where p.n = 1)
+        select m.m as month, m.platform, m."group", count(*) as customers,
+               count(*) filter (where exists (select 1 from placed p where p.customer_id = m.customer_id
+                                              and p.t >= m.m and p.t < m.month_end)) / count(*) as conversion_rate,
+               sum((select count(*) from placed p where p.customer_id = m.customer_id
+                    and p.t >= m.m and p.t < m.month_end)) as orders,
+               coalesce(sum((select sum(net) from placed p where p.customer_id = m.customer_id
+                             and p.t >= m.m and p.t < m.month_end)), 0)::decimal(18, 2) as revenue,
+               round(revenue / nullif(orders, 0), 2)::decimal(18, 2) as average_order_value,
+               count(*) filter (where exists (select 1 from firsts f where f.customer_id = m.customer_id
+                   and f.t >= m.m and f.t < m.month_end and f.t + interval 90 day <= (select t from until)))
+                   as first_orders_90d,
+               count(*) filter (where exists (select 1 from firsts f where f.customer_id = m.customer_id
+                   and f.t >= m.m and f.t < m.month_end and f.t + interval 90 day <= (select t from until)
+                   and f.second_t <= f.t + interval 90 day)) / nullif(first_orders_90d, 0) as repeat_rate_90d,
+               round(coalesce(sum((select sum(net) from placed p where p.customer_id = m.customer_id
+                                   and p.t < m.month_end)), 0) / count(*), 2)::decimal(18, 2) as ltv
+        from members m group by all""")
+    assert not _differences(_keyed(tables["social_impact"], "social_impact"), _keyed(expected, "social_impact"))

@@ -1,0 +1,105 @@
+"""channel_attribution_daily: attributed conversions and revenue per order date, model, channel and currency.
+
+order_attribution rows are corrected by re-emission (same key, higher revision), so summing them as they come
+would count a corrected order twice. A stateful step keyed by the row's primary key turns each new revision into
+deltas (the old row taken back, the new one added); the daily totals are sums of deltas, correct whichever way
+emissions are grouped or fired.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+from collections import defaultdict
+from decimal import Decimal
+
+import apache_beam as beam
+from apache_beam.coders import BytesCoder
+from apache_beam.transforms import window
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from transforms.customer_profiles import CENT, updating_global_window
+
+ROW_KEY = ("order_id", "model", "touch_index", "status")
+
+
+def daily_key(row: dict) -> tuple:
+    # the date as ISO text: grouping keys must encode deterministically, and dates do not
+    return row["order_time"].date().isoformat(), row["model"], row["channel"], row["currency"]
+
+
+def contribution(row: dict) -> tuple[float, float]:
+    """(conversions, revenue) the row adds: a reversal takes its credit back."""
+    sign = 1 if row["status"] == "placed" else -1
+    return sign * row["credit"], row["revenue_credit"]
+
+
+def current_rows(rows) -> list[dict]:
+    """Per primary key, the row of the highest revision."""
+    latest: dict[tuple, dict] = {}
+    for row in rows:
+        key = tuple(row[k] for k in ROW_KEY)
+        if key not in latest or row["revision"] > latest[key]["revision"]:
+            latest[key] = row
+    return list(latest.values())
+
+
+def daily_totals(rows) -> list[dict]:
+    """channel_attribution_daily rows from order_attribution rows (any revisions: only the current ones count)."""
+    totals = defaultdict(lambda: [0.0, 0.0])
+    for row in current_rows(rows):
+        if not row["credit"]:
+            continue
+        conversions, revenue = contribution(row)
+        totals[daily_key(row)][0] += conversions
+        totals[daily_key(row)][1] += revenue
+    return [_total_row(key, sums) for key, sums in sorted(totals.items())]
+
+
+def _total_row(key: tuple, sums) -> dict:
+    date, model, channel, currency = key
+    return {"date": dt.date.fromisoformat(date), "model": model, "channel": channel, "currency": currency,
+            "conversions": round(sums[0], 9), "revenue": Decimal(repr(sums[1])).quantize(CENT) + 0}  # no -0.00
+
+
+class _Deltas(beam.DoFn):
+    """Keyed by a row's primary key: emits (daily key, (conversions, revenue)) deltas as revisions supersede."""
+    CURRENT = ReadModifyWriteStateSpec("current", BytesCoder())
+
+    def process(self, element, current=beam.DoFn.StateParam(CURRENT)):
+        _, row = element
+        stored = current.read()
+        old = pickle.loads(stored) if stored else None
+        if old is not None and old["revision"] >= row["revision"]:
+            return []  # an older revision arriving late changes nothing
+        current.write(pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL))
+        deltas = [(daily_key(row), contribution(row))] if row["credit"] else []  # no rows for uncredited channels
+        if old is not None and old["credit"]:
+            conversions, revenue = contribution(old)
+            deltas.append((daily_key(old), (-conversions, -revenue)))
+        return deltas
+
+
+def _sum_pairs(pairs) -> tuple[float, float]:
+    conversions = revenue = 0.0
+    for c, r in pairs:
+        conversions += c
+        revenue += r
+    return conversions, revenue
+
+
+class ChannelAttributionDaily(beam.PTransform):
+    """order_attribution rows → channel_attribution_daily rows, re-emitted (upserts) as they change."""
+
+    def __init__(self, update_every_s: int = 60):
+        super().__init__()
+        self.update_every_s = update_every_s
+
+    def expand(self, rows):
+        deltas = (rows
+                  | "AllTime" >> beam.WindowInto(window.GlobalWindows())
+                  | "ByRowKey" >> beam.Map(lambda row: (tuple(row[k] for k in ROW_KEY), row))
+                  | "Deltas" >> beam.ParDo(_Deltas()))
+        return (deltas
+                | "Updating" >> updating_global_window(deltas, self.update_every_s)
+                | "Sum" >> beam.CombinePerKey(_sum_pairs)
+                | "Row" >> beam.MapTuple(_total_row))

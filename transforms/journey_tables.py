@@ -1,0 +1,70 @@
+"""CustomerJourneyTables: the decoded topics in, every output table out, each a PCollection of rows that match
+its contract in schemas/tables/.
+
+    web_sessions, orders ─ StitchIdentities ─┐
+    social_interactions ─────────────────────┴ CustomerTouches ─ touchpoints
+                                                     │
+                                   AttributeOrders ──┼─ order_attribution ─ ChannelAttributionDaily
+                                                     └─ paths ─ DataDrivenAttribution
+    touches, orders, social, attribution ─ CustomerProfiles ─ customers
+                                                 └ AllProfiles ─ RetentionCohorts, SocialImpact
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import apache_beam as beam
+
+from transforms.channel_attribution import ChannelAttributionDaily
+from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
+                                          StitchIdentities)
+from transforms.customer_profiles import AllProfiles, CustomerProfiles
+from transforms.retention import RetentionCohorts
+from transforms.social_impact import SocialImpact
+
+TABLES = ("touchpoints", "order_attribution", "channel_attribution_daily", "data_driven_attribution", "customers",
+          "retention_cohorts", "social_impact")
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    journeys: JourneyConfig = JourneyConfig()
+    data_driven_window_days: float = 7.0
+    update_every_s: int = 60  # how often a stream re-emits the all-of-history tables
+
+
+def touchpoint_row(customer_key: str, touch: dict) -> dict:
+    return {"touch_id": touch["touch_id"], "customer_key": customer_key, "touch_time": touch["time"],
+            "kind": touch["kind"], "channel": touch["channel"], "source": touch["source"] or "(direct)",
+            "medium": touch["medium"] or "(none)", "campaign": touch["campaign"] or "(not set)",
+            "platform": touch["platform"], "view_through": touch["view_through"]}
+
+
+class CustomerJourneyTables(beam.PTransform):
+    """{"web_sessions", "social_interactions", "orders"} (decoded, event-timestamped) → {table name: rows}."""
+
+    def __init__(self, config: TablesConfig = TablesConfig()):
+        super().__init__()
+        self.config = config
+
+    def expand(self, topics):
+        config = self.config
+        sessions, social, orders = topics["web_sessions"], topics["social_interactions"], topics["orders"]
+        keyed_sessions = (sessions, orders) | "Stitch" >> StitchIdentities(config.journeys)
+        touches = (keyed_sessions, social) | "Touches" >> CustomerTouches(config.journeys)
+        attributed = (touches, orders) | "Attribute" >> AttributeOrders(config.journeys)
+        profiles = {"touches": touches, "orders": orders, "social_interactions": social, "web_sessions": sessions,
+                    "order_attribution": attributed["order_attribution"]} | "Profiles" >> CustomerProfiles(
+            config.update_every_s)
+        everyone = profiles | "Everyone" >> AllProfiles()
+        return {
+            "touchpoints": touches | "TouchpointRows" >> beam.MapTuple(touchpoint_row),
+            "order_attribution": attributed["order_attribution"],
+            "channel_attribution_daily": attributed["order_attribution"] | "Daily" >> ChannelAttributionDaily(
+                config.update_every_s),
+            "data_driven_attribution": attributed["paths"] | "DataDriven" >> DataDrivenAttribution(
+                config.data_driven_window_days, config.journeys.attribution),
+            "customers": profiles | "CustomerRows" >> beam.Map(lambda profile: profile.row()),
+            "retention_cohorts": everyone | "Retention" >> RetentionCohorts(),
+            "social_impact": everyone | "SocialImpact" >> SocialImpact(),
+        }
