@@ -1,5 +1,5 @@
-"""Events/s of the analytics stage alone (stitching, attribution, data-driven fit) from decoded records in memory,
-on a local runner. A benchmark, not a test:
+"""Events/s of the analytics stage alone (CustomerJourneyTables: all seven output tables) from decoded records in
+memory, on a local runner. A benchmark, not a test:
 
     .venv/bin/python deploy/bench/journeys_rate.py --customers 5000 --days 60 [--runner DirectRunner] [beam options]
 """
@@ -17,8 +17,7 @@ from report import peak_rss_mib, report
 
 from pipelines.generate import GeneratorConfig, simulate
 from pipelines.runners import runner_args
-from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
-                                           StitchIdentities)
+from transforms.journey_tables import CustomerJourneyTables
 
 
 def main() -> None:
@@ -40,14 +39,9 @@ def main() -> None:
             return (pipeline | f"Create{label}" >> beam.Create(records)
                     | f"Time{label}" >> beam.Map(lambda r: TimestampedValue(r, Timestamp.from_utc_datetime(r["event_time"]))))
 
-        sessions, social, orders = timed("Sessions", by_topic["web_sessions"]), timed(
-            "Social", by_topic["social_interactions"]), timed("Orders", by_topic["orders"])
-        config = JourneyConfig()
-        keyed_sessions = (sessions, orders) | StitchIdentities(config)
-        touches = (keyed_sessions, social) | CustomerTouches(config)
-        outputs = (touches, orders) | AttributeOrders(config)
-        _ = outputs["order_attribution"] | "CountRows" >> beam.combiners.Count.Globally()
-        _ = outputs["paths"] | DataDrivenAttribution(window_days=7)
+        topics = {topic: timed(topic, records) for topic, records in by_topic.items()}
+        for name, rows in (topics | CustomerJourneyTables()).items():
+            _ = rows | f"Count{name}" >> beam.combiners.Count.Globally().without_defaults()
     seconds = time.perf_counter() - started
     report({"customers": args.customers, "days": args.days, "events": events, "seconds": round(seconds, 2),
             "events_per_s": round(events / seconds), "peak_rss_mib": peak_rss_mib(),
