@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.generate import GeneratorConfig, simulate
+from pipelines.generate import GeneratorConfig, records_by_topic
 from transforms.channel_grouping import ChannelRules
 from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
                                            StitchIdentities)
@@ -22,10 +22,7 @@ LOOKBACK_DAYS = 30
 
 @pytest.fixture(scope="module")
 def world():
-    by_topic = defaultdict(list)
-    for event in simulate(GeneratorConfig(customers=400, days=45, seed=17), b"k"):
-        by_topic[event.topic].append(event.record)
-    return by_topic
+    return records_by_topic(GeneratorConfig(customers=400, days=45, seed=17), b"k")
 
 
 def _timestamped(pipeline, label, records, time_field="event_time"):

@@ -4,7 +4,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from pipelines.generate import GeneratorConfig, PlantedTruth, generate, manifest, simulate
+from pipelines.generate import GeneratorConfig, PlantedTruth, generate, manifest, records_by_topic
 from pipelines.generate.records import MALFORMED_KINDS
 from transforms import codec
 from transforms.event_rules import EventRules
@@ -74,11 +74,7 @@ WORLD = GeneratorConfig(customers=6000, days=90, seed=21)
 @pytest.fixture(scope="module")
 def world():
     """A few thousand customers' events grouped by topic, with each customer's engagement read off the data."""
-    events = simulate(WORLD, KEY)
-    by_topic = defaultdict(list)
-    for event in events:
-        by_topic[event.topic].append(event.record)
-    return by_topic
+    return records_by_topic(WORLD, KEY)
 
 
 def test_planted_conversion_rate_per_channel_is_recovered(world):

@@ -2,7 +2,6 @@
 DuckDB SQL over the raw events (only GA4 channel grouping is shared: it has table-driven tests of its own)."""
 import datetime as dt
 import math
-from collections import defaultdict
 from decimal import Decimal
 
 import apache_beam as beam
@@ -12,22 +11,15 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.generate import GeneratorConfig, simulate
-from pipelines.generate.simulate import PlantedTruth
+from pipelines.generate import GeneratorConfig, PlantedTruth, records_by_topic
 from schemas.contracts import contract
 from transforms.channel_grouping import ChannelRules
 from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.journey_tables import TABLES, CustomerJourneyTables
 
-TIME_FIELD = {"web_sessions": "event_time", "social_interactions": "event_time", "orders": "event_time"}
-
-
 @pytest.fixture(scope="module")
 def world():
-    by_topic = defaultdict(list)
-    for event in simulate(GeneratorConfig(customers=500, days=150, seed=23), b"k"):
-        by_topic[event.topic].append(event.record)
-    return by_topic
+    return records_by_topic(GeneratorConfig(customers=500, days=150, seed=23), b"k")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +208,6 @@ def test_channel_attribution_daily_equals_the_reference_for_the_rule_based_model
 
 
 def _retention_reference(sql, grain):
-    step = "7 day" if grain == "week" else "1 month"
     return _query(sql, f"""
         with members as (
             select customer_id, date_trunc('{grain}', first_order_time)::date as cohort_start, 'all' as segment_type,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import defaultdict
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -15,7 +14,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from report import peak_rss_mib, report
 
-from pipelines.generate import GeneratorConfig, simulate
+from pipelines.generate import GeneratorConfig, records_by_topic
 from pipelines.runners import runner_args
 from transforms.journey_tables import CustomerJourneyTables
 
@@ -27,9 +26,7 @@ def main() -> None:
     parser.add_argument("--runner", default="DirectRunner", choices=("DirectRunner", "PrismRunner", "FnApiRunner"))
     parser.add_argument("--json", metavar="FILE")
     args, beam_args = parser.parse_known_args()
-    by_topic = defaultdict(list)
-    for event in simulate(GeneratorConfig(customers=args.customers, days=args.days, seed=3), b"bench"):
-        by_topic[event.topic].append(event.record)
+    by_topic = records_by_topic(GeneratorConfig(customers=args.customers, days=args.days, seed=3), b"bench")
     events = sum(len(v) for v in by_topic.values())
 
     started = time.perf_counter()

@@ -1,14 +1,14 @@
 """`journeys generate`: seeded synthetic journeys with planted ground truth, as Kafka records or Avro files."""
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import fields
 
 from pipelines.generate.records import ProducerRecord, to_records
 from pipelines.generate.simulate import Event, GeneratorConfig, PlantedTruth, simulate
 
 __all__ = ["Event", "GeneratorConfig", "PlantedTruth", "ProducerRecord", "generate", "simulate", "to_records",
-           "manifest"]
+           "manifest", "records_by_topic"]
 
 
 def generate(config: GeneratorConfig, pseudonym_key: bytes, *, fmt: str = "confluent", out_of_order: float = 0.0,
@@ -16,6 +16,14 @@ def generate(config: GeneratorConfig, pseudonym_key: bytes, *, fmt: str = "confl
     """The records to send, in send order: deterministic for the same config, key and knobs."""
     events = simulate(config, pseudonym_key)
     return to_records(events, seed=config.seed, fmt=fmt, out_of_order=out_of_order, late=late, malformed=malformed)
+
+
+def records_by_topic(config: GeneratorConfig, pseudonym_key: bytes) -> dict[str, list[dict]]:
+    """The simulated events as decoded records per topic: what a pipeline stage sees after decoding."""
+    by_topic = defaultdict(list)
+    for event in simulate(config, pseudonym_key):
+        by_topic[event.topic].append(event.record)
+    return dict(by_topic)
 
 
 def manifest(config: GeneratorConfig, records: list[ProducerRecord]) -> dict:
