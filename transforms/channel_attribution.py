@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
-from collections import defaultdict
 from decimal import Decimal
 
 import apache_beam as beam
@@ -31,28 +30,6 @@ def contribution(row: dict) -> tuple[float, float]:
     """(conversions, revenue) the row adds: a reversal takes its credit back."""
     sign = 1 if row["status"] == "placed" else -1
     return sign * row["credit"], row["revenue_credit"]
-
-
-def current_rows(rows) -> list[dict]:
-    """Per primary key, the row of the highest revision."""
-    latest: dict[tuple, dict] = {}
-    for row in rows:
-        key = tuple(row[k] for k in ROW_KEY)
-        if key not in latest or row["revision"] > latest[key]["revision"]:
-            latest[key] = row
-    return list(latest.values())
-
-
-def daily_totals(rows) -> list[dict]:
-    """channel_attribution_daily rows from order_attribution rows (any revisions: only the current ones count)."""
-    totals = defaultdict(lambda: [0.0, 0.0])
-    for row in current_rows(rows):
-        if not row["credit"]:
-            continue
-        conversions, revenue = contribution(row)
-        totals[daily_key(row)][0] += conversions
-        totals[daily_key(row)][1] += revenue
-    return [_total_row(key, sums) for key, sums in sorted(totals.items())]
 
 
 def _total_row(key: tuple, sums) -> dict:

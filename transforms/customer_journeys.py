@@ -99,14 +99,14 @@ class _Stitch(beam.DoFn):
         known = pickle.loads(stored) if stored else None
         new_link = (payload if kind == "link" else
                     (payload["customer_id"], payload["session_start"]) if payload["customer_id"] else None)
-        waiting = _items(pending)
         if new_link and (known is None or new_link[1] < known[1]):
             known = new_link
             link.write(pickle.dumps(known))
             # The sessions this link covers go to its customer; the others keep waiting for an earlier one.
-            yield from ((known[0], touch) for touch in waiting if self._covers(known, touch))
-            waiting = [touch for touch in waiting if not self._covers(known, touch)]
-            self._keep(pending, expiry, waiting)
+            waiting = _items(pending)
+            if waiting:
+                yield from ((known[0], touch) for touch in waiting if self._covers(known, touch))
+                self._keep(pending, expiry, [touch for touch in waiting if not self._covers(known, touch)])
         if kind == "link":
             return
         touch = session_touch(payload, self.config.channels)
@@ -115,7 +115,9 @@ class _Stitch(beam.DoFn):
         elif known and self._covers(known, touch):
             yield known[0], touch
         else:
-            self._keep(pending, expiry, waiting + [touch])
+            waiting = _items(pending)
+            _add(pending, touch)
+            expiry.set(_ts(min(t["time"] for t in waiting + [touch]) + self.wait))
 
     def _covers(self, link: tuple[str, dt.datetime], touch: dict) -> bool:
         return link[1] <= touch["time"] + self.wait

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
 
 from transforms.retention import CustomerHistory
@@ -32,9 +33,7 @@ def is_engagement(interaction: dict) -> bool:
 class PlacedOrder:
     order_id: str
     time: dt.datetime
-    amount: Decimal
     net: Decimal  # amount minus what cancellations and refunds took back
-    currency: str
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,7 @@ def build_profile(customer_id: str, touches: list[dict], orders: list[dict], int
     for order in orders:
         if order["status"] != "placed":
             taken_back[order["order_id"]] += Decimal(order["amount"])
-    history = tuple(sorted((PlacedOrder(o["order_id"], o["event_time"], Decimal(o["amount"]),
-                                        Decimal(o["amount"]) - taken_back[o["order_id"]], o["currency"])
+    history = tuple(sorted((PlacedOrder(o["order_id"], o["event_time"], Decimal(o["amount"]) - taken_back[o["order_id"]])
                             for o in placed.values()), key=lambda o: (o.time, o.order_id)))
     channels = _acquisition_channels(history[0].order_id, attribution) if history else {}
     engagements = tuple(sorted((i["event_time"], i["platform"], i["interaction_type"])
@@ -119,8 +117,6 @@ def latest_profiles(profiles) -> list[CustomerProfile]:
 def updating_global_window(pcoll, update_every_s: int) -> beam.WindowInto:
     """All of history in one window. A stream re-emits it (accumulated) every `update_every_s` of processing time
     and the tables take each emission as an upsert; a backfill emits once, at the end."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
     if not pcoll.pipeline.options.view_as(StandardOptions).streaming:
         return beam.WindowInto(window.GlobalWindows())
     return beam.WindowInto(window.GlobalWindows(),
@@ -155,10 +151,13 @@ class CustomerProfiles(beam.PTransform):
         windowed = {name: pcoll | f"Window{name}" >> updating_global_window(pcoll, self.update_every_s)
                     for name, pcoll in keyed.items()}
         return (windowed | "ByCustomer" >> beam.CoGroupByKey()
-                | "Profile" >> beam.FlatMapTuple(lambda customer_id, grouped: [p for p in [build_profile(
-                    customer_id, [touch for touch in grouped["touches"]], list(grouped["orders"]),
-                    list(grouped["interactions"]), list(grouped["attribution"]), list(grouped["devices"]))]
-                    if p is not None]))
+                | "Profile" >> beam.FlatMapTuple(_profile_of))
+
+
+def _profile_of(customer_id: str, grouped: dict) -> list[CustomerProfile]:
+    profile = build_profile(customer_id, list(grouped["touches"]), list(grouped["orders"]),
+                            list(grouped["interactions"]), list(grouped["attribution"]), list(grouped["devices"]))
+    return [profile] if profile is not None else []
 
 
 class AllProfiles(beam.PTransform):

@@ -45,7 +45,7 @@ def _mention_outcomes(profile: CustomerProfile, reply_window: dt.timedelta) -> d
     return outcomes
 
 
-def _groups(profile: CustomerProfile, end: dt.datetime, reply_window: dt.timedelta):
+def _groups(profile: CustomerProfile, mention_outcomes: dict[str, list], end: dt.datetime):
     """(platform, group) pairs the customer belongs to as of `end`."""
     if profile.first_seen >= end:
         return
@@ -56,7 +56,7 @@ def _groups(profile: CustomerProfile, end: dt.datetime, reply_window: dt.timedel
     for platform in engaged_on | {ALL}:
         yield platform, "engaged"
     mentions = {platform: [answered for when, answered in outcomes if when < end]
-                for platform, outcomes in _mention_outcomes(profile, reply_window).items()}
+                for platform, outcomes in mention_outcomes.items()}
     mentions[ALL] = [answered for platform in mentions for answered in mentions[platform]]
     for platform, answered in mentions.items():
         if answered:
@@ -68,13 +68,14 @@ def social_impact(profiles: list[CustomerProfile], until: dt.datetime,
     if not profiles:
         return []
     month = cohort_start(min(p.first_seen for p in profiles), "month")
+    outcomes = {p.customer_id: _mention_outcomes(p, reply_window) for p in profiles}  # the same every month
     rows = []
     while month <= cohort_start(until, "month"):
         start = dt.datetime.combine(month, dt.time(), dt.timezone.utc)
         end = _month_end(month)
         members = defaultdict(list)
         for profile in profiles:
-            for key in _groups(profile, end, reply_window):
+            for key in _groups(profile, outcomes[profile.customer_id], end):
                 members[key].append(profile)
         for (platform, group), customers in sorted(members.items()):
             in_month = [o for p in customers for o in p.orders if start <= o.time < end]
