@@ -27,6 +27,7 @@ CONVERSION, NULL, START = "(conversion)", "(null)", "(start)"
 class Touch:
     time: dt.datetime
     channel: str
+    touch_id: str | None = None  # None for the synthetic no-touch step
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class AttributionConfig:
 def prepare_path(touches: list[Touch], conversion_time: dt.datetime, config: AttributionConfig) -> list[Touch]:
     """The touches that may earn this conversion: in the lookback window, transformed, filtered; never empty."""
     since = conversion_time - dt.timedelta(days=config.lookback_days)
-    path = sorted((t for t in touches if since <= t.time <= conversion_time), key=lambda t: t.time)
+    path = sorted((t for t in touches if since <= t.time <= conversion_time), key=lambda t: (t.time, t.touch_id or ""))
     path = [t for t in path if t.channel not in config.exclude_channels
             and (config.include_channels is None or t.channel in config.include_channels)]
     if config.lookback_steps is not None:

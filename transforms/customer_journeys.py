@@ -11,6 +11,10 @@ Two keyed, stateful steps:
    allowed lateness and emits the order's path and its credits. A touch that arrives after that but still falls
    in an attributed order's lookback re-emits that order's rows with the same keys (a correction, upserted
    downstream). State is bounded by timers: touches and attributed orders are dropped once no order can use them.
+
+Touches no order used form non-converting paths for the data-driven models, defined in event time so that a
+backfill and a stream cut them alike: starting at a customer's earliest unused touch, a path takes every unused
+touch within one lookback window of it; the next path starts at the next unused touch after that.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ import apache_beam as beam
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, heuristic_credits, prepare_path
 from transforms.channel_grouping import ChannelRules, social_channel
@@ -168,6 +173,7 @@ class _Journey:
     pending: list = field(default_factory=list)  # placed orders waiting for their time + allowed lateness
     done: list = field(default_factory=list)  # attributed orders that may still be corrected or reversed
     reversals: list = field(default_factory=list)  # cancellations and refunds
+    unused: list = field(default_factory=list)  # expired touches no order used, until their path is complete
 
 
 class _Attribute(beam.DoFn):
@@ -189,7 +195,7 @@ class _Attribute(beam.DoFn):
             for order in (o for o in journey.done if o["order_id"] == payload["order_id"]):
                 # already attributed: take its credit back now
                 order["revision"] += 1
-                yield from self._rows(customer_id, order, journey.touches, [payload], placed=False)
+                yield from self._rows(customer_id, order, journey.touches, journey.reversals, placed=False)
         elif kind == "order":
             journey.pending.append(payload)
         else:
@@ -211,7 +217,8 @@ class _Attribute(beam.DoFn):
         moments = ([o["event_time"] for o in journey.pending]
                    + [t["time"] + self.config.lookback for t in journey.touches]
                    + [o["event_time"] + self.horizon for o in journey.done]
-                   + [r["event_time"] + self.horizon for r in journey.reversals])
+                   + [r["event_time"] + self.horizon for r in journey.reversals]
+                   + [t["time"] + 2 * self.config.lookback for t in journey.unused[:1]])  # kept sorted
         if not moments:
             state.clear()
             return
@@ -231,38 +238,47 @@ class _Attribute(beam.DoFn):
             steps = [r for r in rows if r["model"] == "linear" and r["status"] == "placed"]
             journey.used.update(r["touch_id"] for r in steps if r["touch_id"])
             yield beam.pvalue.TaggedOutput(PATHS, _path(key, order, steps))
-        # A touch no order can use any more leaves state; unused ones leave as a non-converting path.
-        expired = sorted((t for t in journey.touches if t["time"] + self.config.lookback <= cutoff),
-                         key=lambda t: t["time"])
-        unused = [t for t in expired if t["touch_id"] not in journey.used]
-        if unused:
+        # A touch no order can use any more leaves state; an unused one waits for its non-converting path.
+        lookback = self.config.lookback
+        unused = journey.unused + [t for t in journey.touches
+                                   if t["time"] + lookback <= cutoff and t["touch_id"] not in journey.used]
+        unused.sort(key=lambda t: (t["time"], t["touch_id"]))
+        # A path starting at t0 is complete once every touch up to t0 + lookback has expired: t0 + 2 lookbacks.
+        while unused and unused[0]["time"] + 2 * lookback <= cutoff:
+            end = unused[0]["time"] + lookback
+            steps = [t for t in unused if t["time"] <= end]
+            unused = unused[len(steps):]
             yield beam.pvalue.TaggedOutput(PATHS, {"customer_id": key, "order_id": None, "converted": False,
-                                                   "channels": [t["channel"] for t in unused],
-                                                   "touch_ids": [t["touch_id"] for t in unused],
+                                                   "time": steps[-1]["time"],
+                                                   "channels": [t["channel"] for t in steps],
+                                                   "touch_ids": [t["touch_id"] for t in steps],
                                                    "revenue": 0.0, "currency": None})
-        touches = [t for t in journey.touches if t["time"] + self.config.lookback > cutoff]
+        touches = [t for t in journey.touches if t["time"] + lookback > cutoff]
         journey = _Journey(
             touches=touches,
             used=journey.used & {t["touch_id"] for t in touches},
             pending=[o for o in journey.pending if o["event_time"] > cutoff],
             done=[o for o in journey.done + ready if o["event_time"] + self.horizon > cutoff],
-            reversals=[r for r in journey.reversals if r["event_time"] + self.horizon > cutoff])
+            reversals=[r for r in journey.reversals if r["event_time"] + self.horizon > cutoff],
+            unused=unused)
         self._save(state, due, journey)
 
     def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict], placed: bool = True):
         """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status)."""
-        statuses = [("placed", 1)] if placed else []
-        statuses += sorted({(r["status"], -1) for r in reversals if r["order_id"] == order["order_id"]})
+        taken_back = {}
+        for reversal in (r for r in reversals if r["order_id"] == order["order_id"]):
+            taken_back[reversal["status"]] = taken_back.get(reversal["status"], 0) + reversal["amount"]
+        statuses = [("placed", 1, order["amount"])] if placed else []
+        statuses += [(status, -1, amount) for status, amount in sorted(taken_back.items())]
         config = self.config.attribution
         by_id = {t["touch_id"]: t for t in touches}
-        path = prepare_path([Touch(t["time"], t["channel"]) for t in by_id.values()], order["event_time"], config)
-        ids = _touch_ids(path, by_id.values())
-        value = order["amount"]
+        path = prepare_path([Touch(t["time"], t["channel"], t["touch_id"]) for t in by_id.values()],
+                            order["event_time"], config)
         for model in HEURISTIC_MODELS:
             for index, credit in enumerate(heuristic_credits(model, path, order["event_time"], config)):
-                for status, sign in statuses:
+                for status, sign, value in statuses:
                     yield {"order_id": order["order_id"], "model": model, "touch_index": index, "status": status,
-                           "touch_id": ids[index], "customer_id": customer_id, "order_time": order["event_time"],
+                           "touch_id": path[index].touch_id, "customer_id": customer_id, "order_time": order["event_time"],
                            "touch_time": path[index].time, "channel": path[index].channel, "credit": credit,
                            "revenue_credit": sign * float(value) * credit, "currency": order["currency"],
                            "revision": order["revision"]}
@@ -271,15 +287,9 @@ class _Attribute(beam.DoFn):
 def _path(customer_id: str, order: dict, rows: list[dict]) -> dict:
     """A converting path for the data-driven models, from the order's linear rows (one per path step)."""
     steps = sorted(rows, key=lambda r: r["touch_index"])
-    return {"customer_id": customer_id, "order_id": order["order_id"], "converted": True,
+    return {"customer_id": customer_id, "order_id": order["order_id"], "converted": True, "time": order["event_time"],
             "channels": [r["channel"] for r in steps], "touch_ids": [r["touch_id"] for r in steps],
             "revenue": float(order["amount"]), "currency": order["currency"]}
-
-
-def _touch_ids(path: list[Touch], touches) -> list[str | None]:
-    """The touch id behind each path step (None for the synthetic no-touch step)."""
-    lookup = {(t["time"], t["channel"]): t["touch_id"] for t in touches}
-    return [lookup.get((step.time, step.channel)) for step in path]
 
 
 class CustomerTouches(beam.PTransform):
@@ -323,46 +333,58 @@ class AttributeOrders(beam.PTransform):
 
 
 class DataDrivenAttribution(beam.PTransform):
-    """paths → data_driven_attribution rows: per event-time window, Markov removal effects and Shapley values
-    fitted on that window's converting and non-converting paths, with the conversions and revenue each model
-    credits to each channel (every converting path split by data_driven_credits)."""
+    """paths → data_driven_attribution rows: per event-time window of the paths' own times (order time, or a
+    non-converting path's last touch), Markov removal effects and Shapley values fitted on that window's
+    converting and non-converting paths, with the conversions and revenue each model credits to each channel
+    (every converting path split by data_driven_credits).
 
-    def __init__(self, window_days: float = 7.0, config: AttributionConfig = AttributionConfig()):
+    A window is fitted once, when it is complete: its last non-converting path is known two lookbacks (plus the
+    allowed lateness) after its end. Each path is stamped with that moment (never earlier than it was emitted)
+    and grouped in a window shifted by it, so the watermark fires the fit then, in a stream as in a backfill.
+    """
+
+    def __init__(self, window_days: float = 7.0, config: JourneyConfig = JourneyConfig()):
         super().__init__()
-        self.window_days = window_days
+        self.window = dt.timedelta(days=window_days)
         self.config = config
 
     def expand(self, paths):
         from apache_beam.transforms.window import FixedWindows
 
+        settle = 2 * self.config.lookback + dt.timedelta(seconds=self.config.allowed_lateness_s)
+        size = self.window.total_seconds()
         return (paths
-                | "Window" >> beam.WindowInto(FixedWindows(self.window_days * 86400))
-                | "OneKey" >> beam.Map(lambda path: (None, path))
+                | "StampComplete" >> beam.Map(_stamp_complete, self.window, settle)
+                | "Window" >> beam.WindowInto(FixedWindows(size, offset=settle.total_seconds() % size))
                 | "Gather" >> beam.GroupByKey()
-                | "Fit" >> beam.ParDo(_FitDataDriven(self.config)))
+                | "Fit" >> beam.FlatMap(_fit_window, self.window, self.config.attribution))
 
 
-class _FitDataDriven(beam.DoFn):
-    def __init__(self, config: AttributionConfig):
-        self.config = config
+def _stamp_complete(path: dict, window: dt.timedelta, settle: dt.timedelta):
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    start = epoch + (path["time"] - epoch) // window * window  # aligned to the epoch, like FixedWindows
+    complete = _ts(start + window + settle) - Duration(micros=1)
+    return TimestampedValue((start.isoformat(), path), complete)
 
-    def process(self, element, window=beam.DoFn.WindowParam):
-        from transforms.attribution import markov_removal_effects, shapley_values
 
-        paths = list(element[1])
-        fitted = [(p["channels"], p["converted"]) for p in paths]
-        markov = markov_removal_effects(fitted, order=self.config.markov_order)
-        shapley = shapley_values(fitted, self.config.shapley_exact_max_channels, self.config.shapley_samples,
-                                 self.config.seed)
-        models = {"markov": (markov.removal_effects, markov.shares(), {}),
-                  "shapley": (shapley.values, shapley.shares(), shapley.standard_errors)}
-        for model, (values, shares, errors) in models.items():
-            conversions, revenue = _credited(paths, shares)
-            for channel in sorted(values):
-                yield {"window_start": window.start.to_utc_datetime(), "window_end": window.end.to_utc_datetime(),
-                       "model": model, "channel": channel, "value": values[channel], "share": shares[channel],
-                       "standard_error": errors.get(channel, 0.0), "conversions": conversions[channel],
-                       "revenue": round(revenue[channel], 2), "paths": len(paths)}
+def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
+    from transforms.attribution import markov_removal_effects, shapley_values
+
+    start = dt.datetime.fromisoformat(element[0])
+    # in a fixed order, so that sums of floats come out the same however the paths arrived
+    window_paths = sorted(element[1], key=lambda p: (p["time"], p["customer_id"], [i or "" for i in p["touch_ids"]]))
+    fitted = [(p["channels"], p["converted"]) for p in window_paths]
+    markov = markov_removal_effects(fitted, order=config.markov_order)
+    shapley = shapley_values(fitted, config.shapley_exact_max_channels, config.shapley_samples, config.seed)
+    models = {"markov": (markov.removal_effects, markov.shares(), {}),
+              "shapley": (shapley.values, shapley.shares(), shapley.standard_errors)}
+    for model, (values, shares, errors) in models.items():
+        conversions, revenue = _credited(window_paths, shares)
+        for channel in sorted(values):
+            yield {"window_start": start, "window_end": start + window,
+                   "model": model, "channel": channel, "value": values[channel], "share": shares[channel],
+                   "standard_error": errors.get(channel, 0.0), "conversions": conversions[channel],
+                   "revenue": round(revenue[channel], 2), "paths": len(window_paths)}
 
 
 def _credited(paths: list[dict], shares: dict) -> tuple[dict, dict]:

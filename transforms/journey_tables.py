@@ -63,7 +63,7 @@ class CustomerJourneyTables(beam.PTransform):
             "channel_attribution_daily": attributed["order_attribution"] | "Daily" >> ChannelAttributionDaily(
                 config.update_every_s),
             "data_driven_attribution": attributed["paths"] | "DataDriven" >> DataDrivenAttribution(
-                config.data_driven_window_days, config.journeys.attribution),
+                config.data_driven_window_days, config.journeys),
             "customers": profiles | "CustomerRows" >> beam.Map(lambda profile: profile.row()),
             "retention_cohorts": everyone | "Retention" >> RetentionCohorts(),
             "social_impact": everyone | "SocialImpact" >> SocialImpact(),
