@@ -73,3 +73,30 @@ def test_late_touches_count_until_the_lateness_and_correct_after_it():
                     | "RefundCredit" >> beam.Map(lambda r: (r["channel"], round(r["revenue_credit"], 2))))
         assert_that(refunded, equal_to([("Organic Social", -33.33), ("Organic Search", -33.33), ("Email", -33.33)]),
                     label="refund")
+
+
+def test_a_refund_after_old_touches_left_state_takes_back_the_credit_of_the_whole_path():
+    day = dt.timedelta(days=1)
+    old_display = _session("s-display", T0 - 25 * day, "display", "dsp")  # leaves state at T0 + 5 days
+    email = _session("s-email", T0 - HOUR, "email", "newsletter")
+    keyed = lambda s, channel: ("C1", {"touch_id": s["session_id"], "time": s["session_start"], "kind": "session",
+                                       "channel": channel, "source": s["utm_source"], "medium": s["utm_medium"],
+                                       "campaign": "(not set)", "platform": None, "view_through": False})
+    refund = dict(ORDER, status="refunded", event_time=T0 + 20 * day)
+    stream = (TestStream()
+              .add_elements([TimestampedValue(keyed(old_display, "Display"), _at(old_display["session_start"])),
+                             TimestampedValue(keyed(email, "Email"), _at(email["session_start"]))], tag="touches")
+              .add_elements([TimestampedValue(ORDER, _at(T0))], tag="orders")
+              .advance_watermark_to(_at(T0 + 19 * day), tag="touches")
+              .advance_watermark_to(_at(T0 + 19 * day), tag="orders")
+              .add_elements([TimestampedValue(refund, _at(refund["event_time"]))], tag="orders")
+              .advance_watermark_to_infinity(tag="touches")
+              .advance_watermark_to_infinity(tag="orders"))
+    options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=options) as pipeline:
+        inputs = pipeline | stream
+        rows = ((inputs["touches"], inputs["orders"]) | AttributeOrders(JourneyConfig()))["order_attribution"]
+        refunded = (rows | beam.Filter(lambda r: r["model"] == "linear" and r["status"] == "refunded")
+                    | beam.Map(lambda r: (r["touch_index"], r["channel"], round(r["revenue_credit"], 2))))
+        assert_that(refunded, equal_to([(0, "Display", -50.0), (1, "Email", -50.0)]))

@@ -16,7 +16,8 @@ from apache_beam.coders import BytesCoder
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from transforms.customer_profiles import CENT, updating_global_window
+from transforms.currency import to_cents
+from transforms.customer_profiles import updating_global_window
 
 ROW_KEY = ("order_id", "model", "touch_index", "status")
 
@@ -35,7 +36,7 @@ def contribution(row: dict) -> tuple[float, float]:
 def _total_row(key: tuple, sums) -> dict:
     date, model, channel, currency = key
     return {"date": dt.date.fromisoformat(date), "model": model, "channel": channel, "currency": currency,
-            "conversions": round(sums[0], 9), "revenue": Decimal(repr(sums[1])).quantize(CENT) + 0}  # no -0.00
+            "conversions": round(sums[0], 9), "revenue": to_cents(Decimal(repr(sums[1])))}
 
 
 class _Deltas(beam.DoFn):
@@ -67,7 +68,7 @@ def _sum_pairs(pairs) -> tuple[float, float]:
 class ChannelAttributionDaily(beam.PTransform):
     """order_attribution rows → channel_attribution_daily rows, re-emitted (upserts) as they change."""
 
-    def __init__(self, update_every_s: int = 60):
+    def __init__(self, update_every_s: int | None = 60):
         super().__init__()
         self.update_every_s = update_every_s
 

@@ -31,6 +31,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, heuristic_credits, prepare_path
 from transforms.channel_grouping import ChannelRules, social_channel
+from transforms.currency import ExchangeRates
 
 CLICK_THROUGH = frozenset({"ad_click", "link_click"})
 VIEW_THROUGH = frozenset({"impression", "video_view"})
@@ -43,6 +44,7 @@ class JourneyConfig:
     reversal_horizon_days: float = 120.0  # how long an attributed order waits for a cancellation or refund
     touch_interactions: frozenset = CLICK_THROUGH | VIEW_THROUGH  # which social interactions count as touches
     channels: ChannelRules = ChannelRules()
+    rates: ExchangeRates = ExchangeRates()  # the data-driven models add up orders of different currencies
 
     @property
     def lookback(self) -> dt.timedelta:
@@ -195,7 +197,7 @@ class _Attribute(beam.DoFn):
             for order in (o for o in journey.done if o["order_id"] == payload["order_id"]):
                 # already attributed: take its credit back now
                 order["revision"] += 1
-                yield from self._rows(customer_id, order, journey.touches, journey.reversals, placed=False)
+                yield from self._rows(customer_id, order, order["touches"], journey.reversals, placed=False)
         elif kind == "order":
             journey.pending.append(payload)
         else:
@@ -204,8 +206,9 @@ class _Attribute(beam.DoFn):
             for order in journey.done:
                 if order["event_time"] - self.config.lookback <= payload["time"] <= order["event_time"]:
                     journey.used.add(payload["touch_id"])
+                    order["touches"].append(payload)
                     order["revision"] += 1
-                    yield from self._rows(customer_id, order, journey.touches, journey.reversals)
+                    yield from self._rows(customer_id, order, order["touches"], journey.reversals)
         self._save(state, due, journey)
 
     def _due(self, order_time: dt.datetime) -> Timestamp:
@@ -233,11 +236,15 @@ class _Attribute(beam.DoFn):
         ready = sorted((o for o in journey.pending if o["event_time"] <= cutoff), key=lambda o: o["event_time"])
         for order in ready:
             order["revision"] = 0
-            rows = list(self._rows(key, order, journey.touches, journey.reversals))
+            # An attributed order keeps its own candidate touches: a correction or a reversal may come after
+            # some of them have left the customer's state.
+            order["touches"] = [t for t in journey.touches
+                                if order["event_time"] - self.config.lookback <= t["time"] <= order["event_time"]]
+            rows = list(self._rows(key, order, order["touches"], journey.reversals))
             yield from rows
             steps = [r for r in rows if r["model"] == "linear" and r["status"] == "placed"]
             journey.used.update(r["touch_id"] for r in steps if r["touch_id"])
-            yield beam.pvalue.TaggedOutput(PATHS, _path(key, order, steps))
+            yield beam.pvalue.TaggedOutput(PATHS, _path(key, order, steps, self.config.rates))
         # A touch no order can use any more leaves state; an unused one waits for its non-converting path.
         lookback = self.config.lookback
         unused = journey.unused + [t for t in journey.touches
@@ -252,7 +259,7 @@ class _Attribute(beam.DoFn):
                                                    "time": steps[-1]["time"],
                                                    "channels": [t["channel"] for t in steps],
                                                    "touch_ids": [t["touch_id"] for t in steps],
-                                                   "revenue": 0.0, "currency": None})
+                                                   "revenue": 0.0})
         touches = [t for t in journey.touches if t["time"] + lookback > cutoff]
         journey = _Journey(
             touches=touches,
@@ -284,12 +291,12 @@ class _Attribute(beam.DoFn):
                            "revision": order["revision"]}
 
 
-def _path(customer_id: str, order: dict, rows: list[dict]) -> dict:
+def _path(customer_id: str, order: dict, rows: list[dict], rates: ExchangeRates) -> dict:
     """A converting path for the data-driven models, from the order's linear rows (one per path step)."""
     steps = sorted(rows, key=lambda r: r["touch_index"])
     return {"customer_id": customer_id, "order_id": order["order_id"], "converted": True, "time": order["event_time"],
             "channels": [r["channel"] for r in steps], "touch_ids": [r["touch_id"] for r in steps],
-            "revenue": float(order["amount"]), "currency": order["currency"]}
+            "revenue": float(rates.convert(order["amount"], order["currency"]))}
 
 
 class CustomerTouches(beam.PTransform):

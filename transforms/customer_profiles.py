@@ -17,10 +17,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
 
+from transforms.currency import ExchangeRates, to_cents
 from transforms.retention import CustomerHistory
 
 NOT_ENGAGEMENT = frozenset({"impression", "ad_click", "link_click"})
-CENT = Decimal("0.01")
 ACQUISITION_MODELS = {"last_touch": "acquisition_channel", "first_touch": "first_touch_channel"}
 
 
@@ -64,7 +64,7 @@ class CustomerProfile:
         return {"customer_id": self.customer_id, "first_seen": self.first_seen,
                 "first_order_time": self.first_order_time, "acquisition_channel": self.acquisition_channel,
                 "first_touch_channel": self.first_touch_channel, "social_engagement": self.social_engagement,
-                "orders": len(self.orders), "net_revenue": sum((o.net for o in self.orders), Decimal(0)).quantize(CENT),
+                "orders": len(self.orders), "net_revenue": to_cents(sum((o.net for o in self.orders), Decimal(0))),
                 "devices": self.devices}
 
     def history(self) -> CustomerHistory:
@@ -75,8 +75,10 @@ class CustomerProfile:
 
 
 def build_profile(customer_id: str, touches: list[dict], orders: list[dict], interactions: list[dict],
-                  attribution: list[dict], devices: list[str]) -> CustomerProfile | None:
-    """The customer's profile from everything keyed to them; None when nothing identifies a customer."""
+                  attribution: list[dict], devices: list[str],
+                  rates: ExchangeRates = ExchangeRates()) -> CustomerProfile | None:
+    """The customer's profile from everything keyed to them; None when nothing identifies a customer. Order
+    values are in the reporting currency."""
     times = ([t["time"] for t in touches] + [o["event_time"] for o in orders]
              + [i["event_time"] for i in interactions])
     if not times:
@@ -85,8 +87,9 @@ def build_profile(customer_id: str, touches: list[dict], orders: list[dict], int
     taken_back = defaultdict(Decimal)
     for order in orders:
         if order["status"] != "placed":
-            taken_back[order["order_id"]] += Decimal(order["amount"])
-    history = tuple(sorted((PlacedOrder(o["order_id"], o["event_time"], Decimal(o["amount"]) - taken_back[o["order_id"]])
+            taken_back[order["order_id"]] += rates.convert(order["amount"], order["currency"])
+    history = tuple(sorted((PlacedOrder(o["order_id"], o["event_time"],
+                                        rates.convert(o["amount"], o["currency"]) - taken_back[o["order_id"]])
                             for o in placed.values()), key=lambda o: (o.time, o.order_id)))
     channels = _acquisition_channels(history[0].order_id, attribution) if history else {}
     engagements = tuple(sorted((i["event_time"], i["platform"], i["interaction_type"])
@@ -114,13 +117,15 @@ def latest_profiles(profiles) -> list[CustomerProfile]:
     return [latest[c] for c in sorted(latest)]
 
 
-def updating_global_window(pcoll, update_every_s: int) -> beam.WindowInto:
+def updating_global_window(pcoll, update_every_s: int | None) -> beam.WindowInto:
     """All of history in one window. A stream re-emits it (accumulated) every `update_every_s` of processing time
-    and the tables take each emission as an upsert; a backfill emits once, at the end."""
+    and the tables take each emission as an upsert; a backfill, or a stream with update_every_s None, emits once,
+    at the end of its input. (Prism 2.77 panics when such an update falls due after a bounded input ended.)"""
     if not pcoll.pipeline.options.view_as(StandardOptions).streaming:
         return beam.WindowInto(window.GlobalWindows())
-    return beam.WindowInto(window.GlobalWindows(),
-                           trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(update_every_s)),
+    early = trigger.AfterProcessingTime(update_every_s) if update_every_s is not None else None
+    # AfterWatermark spelled out even without early firings: Beam refuses the default trigger on a stream
+    return beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(early=early),
                            accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
 
 
@@ -128,9 +133,10 @@ class CustomerProfiles(beam.PTransform):
     """{"touches": (customer key, touch), "orders", "social_interactions", "web_sessions", "order_attribution"}
     → CustomerProfile per identified customer (anonymous visitors' journeys have none)."""
 
-    def __init__(self, update_every_s: int = 60):
+    def __init__(self, update_every_s: int | None = 60, rates: ExchangeRates = ExchangeRates()):
         super().__init__()
         self.update_every_s = update_every_s
+        self.rates = rates
 
     def expand(self, inputs):
         known = lambda customer_key: customer_key and not customer_key.startswith("anon:")
@@ -151,12 +157,13 @@ class CustomerProfiles(beam.PTransform):
         windowed = {name: pcoll | f"Window{name}" >> updating_global_window(pcoll, self.update_every_s)
                     for name, pcoll in keyed.items()}
         return (windowed | "ByCustomer" >> beam.CoGroupByKey()
-                | "Profile" >> beam.FlatMapTuple(_profile_of))
+                | "Profile" >> beam.FlatMapTuple(_profile_of, self.rates))
 
 
-def _profile_of(customer_id: str, grouped: dict) -> list[CustomerProfile]:
+def _profile_of(customer_id: str, grouped: dict, rates: ExchangeRates = ExchangeRates()) -> list[CustomerProfile]:
     profile = build_profile(customer_id, list(grouped["touches"]), list(grouped["orders"]),
-                            list(grouped["interactions"]), list(grouped["attribution"]), list(grouped["devices"]))
+                            list(grouped["interactions"]), list(grouped["attribution"]), list(grouped["devices"]),
+                            rates)
     return [profile] if profile is not None else []
 
 

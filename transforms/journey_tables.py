@@ -30,7 +30,7 @@ TABLES = ("touchpoints", "order_attribution", "channel_attribution_daily", "data
 class TablesConfig:
     journeys: JourneyConfig = JourneyConfig()
     data_driven_window_days: float = 7.0
-    update_every_s: int = 60  # how often a stream re-emits the all-of-history tables
+    update_every_s: int | None = 60  # how often a stream re-emits the all-of-history tables; None: at its end
 
 
 def touchpoint_row(customer_key: str, touch: dict) -> dict:
@@ -55,9 +55,10 @@ class CustomerJourneyTables(beam.PTransform):
         attributed = (touches, orders) | "Attribute" >> AttributeOrders(config.journeys)
         profiles = {"touches": touches, "orders": orders, "social_interactions": social, "web_sessions": sessions,
                     "order_attribution": attributed["order_attribution"]} | "Profiles" >> CustomerProfiles(
-            config.update_every_s)
+            config.update_every_s, config.journeys.rates)
         everyone = profiles | "Everyone" >> AllProfiles()
-        return {
+        in_reporting_currency = {"currency": config.journeys.rates.reporting_currency}
+        tables = {
             "touchpoints": touches | "TouchpointRows" >> beam.MapTuple(touchpoint_row),
             "order_attribution": attributed["order_attribution"],
             "channel_attribution_daily": attributed["order_attribution"] | "Daily" >> ChannelAttributionDaily(
@@ -68,3 +69,6 @@ class CustomerJourneyTables(beam.PTransform):
             "retention_cohorts": everyone | "Retention" >> RetentionCohorts(),
             "social_impact": everyone | "SocialImpact" >> SocialImpact(),
         }
+        for name in ("customers", "retention_cohorts", "social_impact", "data_driven_attribution"):
+            tables[name] = tables[name] | f"Currency{name}" >> beam.Map(lambda row: {**row, **in_reporting_currency})
+        return tables

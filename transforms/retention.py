@@ -13,6 +13,8 @@ from decimal import Decimal
 
 import apache_beam as beam
 
+from transforms.currency import to_cents
+
 GRAINS = ("week", "month")
 
 
@@ -69,8 +71,8 @@ def retention_cohorts(customers: list[CustomerHistory], grain: str, until: dt.da
                          "segment": segment, "period_index": index, "cohort_size": size,
                          "active_customers": len(active[index]), "retention_rate": len(active[index]) / size,
                          "retention_rate_on_or_after": len(later) / size,
-                         "net_revenue": revenue[index].quantize(Decimal("0.01")),
-                         "cumulative_revenue_per_customer": (cumulative / size).quantize(Decimal("0.01"))})
+                         "net_revenue": to_cents(revenue[index]),
+                         "cumulative_revenue_per_customer": to_cents(cumulative / size)})
     return rows
 
 

@@ -18,7 +18,8 @@ from decimal import Decimal
 
 import apache_beam as beam
 
-from transforms.customer_profiles import CENT, CustomerProfile
+from transforms.currency import to_cents
+from transforms.customer_profiles import CustomerProfile
 from transforms.retention import cohort_start
 
 ALL = "all"
@@ -88,11 +89,11 @@ def social_impact(profiles: list[CustomerProfile], until: dt.datetime,
                 "month": month, "platform": platform, "group": group, "customers": len(customers),
                 "conversion_rate": len({p.customer_id for p in customers
                                         if any(start <= o.time < end for o in p.orders)}) / len(customers),
-                "orders": len(in_month), "revenue": revenue.quantize(CENT),
-                "average_order_value": (revenue / len(in_month)).quantize(CENT) if in_month else None,
+                "orders": len(in_month), "revenue": to_cents(revenue),
+                "average_order_value": to_cents(revenue / len(in_month)) if in_month else None,
                 "first_orders_90d": len(firsts),
                 "repeat_rate_90d": len(repeated) / len(firsts) if firsts else None,
-                "ltv": (to_date / len(customers)).quantize(CENT)})
+                "ltv": to_cents(to_date / len(customers))})
         month = _month_end(month).date()
     return rows
 
