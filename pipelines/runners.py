@@ -24,9 +24,29 @@ def prism_path() -> Path:
     return path
 
 
+def refuse_dynamic_splits() -> None:
+    """Make this process's SDK workers decline Prism's dynamic split requests.
+
+    Prism 2.77 splits a source bundle that makes no visible progress (ours, while Kafka is polled). We saw two
+    failures follow: the job failing with "cannot convert float NaN to integer" (the SDK computing the split),
+    and, in one run of four, keyed state downstream losing updates: a stitching step read an empty bag for a
+    device whose 11 sessions it had stored (tests/test_journey_tables.py, broker mode). Declined splits cost
+    only dynamic rebalancing, which LOOPBACK workers on one machine barely need. See apache/beam#35771.
+    """
+    from apache_beam.runners.worker import bundle_processor
+
+    bundle_processor.DataInputOperation.try_split = _no_split
+
+
+def _no_split(*_args, **_kwargs):
+    return None
+
+
 def runner_args(runner: str, streaming: bool = False) -> list[str]:
+    """Options for `runner`. Prism's workers run in this process (LOOPBACK), which declines splits."""
     if runner not in RUNNERS:
         raise ValueError(f"runner {runner!r}: one of {', '.join(RUNNERS)}")
+    refuse_dynamic_splits()
     # Beam shares one Prism job server per process, made with the options of whichever pipeline came first: a
     # pipeline without --prism_location would leave it pointing at a download. Ours get their own server.
     args = [f"--runner={runner}", f"--prism_location={prism_path()}", "--experiments=disable_prism_server_singleton"]

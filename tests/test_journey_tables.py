@@ -413,7 +413,11 @@ def test_channel_attribution_daily_equals_the_reference(tables, sql):
                sum(case when status = 'placed' then credit else -credit end) as conversions,
                round(sum(revenue_credit), 2) as revenue
         from ({ORDER_ATTRIBUTION}) where credit <> 0 group by all""")
-    got, expected = (_keyed(rows, "channel_attribution_daily") for rows in (tables["channel_attribution_daily"], expected))
+    # Zero rows compared as absent: a stream's correction leaves one where a channel lost its credit (an upsert
+    # to zero), an order reversed in full leaves one in a backfill too, and the table rounds conversions to 1e-9.
+    got, expected = ({key: row for key, row in _keyed(rows, "channel_attribution_daily").items()
+                      if abs(row["conversions"]) > 1e-9 or Decimal(row["revenue"])}
+                     for rows in (tables["channel_attribution_daily"], expected))
     # conversions: float sums, compared with a relative tolerance; revenue: rounded to cents from a float sum
     assert not _differences(got, expected, rounded=("revenue",))
     assert {key[1] for key in got} == set(HEURISTIC_MODELS)

@@ -32,6 +32,18 @@ def _at(when):
     return Timestamp.from_utc_datetime(when)
 
 
+def _streaming() -> TestPipeline:
+    options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    return TestPipeline(options=options)
+
+
+def _order_attribution(pipeline, stream: TestStream, config: JourneyConfig):
+    """A TestStream of customer-keyed touches and of orders (tags "touches", "orders") → order_attribution rows."""
+    inputs = pipeline | stream
+    return ((inputs["touches"], inputs["orders"]) | AttributeOrders(config))["order_attribution"]
+
+
 def test_late_touches_count_until_the_lateness_and_correct_after_it():
     email = _session("s-email", T0 - HOUR, "email", "newsletter")
     late_search = _session("s-search", T0 - 2 * HOUR, referrer="https://www.google.com/")  # arrives late
@@ -42,24 +54,20 @@ def test_late_touches_count_until_the_lateness_and_correct_after_it():
                               "platform": None, "view_through": False})
     config = JourneyConfig(allowed_lateness_s=1800)
     stream = (TestStream()
-              .add_elements([TimestampedValue(("touch", keyed(email)), _at(email["session_start"]))], tag="touches")
+              .add_elements([TimestampedValue(keyed(email), _at(email["session_start"]))], tag="touches")
               .add_elements([TimestampedValue(ORDER, _at(T0))], tag="orders")
               .advance_watermark_to(_at(T0 + dt.timedelta(minutes=10)), tag="touches")
               .advance_watermark_to(_at(T0 + dt.timedelta(minutes=10)), tag="orders")
-              .add_elements([TimestampedValue(("touch", keyed(late_search)), _at(T0 + dt.timedelta(minutes=10)))],
+              .add_elements([TimestampedValue(keyed(late_search), _at(T0 + dt.timedelta(minutes=10)))],
                             tag="touches")
               .advance_watermark_to(_at(T0 + HOUR), tag="touches")
               .advance_watermark_to(_at(T0 + HOUR), tag="orders")
-              .add_elements([TimestampedValue(("touch", keyed(very_late_social)), _at(T0 + HOUR))], tag="touches")
+              .add_elements([TimestampedValue(keyed(very_late_social), _at(T0 + HOUR))], tag="touches")
               .add_elements([TimestampedValue(REFUND, _at(REFUND["event_time"]))], tag="orders")
               .advance_watermark_to_infinity(tag="touches")
               .advance_watermark_to_infinity(tag="orders"))
-    options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
-    with TestPipeline(options=options) as pipeline:
-        inputs = pipeline | stream
-        touches = inputs["touches"] | "Unwrap" >> beam.Map(lambda kind_touch: kind_touch[1])
-        rows = ((touches, inputs["orders"]) | AttributeOrders(config))["order_attribution"]
+    with _streaming() as pipeline:
+        rows = _order_attribution(pipeline, stream, config)
         linear = (rows | beam.Filter(lambda r: r["model"] == "linear" and r["status"] == "placed")
                   | beam.Map(lambda r: (r["channel"], round(r["credit"], 4))))
         assert_that(linear, equal_to([
@@ -92,11 +100,8 @@ def test_a_refund_after_old_touches_left_state_takes_back_the_credit_of_the_whol
               .add_elements([TimestampedValue(refund, _at(refund["event_time"]))], tag="orders")
               .advance_watermark_to_infinity(tag="touches")
               .advance_watermark_to_infinity(tag="orders"))
-    options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
-    with TestPipeline(options=options) as pipeline:
-        inputs = pipeline | stream
-        rows = ((inputs["touches"], inputs["orders"]) | AttributeOrders(JourneyConfig()))["order_attribution"]
+    with _streaming() as pipeline:
+        rows = _order_attribution(pipeline, stream, JourneyConfig())
         refunded = (rows | beam.Filter(lambda r: r["model"] == "linear" and r["status"] == "refunded")
                     | beam.Map(lambda r: (r["touch_index"], r["channel"], round(r["revenue_credit"], 2))))
         assert_that(refunded, equal_to([(0, "Display", -50.0), (1, "Email", -50.0)]))

@@ -182,3 +182,11 @@ def test_readers_rebuilt_from_checkpoints_reuse_one_consumer_rather_than_leak_on
         abandoned.append(reader)  # never closed, like a reader parked in a cache nobody asks again
     assert offsets == [0, 1, 2, 3, 4], "each rebuilt reader went on after the checkpoint, nothing re-read"
     assert all(consumer is consumers[0] for consumer in consumers)
+
+
+def test_local_runners_decline_dynamic_splits():
+    """Prism's split requests on our source bundles led to NaN failures and lost keyed state (pipelines/runners.py)."""
+    from apache_beam.runners.worker.bundle_processor import DataInputOperation
+
+    runner_args("PrismRunner")
+    assert DataInputOperation.try_split(None, 0.5, 10, ()) is None

@@ -205,11 +205,18 @@ class _Attribute(beam.DoFn):
             # A touch behind an order that was already attributed corrects that order's rows.
             for order in journey.done:
                 if order["event_time"] - self.config.lookback <= payload["time"] <= order["event_time"]:
-                    journey.used.add(payload["touch_id"])
                     order["touches"].append(payload)
                     order["revision"] += 1
-                    yield from self._rows(customer_id, order, order["touches"], journey.reversals)
+                    yield from self._attributed(customer_id, order, journey)
         self._save(state, due, journey)
+
+    def _attributed(self, customer_id: str, order: dict, journey: _Journey):
+        """The order's rows, and its converting path (by revision too: the data-driven fit keeps the latest)."""
+        rows = list(self._rows(customer_id, order, order["touches"], journey.reversals))
+        yield from rows
+        steps = [r for r in rows if r["model"] == "linear" and r["status"] == "placed"]
+        journey.used.update(r["touch_id"] for r in steps if r["touch_id"])
+        yield beam.pvalue.TaggedOutput(PATHS, _path(customer_id, order, steps, self.config.rates))
 
     def _due(self, order_time: dt.datetime) -> Timestamp:
         return _ts(order_time + self.lateness)
@@ -240,11 +247,7 @@ class _Attribute(beam.DoFn):
             # some of them have left the customer's state.
             order["touches"] = [t for t in journey.touches
                                 if order["event_time"] - self.config.lookback <= t["time"] <= order["event_time"]]
-            rows = list(self._rows(key, order, order["touches"], journey.reversals))
-            yield from rows
-            steps = [r for r in rows if r["model"] == "linear" and r["status"] == "placed"]
-            journey.used.update(r["touch_id"] for r in steps if r["touch_id"])
-            yield beam.pvalue.TaggedOutput(PATHS, _path(key, order, steps, self.config.rates))
+            yield from self._attributed(key, order, journey)
         # A touch no order can use any more leaves state; an unused one waits for its non-converting path.
         lookback = self.config.lookback
         unused = journey.unused + [t for t in journey.touches
@@ -294,7 +297,8 @@ class _Attribute(beam.DoFn):
 def _path(customer_id: str, order: dict, rows: list[dict], rates: ExchangeRates) -> dict:
     """A converting path for the data-driven models, from the order's linear rows (one per path step)."""
     steps = sorted(rows, key=lambda r: r["touch_index"])
-    return {"customer_id": customer_id, "order_id": order["order_id"], "converted": True, "time": order["event_time"],
+    return {"customer_id": customer_id, "order_id": order["order_id"], "revision": order["revision"],
+            "converted": True, "time": order["event_time"],
             "channels": [r["channel"] for r in steps], "touch_ids": [r["touch_id"] for r in steps],
             "revenue": float(rates.convert(order["amount"], order["currency"]))}
 
@@ -378,8 +382,15 @@ def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
     from transforms.attribution import markov_removal_effects, shapley_values
 
     start = dt.datetime.fromisoformat(element[0])
-    # in a fixed order, so that sums of floats come out the same however the paths arrived
-    window_paths = sorted(element[1], key=lambda p: (p["time"], p["customer_id"], [i or "" for i in p["touch_ids"]]))
+    # A corrected order's path comes again with a higher revision: keep the latest. Then a fixed order, so that
+    # sums of floats come out the same however the paths arrived.
+    latest = {}
+    for path in element[1]:
+        key = path["order_id"] or (path["customer_id"], path["touch_ids"][0])
+        if key not in latest or path.get("revision", 0) > latest[key].get("revision", 0):
+            latest[key] = path
+    window_paths = sorted(latest.values(),
+                          key=lambda p: (p["time"], p["customer_id"], [i or "" for i in p["touch_ids"]]))
     fitted = [(p["channels"], p["converted"]) for p in window_paths]
     markov = markov_removal_effects(fitted, order=config.markov_order)
     shapley = shapley_values(fitted, config.shapley_exact_max_channels, config.shapley_samples, config.seed)

@@ -1,0 +1,117 @@
+"""Each composite transform under CustomerJourneyTables on a hand-checkable input (TestPipeline + assert_that)."""
+import datetime as dt
+from decimal import Decimal
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.channel_attribution import ChannelAttributionDaily
+from transforms.customer_journeys import DataDrivenAttribution
+from transforms.customer_profiles import AllProfiles, CustomerProfiles
+from transforms.retention import RetentionCohorts
+from transforms.social_impact import SocialImpact
+
+T0 = dt.datetime(2026, 9, 7, 10, tzinfo=dt.timezone.utc)  # a Monday
+DAY = dt.timedelta(days=1)
+
+
+def _credit(order_id, channel, index, credit, revision, status="placed", amount=100.0):
+    sign = 1 if status == "placed" else -1
+    return {"order_id": order_id, "model": "linear", "touch_index": index, "status": status, "touch_id": None,
+            "customer_id": "C1", "order_time": T0, "touch_time": T0, "channel": channel, "credit": credit,
+            "revenue_credit": sign * amount * credit, "currency": "EUR", "revision": revision}
+
+
+def test_channel_attribution_daily_counts_only_the_latest_revision_of_each_row():
+    rows = [_credit("O1", "Email", 0, 0.5, revision=1), _credit("O1", "Organic Search", 1, 0.5, revision=1),
+            _credit("O1", "Email", 0, 1.0, revision=0),  # the first attribution, arriving after its correction
+            _credit("O2", "Email", 0, 1.0, revision=0),
+            _credit("O2", "Email", 0, 1.0, revision=1, status="refunded")]
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        daily = pipeline | beam.Create(rows) | ChannelAttributionDaily()
+        assert_that(daily | beam.Map(lambda r: (r["channel"], r["conversions"], r["revenue"])), equal_to([
+            ("Email", 0.5, Decimal("50.00")),  # O1's half; O2 placed and refunded nets out
+            ("Organic Search", 0.5, Decimal("50.00"))]))
+
+
+def _path(time, channels, converted, revenue=0.0, order_id=None, revision=0):
+    return {"customer_id": "C1", "order_id": order_id, "revision": revision, "converted": converted, "time": time,
+            "channels": channels, "touch_ids": [f"t{i}" for i in range(len(channels))], "revenue": revenue}
+
+
+def test_data_driven_attribution_on_two_paths_and_a_corrected_one():
+    paths = [_path(T0, ["Direct"], True, 80.0, order_id="O1", revision=0),
+             _path(T0, ["Email"], True, 80.0, order_id="O1", revision=1),  # the correction replaces revision 0
+             _path(T0 + DAY, ["Display"], False)]
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        rows = (pipeline | beam.Create(paths)
+                | beam.Map(lambda p: TimestampedValue(p, Timestamp.from_utc_datetime(p["time"])))
+                | DataDrivenAttribution(window_days=7))
+        # One conversion, through Email; Display only ever led nowhere. Removing Email loses every conversion
+        # (removal effect 1), removing Display none (0); Shapley gives Email the one conversion.
+        assert_that(rows | beam.Map(lambda r: (r["model"], r["channel"], round(r["value"], 9), r["share"],
+                                               r["conversions"], r["revenue"], r["paths"])),
+                    equal_to([("markov", "Display", 0.0, 0.0, 0.0, 0.0, 2), ("markov", "Email", 1.0, 1.0, 1.0, 80.0, 2),
+                              ("shapley", "Display", 0.0, 0.0, 0.0, 0.0, 2),
+                              ("shapley", "Email", 1.0, 1.0, 1.0, 80.0, 2)]))
+        # Windows of 7 days aligned to the Unix epoch (a Thursday)
+        assert_that(rows | beam.Map(lambda r: (r["window_start"].isoformat(), r["window_end"].isoformat())),
+                    equal_to([("2026-09-03T00:00:00+00:00", "2026-09-10T00:00:00+00:00")] * 4), label="window")
+
+
+def _order(order_id, customer, when, amount, currency="EUR", status="placed"):
+    return {"order_id": order_id, "customer_id": customer, "anonymous_id": None, "event_time": when,
+            "status": status, "amount": Decimal(amount), "currency": currency}
+
+
+def _like(customer, when, kind="like", platform="instagram"):
+    return {"event_id": f"{customer}-{when.isoformat()}", "customer_id": customer, "event_time": when,
+            "platform": platform, "interaction_type": kind, "is_paid": False}
+
+
+def _profiles(pipeline, orders, interactions):
+    def timed(label, records):
+        return (pipeline | f"Create{label}" >> beam.Create(records)
+                | f"Time{label}" >> beam.Map(lambda r: TimestampedValue(r, Timestamp.from_utc_datetime(r["event_time"]))))
+
+    empty = pipeline | "NoTouches" >> beam.Create([])
+    return {"touches": empty, "web_sessions": pipeline | "NoSessions" >> beam.Create([]),
+            "order_attribution": pipeline | "NoAttribution" >> beam.Create([]),
+            "orders": timed("Orders", orders), "social_interactions": timed("Social", interactions)} | CustomerProfiles()
+
+
+ORDERS = [_order("A1", "A", T0, "100.00"), _order("A2", "A", T0 + 9 * DAY, "50.00"),
+          _order("A2", "A", T0 + 12 * DAY, "50.00", status="refunded"),
+          _order("B1", "B", T0 + 1 * DAY, "100.00", currency="USD")]
+LIKES = [_like("A", T0 - DAY)]  # A engaged before the first order; B never
+
+
+def test_customer_profiles_net_out_refunds_and_convert_currencies():
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        rows = _profiles(pipeline, ORDERS, LIKES) | beam.Map(lambda p: p.row())
+        assert_that(rows | beam.Map(lambda r: (r["customer_id"], r["orders"], r["net_revenue"], r["social_engagement"])),
+                    equal_to([("A", 2, Decimal("100.00"), "before_first_order"),
+                              ("B", 1, Decimal("92.00"), "none")]))  # USD at the default 0.92
+
+
+def test_retention_cohorts_from_all_profiles():
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        rows = _profiles(pipeline, ORDERS, LIKES) | AllProfiles() | RetentionCohorts()
+        weekly_all = rows | beam.Filter(lambda r: r["cohort_grain"] == "week" and r["segment_type"] == "all")
+        # Both first ordered in the week of T0; A came back in week 1 (refunded in full: active, no revenue).
+        assert_that(weekly_all | beam.Map(lambda r: (r["period_index"], r["cohort_size"], r["active_customers"],
+                                                     r["retention_rate"], r["net_revenue"])),
+                    equal_to([(0, 2, 2, 1.0, Decimal("192.00")), (1, 2, 1, 0.5, Decimal("0.00"))]))
+
+
+def test_social_impact_compares_engaged_and_not_engaged_customers():
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        rows = _profiles(pipeline, ORDERS, LIKES) | AllProfiles() | SocialImpact()
+        everyone = rows | beam.Filter(lambda r: r["platform"] == "all")
+        assert_that(everyone | beam.Map(lambda r: (str(r["month"]), r["group"], r["customers"], r["orders"],
+                                                   r["revenue"], r["conversion_rate"])),
+                    equal_to([("2026-09-01", "engaged", 1, 2, Decimal("100.00"), 1.0),
+                              ("2026-09-01", "not_engaged", 1, 1, Decimal("92.00"), 1.0)]))
