@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 
 TABLES_DIR = Path(__file__).parent / "tables"
-TYPES = ("string", "int", "float", "bool", "timestamp", "date", "decimal")
+TYPES = ("string", "int", "float", "bool", "timestamp", "date", "decimal", "bytes")
 _DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
 
 
@@ -52,7 +52,7 @@ class Contract:
     # --- derived schemas -----------------------------------------------------------------------------------------
     def duckdb_ddl(self) -> str:
         duck = {"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
-                "timestamp": "TIMESTAMPTZ", "date": "DATE"}
+                "timestamp": "TIMESTAMPTZ", "date": "DATE", "bytes": "BLOB"}
         lines = []
         for c in self.columns:
             sql_type = f"DECIMAL({c.decimal[0]}, {c.decimal[1]})" if c.decimal else duck[c.type]
@@ -64,7 +64,7 @@ class Contract:
         from google.cloud.bigquery import SchemaField
 
         bq = {"string": "STRING", "int": "INT64", "float": "FLOAT64", "bool": "BOOL", "timestamp": "TIMESTAMP",
-              "date": "DATE"}
+              "date": "DATE", "bytes": "BYTES"}
         fields = []
         for c in self.columns:
             mode = "NULLABLE" if c.nullable else "REQUIRED"
@@ -78,7 +78,7 @@ class Contract:
     def avro_schema(self) -> dict:
         avro = {"string": "string", "int": "long", "float": "double", "bool": "boolean",
                 "timestamp": {"type": "long", "logicalType": "timestamp-micros"},
-                "date": {"type": "int", "logicalType": "date"}}
+                "date": {"type": "int", "logicalType": "date"}, "bytes": "bytes"}
         fields = []
         for c in self.columns:
             kind = ({"type": "bytes", "logicalType": "decimal", "precision": c.decimal[0], "scale": c.decimal[1]}

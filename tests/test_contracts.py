@@ -10,7 +10,7 @@ import pytest
 from schemas.contracts import _load, contract, contracts
 
 TABLES = ("touchpoints", "customers", "order_attribution", "channel_attribution_daily", "data_driven_attribution",
-          "retention_cohorts", "social_impact")
+          "retention_cohorts", "social_impact", "dead_letters")
 
 
 def test_one_contract_per_output_table():
@@ -62,7 +62,7 @@ def _sample(column):
         return Decimal("1.25")
     return {"string": column.accepted_values[0] if column.accepted_values else "x", "int": 1, "float": 0.5,
             "bool": True, "timestamp": dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc),
-            "date": dt.date(2026, 9, 1)}[column.type]
+            "date": dt.date(2026, 9, 1), "bytes": b"\x00raw"}[column.type]
 
 
 def _written(schema, row):

@@ -1,0 +1,104 @@
+"""The embedded DuckDB warehouse: tables from the contracts, upserts by primary key, rows and offsets committed
+together, and a published copy that another process reads while the writer keeps writing."""
+import datetime as dt
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from schemas.contracts import contracts
+from transforms.duckdb_warehouse import DuckDBWarehouse
+
+T0 = dt.datetime(2026, 9, 1, 12, tzinfo=dt.timezone.utc)
+
+
+def _touch(touch_id, channel="Email", customer="C1"):
+    return {"touch_id": touch_id, "customer_key": customer, "touch_time": T0, "kind": "session", "channel": channel,
+            "source": "newsletter", "medium": "email", "campaign": "(not set)", "platform": None,
+            "view_through": False}
+
+
+def _dead_letter(offset):
+    return {"topic": "orders", "partition": 0, "offset": offset, "kafka_timestamp": T0, "key": None,
+            "value": b"\x00\x00\x00\x00\x07\xff", "stage": "decode", "reason": "unknown_schema_id",
+            "error": "schema id 7 is not registered", "first_seen": T0}
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    warehouse = DuckDBWarehouse(tmp_path / "journeys.duckdb")
+    yield warehouse
+    warehouse.close()
+
+
+def _count(warehouse, table):
+    return warehouse.connection.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+
+
+def test_every_contract_is_a_table_and_a_row_written_twice_is_one_row_with_the_latest_values(warehouse):
+    tables = {row[0] for row in warehouse.connection.execute("SHOW TABLES").fetchall()}
+    assert tables == set(contracts()) | {"source_offsets"}
+    warehouse.commit({"touchpoints": [_touch("t1", "Email"), _touch("t2")]})
+    warehouse.commit({"touchpoints": [_touch("t1", "Organic Search")]})
+    assert warehouse.connection.execute("SELECT touch_id, channel FROM touchpoints ORDER BY 1").fetchall() == [
+        ("t1", "Organic Search"), ("t2", "Email")]
+    warehouse.commit({"dead_letters": [_dead_letter(41)]})
+    assert warehouse.connection.execute("SELECT value, reason FROM dead_letters").fetchall() == [
+        (b"\x00\x00\x00\x00\x07\xff", "unknown_schema_id")]
+
+
+def test_rows_and_offsets_are_committed_together_or_not_at_all(warehouse):
+    warehouse.commit({"touchpoints": [_touch("t1")]}, {("web_sessions", 0): 10, ("web_sessions", 1): 4})
+    broken = dict(_touch("t2"), channel=None)  # channel is NOT NULL
+    with pytest.raises(duckdb.ConstraintException):
+        warehouse.commit({"touchpoints": [_touch("t3"), broken]}, {("web_sessions", 0): 20})
+    assert _count(warehouse, "touchpoints") == 1
+    assert warehouse.offsets() == {("web_sessions", 0): 10, ("web_sessions", 1): 4}
+    warehouse.commit({}, {("web_sessions", 0): 7, ("web_sessions", 1): 9})  # a replayed, older offset
+    assert warehouse.offsets() == {("web_sessions", 0): 10, ("web_sessions", 1): 9}
+
+
+READER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(con.execute("SELECT count(*) FROM touchpoints").fetchone()[0])
+"""
+
+
+def _read_in_another_process(path):
+    done = subprocess.run([sys.executable, "-c", READER, str(path)], capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout.strip(), done.stderr
+
+
+def test_another_process_reads_the_published_copy_while_the_writer_keeps_writing(warehouse):
+    warehouse.commit({"touchpoints": [_touch(f"t{i}") for i in range(3)]})
+    code, _, error = _read_in_another_process(warehouse.path)
+    assert code != 0 and "lock" in error.lower(), "DuckDB keeps other processes out of the writer's own file"
+    published = warehouse.publish()
+    assert _read_in_another_process(published)[:2] == (0, "3")
+    warehouse.commit({"touchpoints": [_touch(f"t{i}") for i in range(3, 5)]})  # writer still open
+    assert _read_in_another_process(published)[:2] == (0, "3"), "readers see whole commits only when published"
+    warehouse.publish()
+    assert _read_in_another_process(published)[:2] == (0, "5")
+
+
+LONG_READER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(con.execute("SELECT count(*) FROM touchpoints").fetchone()[0], flush=True)
+time.sleep(3)
+print(con.execute("SELECT count(*) FROM touchpoints").fetchone()[0], flush=True)
+"""
+
+
+def test_a_reader_that_keeps_its_connection_open_does_not_block_publishing(warehouse):
+    warehouse.commit({"touchpoints": [_touch("t1")]})
+    published = warehouse.publish()
+    reader = subprocess.Popen([sys.executable, "-c", LONG_READER, str(published)], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "1"
+    warehouse.commit({"touchpoints": [_touch("t2")]})
+    warehouse.publish()  # while the reader holds the previous copy open
+    assert reader.stdout.readline().strip() == "1", "an open reader keeps its consistent copy"
+    assert reader.wait(timeout=30) == 0
+    assert _read_in_another_process(published)[:2] == (0, "2")

@@ -1,0 +1,77 @@
+"""The embedded warehouse: one DuckDB file, written by one process, read by BI tools through published snapshots.
+
+DuckDB lets one process open a database file for writing and then no other process may open it, not even to
+read. So the writer keeps its own file and, after the commits it chooses, publishes a consistent copy next to it
+(written aside, then renamed over the old one). Readers open the published copy read-only; a rename never
+disturbs a reader that still has the previous copy open.
+
+Every commit is one transaction: the rows it upserts (by each table's primary key, from schemas/tables/) and the
+source offsets they account for, so a restarted job resumes exactly where the stored rows end.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from schemas.contracts import contract, contracts
+
+OFFSETS_DDL = """CREATE TABLE IF NOT EXISTS source_offsets (
+  "topic" VARCHAR NOT NULL, "partition" BIGINT NOT NULL, "next_offset" BIGINT NOT NULL,
+  "committed_at" TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY ("topic", "partition"))"""
+
+
+class DuckDBWarehouse:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = duckdb.connect(str(self.path))
+        self.connection.execute("SET TimeZone = 'UTC'")
+        for table in contracts().values():
+            self.connection.execute(table.duckdb_ddl())
+        self.connection.execute(OFFSETS_DDL)
+
+    def commit(self, rows_by_table: dict[str, list[dict]], offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Upsert the rows and advance the offsets, all or nothing. Offsets never move backwards."""
+        con = self.connection
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table, rows in rows_by_table.items():
+                if rows:
+                    columns = [c.name for c in contract(table).columns]
+                    con.executemany(
+                        f'INSERT OR REPLACE INTO "{table}" ({", ".join(chr(34) + c + chr(34) for c in columns)}) '
+                        f'VALUES ({", ".join("?" for _ in columns)})',
+                        [[row.get(c) for c in columns] for row in rows])
+            for (topic, partition), next_offset in (offsets or {}).items():
+                con.execute("""INSERT INTO source_offsets (topic, "partition", next_offset) VALUES (?, ?, ?)
+                               ON CONFLICT (topic, "partition") DO UPDATE SET
+                                 next_offset = greatest(source_offsets.next_offset, excluded.next_offset),
+                                 committed_at = now()""", [topic, partition, next_offset])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        """Where each partition's next unprocessed record is, as of the last commit."""
+        return {(topic, partition): offset for topic, partition, offset in
+                self.connection.execute('SELECT topic, "partition", next_offset FROM source_offsets').fetchall()}
+
+    def publish(self, to: str | Path | None = None) -> Path:
+        """A consistent copy for readers (default: `<name>.published.duckdb` beside the file), swapped in whole."""
+        target = Path(to) if to else self.path.with_suffix(".published.duckdb")
+        aside = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        aside.unlink(missing_ok=True)
+        own = self.connection.execute("SELECT current_database()").fetchone()[0]
+        self.connection.execute(f"ATTACH '{aside}' AS snapshot")
+        try:
+            self.connection.execute(f'COPY FROM DATABASE "{own}" TO snapshot')
+        finally:
+            self.connection.execute("DETACH snapshot")
+        os.replace(aside, target)
+        return target
+
+    def close(self) -> None:
+        self.connection.close()
