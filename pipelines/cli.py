@@ -103,6 +103,24 @@ def cmd_peek(args) -> int:
     return 0
 
 
+def cmd_sql(args) -> int:
+    """A query on the published copy of the warehouse (read-only: the writer may be running)."""
+    import duckdb
+
+    with duckdb.connect(str(args.warehouse), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        cursor = con.execute(args.query)
+        if cursor.description is None:
+            return 0
+        names = [d[0] for d in cursor.description]
+        rows = [["" if v is None else str(v) for v in row] for row in cursor.fetchall()]
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    print("  ".join(n.ljust(w) for n, w in zip(names, widths)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import schemas
     from pipelines.generate import GeneratorConfig
@@ -155,17 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("count", add_help=False,
                         help="events per topic per event-time window from Kafka, on a Beam runner "
                              "(`journeys count --help`)")
+    sql = commands.add_parser("sql", help="run a SQL query on the published warehouse copy")
+    sql.add_argument("query")
+    sql.add_argument("--warehouse", type=Path, default=Path(".local/warehouse/journeys.published.duckdb"),
+                     help="DuckDB file to read (default: %(default)s)")
+    sql.set_defaults(func=cmd_sql)
+
+    commands.add_parser("backfill", add_help=False,
+                        help="every table from Kafka into the DuckDB warehouse, on a Beam runner "
+                             "(`journeys backfill --help`)")
     return parser
+
+
+PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["count"]:  # a Beam pipeline: its own parser, and Beam's options pass through
-        from pipelines import event_counts
+    if argv[:1] and argv[0] in PIPELINES:  # a Beam pipeline: its own parser, and Beam's options pass through
+        import importlib
 
         logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("journeys").setLevel(logging.INFO)
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck job waits
-        return event_counts.main(argv[1:])
+        return importlib.import_module(PIPELINES[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
