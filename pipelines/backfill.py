@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 
 import schemas
-from pipelines.runners import RUNNERS, runner_args
+from pipelines.runners import add_kafka_pipeline_args, run_kafka_pipeline
 from schemas.contracts import contract
 from transforms.customer_profiles import updating_global_window
 from transforms.decode_events import DEAD_LETTERS, DeadLetter, DecodeEvents, EventDecoder
@@ -83,30 +83,27 @@ def build(pipeline, args, connection: KafkaConnection):
     decoded = messages | "Decode" >> DecodeEvents(decoder)
     tables = {t: decoded[t] for t in schemas.TOPICS} | "Journeys" >> CustomerJourneyTables()
     tables["dead_letters"] = decoded[DEAD_LETTERS] | "DeadLetterRows" >> beam.Map(dead_letter_row)
-    tagged = [rows | f"Tag{name}" >> beam.Map(lambda row, name=name: (name, row)) for name, rows in tables.items()]
+    # data_driven_attribution comes out of event-time windows: all tables into one window before they meet
+    tagged = [rows | f"Unwindow{name}" >> beam.WindowInto(GlobalWindows())
+              | f"Tag{name}" >> beam.Map(lambda row, name=name: (name, row)) for name, rows in tables.items()]
     return (tagged | "AllTables" >> beam.Flatten()
             | "OneWriter" >> beam.Map(lambda table_row: (None, table_row))
             | "WhenAllIn" >> updating_global_window(messages, None)
             | "Gather" >> beam.GroupByKey()
-            | "Commit" >> beam.ParDo(_CommitAll(str(args.warehouse), end_offsets)))
+            | "Commit" >> beam.ParDo(_CommitAll(str(args.warehouse), end_offsets))
+            | "Report" >> beam.Map(lambda summary: print(summary, flush=True)))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="journeys backfill", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runner", choices=RUNNERS, default="PrismRunner")
+    add_kafka_pipeline_args(parser)
     parser.add_argument("--warehouse", type=Path, default=DEFAULT_WAREHOUSE, help="DuckDB file (default: %(default)s)")
-    parser.add_argument("--topic-prefix", default="")
-    parser.add_argument("--kafka-env-file", metavar="FILE")
     return parser.parse_known_args(argv)
 
 
 def main(argv=None) -> int:
     args, beam_args = parse_args(argv)
-    connection = KafkaConnection.from_env(env_file=args.kafka_env_file)
-    options = PipelineOptions(runner_args(args.runner) + beam_args)
-    with beam.Pipeline(options=options) as pipeline:
-        _ = build(pipeline, args, connection) | "Report" >> beam.Map(lambda summary: print(summary, flush=True))
-    return 0
+    return run_kafka_pipeline(build, args, beam_args)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ import sys
 from collections import defaultdict
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import FixedWindows
 
 import schemas
-from pipelines.runners import RUNNERS, runner_args
+from pipelines.runners import add_kafka_pipeline_args, run_kafka_pipeline
 from transforms.decode_events import DecodeEvents, EventDecoder
 from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.kafka_connection import KafkaConnection
@@ -85,7 +84,7 @@ class _CountRow(beam.DoFn):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="journeys count", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runner", choices=RUNNERS, default="PrismRunner")
+    add_kafka_pipeline_args(parser)
     parser.add_argument("--streaming", action="store_true", help="keep reading (default: backfill to the end at launch)")
     parser.add_argument("--window-seconds", type=float, default=3600.0, help="event-time window length")
     parser.add_argument("--out", metavar="FILE", help="append the counts as JSON lines (default: print them)")
@@ -98,18 +97,12 @@ def parse_args(argv=None):
                         help="how far behind the newest event time the watermark stays (default: 5)")
     parser.add_argument("--discovery-interval-seconds", type=float, default=30.0,
                         help="how often a streaming job looks for new partitions (default: 30)")
-    parser.add_argument("--topic-prefix", default="")
-    parser.add_argument("--kafka-env-file", metavar="FILE")
     return parser.parse_known_args(argv)
 
 
 def main(argv=None) -> int:
     args, beam_args = parse_args(argv)
-    connection = KafkaConnection.from_env(env_file=args.kafka_env_file)
-    options = PipelineOptions(runner_args(args.runner, streaming=args.streaming) + beam_args)
-    with beam.Pipeline(options=options) as pipeline:
-        build(pipeline, args, connection)
-    return 0
+    return run_kafka_pipeline(build, args, beam_args, streaming=args.streaming)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,23 @@ def runner_args(runner: str, streaming: bool = False) -> list[str]:
     if streaming:
         args.append("--streaming")
     return args
+
+
+def add_kafka_pipeline_args(parser) -> None:
+    """The options every pipeline reading our Kafka topics takes (Beam's own options pass through)."""
+    parser.add_argument("--runner", choices=RUNNERS, default="PrismRunner")
+    parser.add_argument("--topic-prefix", default="")
+    parser.add_argument("--kafka-env-file", metavar="FILE")
+
+
+def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = False) -> int:
+    """Run `build(pipeline, args, connection)` on the chosen runner until it finishes."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.kafka_connection import KafkaConnection
+
+    connection = KafkaConnection.from_env(env_file=args.kafka_env_file)
+    with beam.Pipeline(options=PipelineOptions(runner_args(args.runner, streaming=streaming) + beam_args)) as pipeline:
+        build(pipeline, args, connection)
+    return 0
