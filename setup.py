@@ -10,7 +10,7 @@ setup(
     description="Streaming customer-journey analytics: social, web and orders joined per customer on Apache Beam.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pipelines*", "schemas*", "transforms*"]),
-    package_data={"schemas": ["topics/*.avsc", "topics/registry.json", "tables/*.json"]},
+    package_data={"schemas": ["topics/*.avsc", "topics/registry.json", "tables/*.json", "views/*.sql"]},
     install_requires=[
         "apache-beam==2.77.0",
         "kafka-python==3.0.12",

@@ -13,6 +13,10 @@ from functools import cache
 from pathlib import Path
 
 TABLES_DIR = Path(__file__).parent / "tables"
+VIEWS_DIR = Path(__file__).parent / "views"  # BI views over the tables, in the SQL DuckDB and BigQuery share
+# A row carrying RETRACTED=True removes the stored row with its primary key: an aggregate whose every contribution
+# was corrected away must disappear, or the table would depend on how the corrections happened to arrive.
+RETRACTED = "_retracted"
 TYPES = ("string", "int", "float", "bool", "timestamp", "date", "decimal", "bytes")
 _DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
 
@@ -45,9 +49,15 @@ class Contract:
     partition_by: str | None
     cluster_by: tuple[str, ...]
     columns: tuple[Column, ...]
+    keep_on_update: tuple[str, ...] = ()  # columns an upsert leaves as first written (e.g. first_seen)
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
+
+    @property
+    def updated_columns(self) -> tuple[str, ...]:
+        """What an upsert of an existing key overwrites: every column but the key and keep_on_update."""
+        return tuple(c.name for c in self.columns if c.name not in (*self.primary_key, *self.keep_on_update))
 
     # --- derived schemas -----------------------------------------------------------------------------------------
     def duckdb_ddl(self) -> str:
@@ -74,6 +84,14 @@ class Contract:
             else:
                 fields.append(SchemaField(c.name, bq[c.type], mode=mode, description=c.doc))
         return fields
+
+    def arrow_schema(self):
+        import pyarrow as pa
+
+        arrow = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+                 "timestamp": pa.timestamp("us", tz="UTC"), "date": pa.date32(), "bytes": pa.binary()}
+        return pa.schema([pa.field(c.name, pa.decimal128(*c.decimal) if c.decimal else arrow[c.type],
+                                   nullable=c.nullable) for c in self.columns])
 
     def avro_schema(self) -> dict:
         avro = {"string": "string", "int": "long", "float": "double", "bool": "boolean",
@@ -104,7 +122,7 @@ def _load(path: Path) -> Contract:
                            tuple(c["accepted_values"]) if "accepted_values" in c else None,
                            c.get("min"), c.get("max")) for c in raw["columns"])
     contract = Contract(raw["table"], raw["doc"], tuple(raw["primary_key"]), raw.get("partition_by"),
-                        tuple(raw.get("cluster_by", ())), columns)
+                        tuple(raw.get("cluster_by", ())), columns, tuple(raw.get("keep_on_update", ())))
     _check(contract)
     return contract
 
@@ -122,7 +140,7 @@ def _check(contract: Contract) -> None:
     for key in contract.primary_key:
         if key not in names or contract.column(key).nullable:
             problems.append(f"primary key {key} must be a non-null column")
-    for name in (contract.partition_by, *contract.cluster_by):
+    for name in (contract.partition_by, *contract.cluster_by, *contract.keep_on_update):
         if name and name not in names:
             problems.append(f"{name} is not a column")
     if problems:
@@ -139,3 +157,10 @@ def contract(table: str) -> Contract:
         return contracts()[table]
     except KeyError:
         raise KeyError(f"no contract for table {table!r}; known: {', '.join(contracts())}") from None
+
+
+@cache
+def views() -> dict[str, str]:
+    """{view name: its query}, where `{tables}` stands for the tables' qualifier ("" in DuckDB, `project.dataset`.
+    in BigQuery)."""
+    return {path.stem: path.read_text() for path in sorted(VIEWS_DIR.glob("*.sql"))}

@@ -30,3 +30,19 @@ def sample_events():
 def topic_prefix():
     """Fresh topics per test, so tests never see each other's records."""
     return f"t{uuid.uuid4().hex[:10]}_"
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator():
+    """The BigQuery emulator (deploy/local/bigquery_emulator.sh): its REST endpoint. Started here if not running,
+    and then stopped after the session."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "deploy" / "local" / "bigquery_emulator.sh"
+    running = subprocess.run([str(script), "status"], capture_output=True, text=True)
+    if running.returncode != 0:
+        subprocess.run([str(script), "up"], check=True, timeout=120)
+    yield subprocess.run([str(script), "status"], capture_output=True, text=True, check=True).stdout.strip()
+    if running.returncode != 0:
+        subprocess.run([str(script), "down"], check=False, timeout=60)

@@ -3,11 +3,12 @@ together, and a published copy that another process reads while the writer keeps
 import datetime as dt
 import subprocess
 import sys
+from decimal import Decimal
 
 import duckdb
 import pytest
 
-from schemas.contracts import contracts
+from schemas.contracts import RETRACTED, contracts, views
 from transforms.duckdb_warehouse import DuckDBWarehouse
 
 T0 = dt.datetime(2026, 9, 1, 12, tzinfo=dt.timezone.utc)
@@ -38,7 +39,7 @@ def _count(warehouse, table):
 
 def test_every_contract_is_a_table_and_a_row_written_twice_is_one_row_with_the_latest_values(warehouse):
     tables = {row[0] for row in warehouse.connection.execute("SHOW TABLES").fetchall()}
-    assert tables == set(contracts()) | {"source_offsets"}
+    assert tables == set(contracts()) | {"source_offsets"} | set(views())
     warehouse.commit({"touchpoints": [_touch("t1", "Email"), _touch("t2")]})
     warehouse.commit({"touchpoints": [_touch("t1", "Organic Search")]})
     assert warehouse.connection.execute("SELECT touch_id, channel FROM touchpoints ORDER BY 1").fetchall() == [
@@ -102,3 +103,36 @@ def test_a_reader_that_keeps_its_connection_open_does_not_block_publishing(wareh
     assert reader.stdout.readline().strip() == "1", "an open reader keeps its consistent copy"
     assert reader.wait(timeout=30) == 0
     assert _read_in_another_process(published)[:2] == (0, "2")
+
+
+def test_a_retracted_row_is_deleted_and_a_retraction_of_a_missing_row_changes_nothing(warehouse):
+    daily = {"date": T0.date(), "model": "linear", "channel": "Display", "currency": "EUR", "conversions": 1.0,
+             "revenue": 100.0}
+    warehouse.commit({"channel_attribution_daily": [daily, dict(daily, channel="Email")]})
+    gone = dict(daily, conversions=0.0, revenue=0.0, **{RETRACTED: True})
+    warehouse.commit({"channel_attribution_daily": [gone, dict(gone, channel="Referral")]})
+    assert warehouse.connection.execute("SELECT channel, revenue FROM channel_attribution_daily").fetchall() == [
+        ("Email", Decimal("100.00"))]
+
+
+def _cohort(period, active):
+    return {"cohort_grain": "month", "cohort_start": T0.date().replace(day=1), "segment_type": "all",
+            "segment": "all", "period_index": period, "cohort_size": 4, "active_customers": active,
+            "retention_rate": active / 4, "retention_rate_on_or_after": active / 4, "net_revenue": 10.0 * active,
+            "cumulative_revenue_per_customer": 1.0, "currency": "EUR"}
+
+
+def test_bi_views_answer_from_the_published_copy(warehouse):
+    daily = {"date": T0.date(), "model": "linear", "currency": "EUR", "conversions": 1.0}
+    warehouse.commit({"channel_attribution_daily": [dict(daily, channel="Paid Social", revenue=300.0),
+                                                    dict(daily, channel="Email", revenue=100.0)],
+                      "channel_spend": [{"month": T0.date().replace(day=1), "channel": "Paid Social",
+                                         "currency": "EUR", "spend": 200.0}],
+                      "retention_cohorts": [_cohort(0, 4), _cohort(2, 1)]})
+    published = warehouse.publish()
+    with duckdb.connect(str(published), read_only=True) as reader:
+        assert reader.execute("SELECT channel, revenue_share, spend, revenue_per_spend, roi FROM channel_roi "
+                              "ORDER BY channel").fetchall() == [
+            ("Email", 0.25, None, None, None), ("Paid Social", 0.75, Decimal("200.00"), 1.5, 0.5)]
+        assert reader.execute("SELECT cohort_size, period_0, period_1, period_2 FROM cohort_retention_matrix"
+                              ).fetchall() == [(4, 1.0, None, 0.25)]

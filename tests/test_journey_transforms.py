@@ -8,6 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from schemas.contracts import RETRACTED
 from transforms.channel_attribution import ChannelAttributionDaily
 from transforms.customer_journeys import DataDrivenAttribution
 from transforms.customer_profiles import AllProfiles, CustomerProfiles
@@ -29,12 +30,25 @@ def test_channel_attribution_daily_counts_only_the_latest_revision_of_each_row()
     rows = [_credit("O1", "Email", 0, 0.5, revision=1), _credit("O1", "Organic Search", 1, 0.5, revision=1),
             _credit("O1", "Email", 0, 1.0, revision=0),  # the first attribution, arriving after its correction
             _credit("O2", "Email", 0, 1.0, revision=0),
-            _credit("O2", "Email", 0, 1.0, revision=1, status="refunded")]
+            _credit("O2", "Email", 0, 1.0, revision=1, status="refunded"),
+            _credit("O3", "Display", 0, 1.0, revision=0), _credit("O3", "Referral", 0, 1.0, revision=1)]
     with TestPipeline(runner="FnApiRunner") as pipeline:
         daily = pipeline | beam.Create(rows) | ChannelAttributionDaily()
-        assert_that(daily | beam.Map(lambda r: (r["channel"], r["conversions"], r["revenue"])), equal_to([
-            ("Email", 0.5, Decimal("50.00")),  # O1's half; O2 placed and refunded nets out
-            ("Organic Search", 0.5, Decimal("50.00"))]))
+        assert_that(daily | beam.Map(lambda r: (r["channel"], r["conversions"], r["revenue"], RETRACTED in r)),
+                    equal_to([("Email", 0.5, Decimal("50.00"), False),  # O1's half; O2 placed and refunded nets out
+                              ("Organic Search", 0.5, Decimal("50.00"), False),
+                              ("Referral", 1.0, Decimal("100.00"), False),
+                              ("Display", 0.0, Decimal("0.00"), True)]))  # O3's correction left Display no row
+
+
+def test_channel_attribution_daily_sums_exactly_whatever_the_order():
+    # 0.5 × 106.01 = 53.005: a float sum may land either side of the half cent, an exact one rounds it up
+    rows = [_credit(f"O{i}", "Email", 0, 0.5, revision=0, amount=106.01) for i in range(3)]
+    rows += [_credit(f"O{i}", "Email", 0, 0.5, revision=1, amount=106.01, status="refunded") for i in range(2)]
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        daily = pipeline | beam.Create(rows) | ChannelAttributionDaily()
+        assert_that(daily | beam.Map(lambda r: (r["conversions"], r["revenue"])),
+                    equal_to([(0.5, Decimal("53.01"))]))
 
 
 def _path(time, channels, converted, revenue=0.0, order_id=None, revision=0):

@@ -3,7 +3,8 @@
 order_attribution rows are corrected by re-emission (same key, higher revision), so summing them as they come
 would count a corrected order twice. A stateful step keyed by the row's primary key turns each new revision into
 deltas (the old row taken back, the new one added); the daily totals are sums of deltas, correct whichever way
-emissions are grouped or fired.
+emissions are grouped or fired. Sums are exact decimals (float sums round differently in different orders), and
+each delta counts the rows it adds or takes back: a daily key left with no row is retracted, not kept as zeros.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from apache_beam.coders import BytesCoder
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from schemas.contracts import RETRACTED
 from transforms.currency import to_cents
 from transforms.customer_profiles import updating_global_window
 
@@ -27,16 +29,18 @@ def daily_key(row: dict) -> tuple:
     return row["order_time"].date().isoformat(), row["model"], row["channel"], row["currency"]
 
 
-def contribution(row: dict) -> tuple[float, float]:
-    """(conversions, revenue) the row adds: a reversal takes its credit back."""
+def contribution(row: dict, rows: int = 1) -> tuple[Decimal, Decimal, int]:
+    """(conversions, revenue, rows) the row adds: a reversal takes its credit back; rows=-1 takes the row away."""
     sign = 1 if row["status"] == "placed" else -1
-    return sign * row["credit"], row["revenue_credit"]
+    return Decimal(repr(sign * row["credit"])) * rows, Decimal(repr(row["revenue_credit"])) * rows, rows
 
 
 def _total_row(key: tuple, sums) -> dict:
     date, model, channel, currency = key
+    conversions, revenue, rows = sums
     return {"date": dt.date.fromisoformat(date), "model": model, "channel": channel, "currency": currency,
-            "conversions": round(sums[0], 9), "revenue": to_cents(Decimal(repr(sums[1])))}
+            "conversions": float(round(conversions, 9)), "revenue": to_cents(revenue),
+            **({RETRACTED: True} if rows == 0 else {})}
 
 
 class _Deltas(beam.DoFn):
@@ -52,17 +56,15 @@ class _Deltas(beam.DoFn):
         current.write(pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL))
         deltas = [(daily_key(row), contribution(row))] if row["credit"] else []  # no rows for uncredited channels
         if old is not None and old["credit"]:
-            conversions, revenue = contribution(old)
-            deltas.append((daily_key(old), (-conversions, -revenue)))
+            deltas.append((daily_key(old), contribution(old, rows=-1)))
         return deltas
 
 
-def _sum_pairs(pairs) -> tuple[float, float]:
-    conversions = revenue = 0.0
-    for c, r in pairs:
-        conversions += c
-        revenue += r
-    return conversions, revenue
+def _sum_deltas(deltas) -> tuple[Decimal, Decimal, int]:
+    conversions, revenue, rows = Decimal(0), Decimal(0), 0
+    for c, r, n in deltas:
+        conversions, revenue, rows = conversions + c, revenue + r, rows + n
+    return conversions, revenue, rows
 
 
 class ChannelAttributionDaily(beam.PTransform):
@@ -79,5 +81,5 @@ class ChannelAttributionDaily(beam.PTransform):
                   | "Deltas" >> beam.ParDo(_Deltas()))
         return (deltas
                 | "Updating" >> updating_global_window(deltas, self.update_every_s)
-                | "Sum" >> beam.CombinePerKey(_sum_pairs)
+                | "Sum" >> beam.CombinePerKey(_sum_deltas)
                 | "Row" >> beam.MapTuple(_total_row))
