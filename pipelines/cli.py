@@ -63,7 +63,8 @@ def cmd_generate(args) -> int:
     from pipelines.generate import sinks
     from transforms.pseudonymise import load_key
 
-    config = GeneratorConfig(seed=args.seed, customers=args.customers, days=args.days, start=args.start)
+    config = GeneratorConfig(seed=args.seed, customers=args.customers, days=args.days, start=args.start,
+                             first_customer=args.first_customer)
     # Synthetic people: without a configured key, one derived from the seed keeps runs reproducible.
     key = load_key() or f"journeys-generator-{args.seed}".encode()
     records = generate(config, key, fmt=args.format, out_of_order=args.out_of_order, late=args.late,
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "orders) with planted ground truth, and send them to Kafka or write Avro "
                                           "container files. The same seed and knobs give the same records.")
     gen.add_argument("--customers", type=int, default=1000)
+    gen.add_argument("--first-customer", type=int, default=0,
+                     help="index of the first customer (ids C<index>): new customers for topics that hold a history")
     gen.add_argument("--days", type=float, default=30.0, help="length of the simulated history")
     gen.add_argument("--start", type=_start, default=GeneratorConfig.start.date().isoformat(),
                      help="first day, ISO-8601 (UTC if no zone) or 'now' (default: %(default)s)")
@@ -180,12 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(func=cmd_sql)
 
     commands.add_parser("backfill", add_help=False,
-                        help="every table from Kafka into the DuckDB warehouse, on a Beam runner "
+                        help="every table from Kafka into the warehouse, on a Beam runner "
                              "(`journeys backfill --help`)")
+    commands.add_parser("stream", add_help=False,
+                        help="every table from Kafka into the warehouse, continuously, committed every few seconds "
+                             "(`journeys stream --help`)")
     return parser
 
 
-PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill"}
+PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill", "stream": "pipelines.stream"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] and argv[0] in PIPELINES:  # a Beam pipeline: its own parser, and Beam's options pass through
         import importlib
 
-        logging.basicConfig(level=logging.WARNING)
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("journeys").setLevel(logging.INFO)
+        logging.getLogger("kafka").setLevel(logging.ERROR)  # see below
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck job waits
         return importlib.import_module(PIPELINES[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)

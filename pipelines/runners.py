@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNERS = ("DirectRunner", "PrismRunner")
+JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600
 
 
 def prism_path() -> Path:
@@ -49,7 +50,10 @@ def runner_args(runner: str, streaming: bool = False) -> list[str]:
     refuse_dynamic_splits()
     # Beam shares one Prism job server per process, made with the options of whichever pipeline came first: a
     # pipeline without --prism_location would leave it pointing at a download. Ours get their own server.
-    args = [f"--runner={runner}", f"--prism_location={prism_path()}", "--experiments=disable_prism_server_singleton"]
+    args = [f"--runner={runner}", f"--prism_location={prism_path()}", "--experiments=disable_prism_server_singleton",
+            # The runner's job-state and message streams to Prism carry this as a gRPC deadline: at the default
+            # (300 s) every job that runs longer, a stream above all, dies with DEADLINE_EXCEEDED.
+            f"--job_server_timeout={JOB_STREAM_DEADLINE_S}"]
     if runner == "PrismRunner":
         args.append("--environment_type=LOOPBACK")
     if streaming:
@@ -75,3 +79,26 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
     with beam.Pipeline(options=PipelineOptions(runner_args(args.runner, streaming=streaming) + beam_args)) as pipeline:
         build(pipeline, args, connection)
     return 0
+
+
+def add_warehouse_args(parser) -> None:
+    """Where the tables land: a DuckDB file (default), or BigQuery when a project is given."""
+    parser.add_argument("--warehouse", type=Path, default=Path(".local/warehouse/journeys.duckdb"),
+                        help="DuckDB file (default: %(default)s); BI tools read its published copy")
+    bigquery = parser.add_argument_group("BigQuery (instead of DuckDB)")
+    bigquery.add_argument("--bigquery-project", help="land in this Google Cloud project's BigQuery")
+    bigquery.add_argument("--bigquery-dataset", default="customer_journeys")
+    bigquery.add_argument("--bigquery-location", default="US")
+    bigquery.add_argument("--bigquery-key-file", metavar="FILE",
+                          help="service-account key (default: Application Default Credentials)")
+    bigquery.add_argument("--bigquery-endpoint", metavar="URL", help="an emulator's REST endpoint")
+
+
+def warehouse_target(args):
+    """The DuckDB path, or a BigQueryTarget: what transforms.warehouse.open_warehouse takes."""
+    from transforms.bigquery_warehouse import BigQueryTarget
+
+    if args.bigquery_project:
+        return BigQueryTarget(args.bigquery_project, args.bigquery_dataset, args.bigquery_location,
+                              args.bigquery_key_file, args.bigquery_endpoint)
+    return str(args.warehouse)

@@ -12,7 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.backfill import latest_rows
+from transforms.warehouse import latest_rows
 from pipelines.generate import GeneratorConfig, generate, records_by_topic
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics

@@ -148,3 +148,11 @@ def test_personal_identifiers_are_pseudonymised(world):
     handles = {s["handle_pseudonym"] for s in world["social_interactions"] if s["handle_pseudonym"]}
     assert handles and all(h.startswith("ps_") and len(h) == 35 for h in handles)
     assert not any("@" in h or "user_" in h for h in handles)
+
+
+def test_a_later_world_of_new_customers_shares_no_customer_with_the_history():
+    history = GeneratorConfig(customers=40, days=20, seed=3)
+    later = GeneratorConfig(customers=40, days=20, seed=3, start=history.end, first_customer=40)
+    ids = [{r["customer_id"] for rs in records_by_topic(c, b"k").values() for r in rs if r.get("customer_id")}
+           for c in (history, later)]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]

@@ -14,6 +14,7 @@ from transforms.customer_journeys import DataDrivenAttribution
 from transforms.customer_profiles import AllProfiles, CustomerProfiles
 from transforms.retention import RetentionCohorts
 from transforms.social_impact import SocialImpact
+from transforms.whole_table import _RetractVanished
 
 T0 = dt.datetime(2026, 9, 7, 10, tzinfo=dt.timezone.utc)  # a Monday
 DAY = dt.timedelta(days=1)
@@ -129,3 +130,17 @@ def test_social_impact_compares_engaged_and_not_engaged_customers():
                                                    r["revenue"], r["conversion_rate"])),
                     equal_to([("2026-09-01", "engaged", 1, 2, Decimal("100.00"), 1.0),
                               ("2026-09-01", "not_engaged", 1, 1, Decimal("92.00"), 1.0)]))
+
+
+def test_a_whole_table_retracts_the_keys_a_later_firing_no_longer_computes():
+    def cohort(segment, size):
+        return {"cohort_grain": "week", "cohort_start": T0.date(), "segment_type": "first_touch_channel",
+                "segment": segment, "period_index": 0, "cohort_size": size}
+
+    firings = [(None, (0, [cohort("Direct", 1), cohort("Email", 1)])),
+               (None, (1, [cohort("Email", 2)])),  # a late touch: the Direct customer came through Email first
+               (None, (0, [cohort("Direct", 1)]))]  # the first firing again, late: the newer one stands
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        rows = pipeline | beam.Create(firings) | beam.ParDo(_RetractVanished("retention_cohorts"))
+        assert_that(rows | beam.Map(lambda r: (r["segment"], r["cohort_size"], RETRACTED in r)), equal_to([
+            ("Direct", 1, False), ("Email", 1, False), ("Email", 2, False), ("Direct", 1, True)]))

@@ -33,6 +33,14 @@ class DeadLetter:
     error: str
     first_seen: dt.datetime
 
+    def row(self) -> dict:
+        """As a row of the dead_letters table (schemas/tables/dead_letters.json)."""
+        when = (dt.datetime.fromtimestamp(self.kafka_timestamp_ms / 1000, dt.timezone.utc)
+                if self.kafka_timestamp_ms is not None else None)
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset, "kafka_timestamp": when,
+                "key": self.key, "value": self.value, "stage": self.stage, "reason": self.reason,
+                "error": self.error, "first_seen": self.first_seen}
+
 
 @dataclass(frozen=True)
 class EventDecoder:

@@ -92,7 +92,7 @@ def _arrow_batch(table: str, rows: list[dict]) -> pa.Table:
     decimals = {c.name: Decimal(1).scaleb(-c.decimal[1]) for c in table_contract.columns if c.decimal}
     if decimals:
         exact = lambda value, unit: (Decimal(str(value)).quantize(unit, ROUND_HALF_UP)
-                                     if isinstance(value, (float, int)) else value)
+                                     if isinstance(value, (float, int, Decimal)) else value)
         rows = [{**row, **{name: exact(row.get(name), unit) for name, unit in decimals.items()}} for row in rows]
     return pa.Table.from_pylist(rows, schema=table_contract.arrow_schema())
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+import schemas
 from transforms.channel_attribution import ChannelAttributionDaily
 from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
                                           StitchIdentities)
 from transforms.customer_profiles import AllProfiles, CustomerProfiles
+from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
 from transforms.retention import RetentionCohorts
 from transforms.social_impact import SocialImpact
 
@@ -71,4 +73,19 @@ class CustomerJourneyTables(beam.PTransform):
         }
         for name in ("customers", "retention_cohorts", "social_impact", "data_driven_attribution"):
             tables[name] = tables[name] | f"Currency{name}" >> beam.Map(lambda row: {**row, **in_reporting_currency})
+        return tables
+
+
+class TablesFromMessages(beam.PTransform):
+    """Kafka messages (decoded by the source) → every output table and the dead letters, {table name: rows}."""
+
+    def __init__(self, decoder: EventDecoder, config: TablesConfig = TablesConfig()):
+        super().__init__()
+        self.decoder = decoder
+        self.config = config
+
+    def expand(self, messages):
+        decoded = messages | "Decode" >> DecodeEvents(self.decoder)
+        tables = {t: decoded[t] for t in schemas.TOPICS} | "Journeys" >> CustomerJourneyTables(self.config)
+        tables["dead_letters"] = decoded[DEAD_LETTERS] | "DeadLetterRows" >> beam.Map(lambda dead: dead.row())
         return tables

@@ -162,6 +162,10 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
 
+# The newest watermark each partition's reader reported in this process, for progress logs (transforms/progress.py).
+PARTITION_WATERMARKS: dict = {}
+
+
 @dataclass
 class _PartitionClock:
     """Per partition, in plain microseconds: the watermark is asked for after every record."""
@@ -304,12 +308,13 @@ class _KafkaReader(UnboundedReader):
         if not self.clocks:  # a discovery split with nothing to read yet follows the wall clock
             return Timestamp(micros=int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6))
         lowest = None
-        for clock in self.clocks.values():
+        for partition, clock in self.clocks.items():
             candidate = clock.newest - lag if clock.newest > _MIN_MICROS else _MIN_MICROS
             if self.stop is None and now - clock.last_record_wall >= self.spec.idle_after_s:
                 candidate = max(candidate, int(now * 1e6) - lag)
             if candidate > clock.watermark:
                 clock.watermark = candidate
+                PARTITION_WATERMARKS[partition] = candidate
             lowest = clock.watermark if lowest is None else min(lowest, clock.watermark)
         return Timestamp(micros=lowest)
 

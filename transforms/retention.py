@@ -14,6 +14,7 @@ from decimal import Decimal
 import apache_beam as beam
 
 from transforms.currency import to_cents
+from transforms.whole_table import WholeTable
 
 GRAINS = ("week", "month")
 
@@ -76,17 +77,18 @@ def retention_cohorts(customers: list[CustomerHistory], grain: str, until: dt.da
     return rows
 
 
+def _cohorts(profiles) -> list[dict]:
+    if not profiles:
+        return []
+    until = max(p.last_seen for p in profiles)
+    histories = [p.history() for p in profiles]
+    return [row for grain in GRAINS for row in retention_cohorts(histories, grain, until)]
+
+
 class RetentionCohorts(beam.PTransform):
     """[every customer's latest profile] (from AllProfiles) → retention_cohorts rows for weekly and monthly cohorts,
     segmented by acquisition channel (last and first touch of the first order) and social engagement, as of the
     latest event seen."""
 
     def expand(self, all_profiles):
-        def cohorts(profiles):
-            if not profiles:
-                return []
-            until = max(p.last_seen for p in profiles)
-            histories = [p.history() for p in profiles]
-            return [row for grain in GRAINS for row in retention_cohorts(histories, grain, until)]
-
-        return all_profiles | "Cohorts" >> beam.FlatMap(cohorts)
+        return all_profiles | "Cohorts" >> WholeTable("retention_cohorts", _cohorts)

@@ -21,6 +21,7 @@ import apache_beam as beam
 from transforms.currency import to_cents
 from transforms.customer_profiles import CustomerProfile
 from transforms.retention import cohort_start
+from transforms.whole_table import WholeTable
 
 ALL = "all"
 GROUPS = ("engaged", "not_engaged", "mention_answered", "mention_unanswered")
@@ -106,6 +107,9 @@ class SocialImpact(beam.PTransform):
         self.reply_window = reply_window
 
     def expand(self, all_profiles):
-        return all_profiles | "SocialImpact" >> beam.FlatMap(
-            lambda profiles: social_impact(profiles, max((p.last_seen for p in profiles), default=None),
-                                           self.reply_window) if profiles else [])
+        return all_profiles | "SocialImpact" >> WholeTable("social_impact", self._rows)
+
+    def _rows(self, profiles) -> list[dict]:
+        if not profiles:
+            return []
+        return social_impact(profiles, max(p.last_seen for p in profiles), self.reply_window)

@@ -65,6 +65,7 @@ class GeneratorConfig:
     days: float = 30.0
     start: dt.datetime = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
     truth: PlantedTruth = field(default_factory=PlantedTruth)
+    first_customer: int = 0  # index of the first customer: a later world of new customers starts past the last one
 
     @property
     def end(self) -> dt.datetime:
@@ -272,7 +273,7 @@ class _Customer:
 def simulate(config: GeneratorConfig, pseudonym_key: bytes) -> list[Event]:
     """All events of all customers, in event-time order (ties broken by event id, so the order is stable)."""
     events = []
-    for index in range(config.customers):
+    for index in range(config.first_customer, config.first_customer + config.customers):
         events.extend(_Customer(config, index, pseudonym_key).simulate())
     events.sort(key=lambda e: (e.record["event_time"], e.record["event_id"]))
     return events
