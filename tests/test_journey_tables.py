@@ -3,7 +3,10 @@ DuckDB SQL over the raw events (only GA4 channel grouping is shared: it has tabl
 import datetime as dt
 import itertools
 import math
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections import Counter, defaultdict
 from decimal import Decimal
@@ -19,11 +22,13 @@ from apache_beam.utils.timestamp import Timestamp
 
 import schemas
 from pipelines.generate import GeneratorConfig, PlantedTruth, generate, records_by_topic
+from pipelines.generate.records import MALFORMED_KINDS
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics
 from pipelines.runners import runner_args
 from schemas.contracts import contract
 from transforms.attribution import HEURISTIC_MODELS
+from transforms.bigquery_warehouse import BigQueryTarget
 from transforms.channel_grouping import ChannelRules
 from transforms.currency import ExchangeRates
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
@@ -31,14 +36,20 @@ from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.journey_tables import TABLES, CustomerJourneyTables, TablesConfig
 from transforms.kafka_source import ReadFromKafka
 
-# A backfill of a larger history; smaller ones as streams: a TestStream, and the real broker read by Prism.
+# A backfill of a larger history; smaller ones as streams: a TestStream, and the real broker read by Prism; and
+# `journeys backfill` end to end (broker → pipeline → warehouse), the tables read back from DuckDB and BigQuery.
 WORLDS = {"backfill": GeneratorConfig(customers=500, days=150, seed=23),
           "stream": GeneratorConfig(customers=100, days=75, seed=29),
-          "broker": GeneratorConfig(customers=100, days=75, seed=31)}
+          "broker": GeneratorConfig(customers=100, days=75, seed=31),
+          "duckdb": GeneratorConfig(customers=100, days=60, seed=47),
+          "bigquery": GeneratorConfig(customers=100, days=60, seed=47)}
+LANDED = ("duckdb", "bigquery")
+MALFORMED = 0.02  # of the records the landed modes produce
 
 
-@pytest.fixture(scope="module", params=["backfill", "stream", pytest.param(
-    "broker", marks=[pytest.mark.integration, pytest.mark.slow])])
+@pytest.fixture(scope="module", params=["backfill", "stream", *(pytest.param(
+    mode, marks=[pytest.mark.integration, pytest.mark.slow, *([pytest.mark.bigquery] if mode == "bigquery" else [])])
+    for mode in ("broker", *LANDED))])
 def mode(request):
     return request.param
 
@@ -111,10 +122,44 @@ def _latest(rows: list[dict], table: str) -> list[dict]:
     return list(latest.values())
 
 
+def _landed(request, mode, out) -> dict[str, list[dict]]:
+    """The world (with malformed records among it) produced to fresh topics, `journeys backfill` into the mode's
+    warehouse, and every table read back from it, the dead letters and the stored offsets included."""
+    connection = request.getfixturevalue("kafka")
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    ensure_topics(connection, prefix=prefix)
+    produce(generate(WORLDS[mode], b"k", malformed=MALFORMED), connection, topic_prefix=prefix)
+    if mode == "duckdb":
+        sink = ["--warehouse", str(out / "journeys.duckdb")]
+    else:
+        target = BigQueryTarget("journeys-local", prefix + "landed", endpoint=request.getfixturevalue(
+            "bigquery_emulator"))
+        sink = ["--bigquery-project", target.project, "--bigquery-dataset", target.dataset,
+                "--bigquery-endpoint", target.endpoint]
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "backfill", "--topic-prefix", prefix, *sink],
+                          capture_output=True, text=True, timeout=900, env=os.environ)
+    assert done.returncode == 0, done.stderr[-4000:]
+    names = [*TABLES, "dead_letters", "source_offsets"]
+    if mode == "duckdb":
+        with duckdb.connect(str(out / "journeys.published.duckdb"), read_only=True) as con:
+            con.execute("SET TimeZone = 'UTC'")
+            return {name: _query(con, f'SELECT * FROM "{name}"') for name in names}
+    client = target.client()
+    landed = {name: [dict(row.items()) for row in client.query(
+        f"SELECT * FROM `{target.project}.{target.dataset}.{name}`").result()] for name in names}
+    for name in TABLES:  # NUMERIC comes back as Decimal("70"): to the contract's scale, as DuckDB gives it
+        scales = {c.name: Decimal(1).scaleb(-c.decimal[1]) for c in contract(name).columns if c.decimal}
+        for row in landed[name]:
+            row.update({c: row[c].quantize(unit) for c, unit in scales.items() if row[c] is not None})
+    return landed
+
+
 @pytest.fixture(scope="module")
 def tables(request, mode, world, tmp_path_factory):
-    """Every table from the world: as a backfill, or as a stream with out-of-order and late events."""
+    """Every table from the world: as a backfill, as a stream with out-of-order and late events, or landed."""
     out = tmp_path_factory.mktemp(mode)
+    if mode in LANDED:
+        return _landed(request, mode, out)
     streaming = mode != "backfill"
     options = PipelineOptions(runner_args("PrismRunner", streaming=True) if streaming else ["--runner=FnApiRunner"])
     with TestPipeline(options=options) as pipeline:
@@ -143,6 +188,8 @@ PER_CUSTOMER_MONEY = ("average_order_value", "ltv", "cumulative_revenue_per_cust
 def _same(column, got, expected, rounded=PER_CUSTOMER_MONEY):
     if column in rounded and got is not None and expected is not None:
         return abs(Decimal(str(got)) - Decimal(str(expected))) <= Decimal("0.01")
+    if isinstance(expected, float) and isinstance(got, str):  # money landed as a decimal(18,2): to the cent
+        return abs(Decimal(got) - Decimal(repr(expected))) <= Decimal("0.005")
     if isinstance(expected, float) and isinstance(got, (int, float)):
         return math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
     return got == expected
@@ -550,3 +597,16 @@ def test_social_impact_recovers_the_planted_engagement_effects(world, tables):
     error = ratio * variation * math.sqrt(1 / o1 + 1 / o2)
     assert abs(ratio - truth.engaged_spend_lift) <= 1.96 * error, (ratio, error)
     assert ratio - 1.96 * error > 1, "the lift is visible, not lost in the noise"
+
+
+@pytest.mark.parametrize("mode", LANDED, indirect=True)
+def test_landed_dead_letters_are_the_injected_malformed_records_and_every_record_is_accounted_for(mode, tables):
+    records = generate(WORLDS[mode], b"k", malformed=MALFORMED)
+    malformed = [r.malformed for r in records if r.malformed]
+    assert len(tables["dead_letters"]) == len(malformed) > 0
+    reasons = set().union(*(MALFORMED_KINDS[kind] for kind in malformed))
+    assert {row["reason"] for row in tables["dead_letters"]} <= reasons
+    assert all(row["value"] is not None and row["topic"] and row["error"] for row in tables["dead_letters"])
+    valid = sum(len(events) for events in records_by_topic(WORLDS[mode], b"k").values())
+    committed = sum(row["next_offset"] for row in tables["source_offsets"])
+    assert committed == len(records) == valid + len(malformed), "records in = landed + dead-lettered"
