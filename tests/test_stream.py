@@ -175,14 +175,25 @@ def sink(request, tmp_path, topic_prefix):
     return Sink(request.param, tmp_path, topic_prefix, endpoint)
 
 
-def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafka, topic_prefix, sink):
+@pytest.fixture
+def jobs():
+    """Every job a test starts, killed when it ends, also when it fails half-way."""
+    started = []
+    yield started
+    for job in started:
+        if job.poll() is None:
+            _kill(job)
+
+
+def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafka, topic_prefix, sink, jobs):
+    start = lambda run: jobs.append(_start(topic_prefix, sink, run)) or jobs[-1]
     records = generate(CONFIG, b"k", malformed=0.02)
     expected = _expected(sink)
     half, three_quarters = len(records) // 2, len(records) * 3 // 4
     ensure_topics(kafka, prefix=topic_prefix)
     produce(records[:half], kafka, topic_prefix=topic_prefix)
 
-    job = _start(topic_prefix, sink, "restarted")
+    job = start("restarted")
     _wait_for(lambda: _offsets(sink.snapshot("restarted")) > 0, "the first commit")
     produce(records[half:three_quarters], kafka, topic_prefix=topic_prefix)
     time.sleep(3)  # mid-stream: the new records are being read, some committed, some not
@@ -191,7 +202,7 @@ def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafk
     assert 0 < committed_before_kill < len(records)
     produce(records[three_quarters:], kafka, topic_prefix=topic_prefix)
 
-    job = _start(topic_prefix, sink, "restarted")
+    job = start("restarted")
     if sink.kind == "duckdb":  # a BI tool in another process reads while the job writes
         for _ in range(3):
             shown = subprocess.run([sys.executable, "-m", "pipelines.cli", "sql", "--warehouse",
@@ -202,7 +213,7 @@ def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafk
     restarted = _ends_as(expected, sink, "restarted", job, len(records))
     _kill(job)
 
-    job = _start(topic_prefix, sink, "uninterrupted")
+    job = start("uninterrupted")
     uninterrupted = _ends_as(expected, sink, "uninterrupted", job, len(records))
     _kill(job)
 

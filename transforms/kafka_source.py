@@ -8,8 +8,10 @@ Works on every runner that runs Python SDFs (DirectRunner, Prism, Flink, Dataflo
 - Start: earliest, latest, explicit offsets (e.g. stored with the results), a timestamp (offsets_for_times), or
   the group's committed offsets. All are resolved to explicit offsets once, at launch.
 - Element timestamps: the payload's event time (decoded once, in the reader) or the Kafka timestamp.
-  Watermark per partition = newest timestamp seen − max_out_of_orderness; a partition with no new records for
-  idle_after_s follows the wall clock instead, so an idle partition never holds the pipeline back.
+  Watermark per partition = newest timestamp seen − max_out_of_orderness; a partition read to its end and seen
+  there, poll after poll, for idle_after_s follows the wall clock instead, so an idle partition never holds the
+  pipeline back. Only a partition read to its end can be idle: a reader the runner did not schedule for a while,
+  or one still replaying a backlog, must not push the watermark past records it has not read yet.
 - group_id: offsets are committed when Beam finalizes a checkpoint, for lag monitoring only; the pipeline never
   reads them back unless asked to start from them.
 """
@@ -21,7 +23,7 @@ import logging
 import threading
 import time
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam import coders
@@ -170,8 +172,9 @@ PARTITION_WATERMARKS: dict = {}
 class _PartitionClock:
     """Per partition, in plain microseconds: the watermark is asked for after every record."""
     newest: int = _MIN_MICROS  # newest element timestamp seen
-    last_record_wall: float = field(default_factory=time.time)
     watermark: int = _MIN_MICROS
+    at_end_since: float | None = None  # wall time since which every poll found the partition read to its end
+    checked_at: float = 0.0  # wall time of the last such look
 
 
 class _KafkaReader(UnboundedReader):
@@ -255,7 +258,7 @@ class _KafkaReader(UnboundedReader):
                                         record.key, record.value, tuple(record.headers or ()))
             self.current_timestamp = self._timestamp(self.current)
             clock = self.clocks[tp]
-            clock.last_record_wall = time.time()
+            clock.at_end_since = None
             if not isinstance(self.current.decoded, DeadLetter) and self.current_timestamp.micros > clock.newest:
                 clock.newest = self.current_timestamp.micros
             return True
@@ -272,6 +275,8 @@ class _KafkaReader(UnboundedReader):
         batches = self._consumer().poll(timeout_ms=self.spec.poll_timeout_ms)
         for tp in sorted(batches):
             self.buffer.extend(batches[tp])
+        if self.stop is None:
+            self._look_at_ends({(tp.topic, tp.partition) for tp in batches})
         if self.stop is not None and not self.buffer:
             # Transaction markers and compaction leave offsets without records: positions tell the truth.
             for (topic, partition), stop in self.stop.items():
@@ -279,6 +284,31 @@ class _KafkaReader(UnboundedReader):
                     position = self._consumer().position(TopicPartition(topic, partition))
                     self.next_offsets[(topic, partition)] = max(self.next_offsets[(topic, partition)],
                                                                 min(position, stop))
+
+    @property
+    def _max_look_gap_s(self) -> float:
+        # Looks further apart than this (the reader was not running) do not make a partition idle.
+        return self.spec.idle_after_s / 2
+
+    def _look_at_ends(self, fetched: set) -> None:
+        """Note which partitions this poll found read to their end. The end comes from the broker (ListOffsets),
+        not from the last fetch's high watermark, which a short poll on a busy machine may not have refreshed."""
+        from kafka import TopicPartition
+
+        now = time.time()
+        quiet = [TopicPartition(*tp) for tp in self.next_offsets if tp not in fetched]
+        consumer = self._consumer()
+        ends = consumer.end_offsets(quiet) if quiet else {}
+        for tp in self.next_offsets:
+            clock = self.clocks[tp]
+            end = ends.get(TopicPartition(*tp))
+            # The consumer's position passes transaction markers that never reach the reader as records.
+            at_end = end is not None and consumer.position(TopicPartition(*tp)) >= end
+            if not at_end:
+                clock.at_end_since = None
+            elif clock.at_end_since is None or now - clock.checked_at > self._max_look_gap_s:
+                clock.at_end_since = now
+            clock.checked_at = now
 
     def _timestamp(self, message: KafkaMessage) -> Timestamp:
         if self.spec.event_time is not None:
@@ -310,7 +340,11 @@ class _KafkaReader(UnboundedReader):
         lowest = None
         for partition, clock in self.clocks.items():
             candidate = clock.newest - lag if clock.newest > _MIN_MICROS else _MIN_MICROS
-            if self.stop is None and now - clock.last_record_wall >= self.spec.idle_after_s:
+            if (self.stop is None and clock.at_end_since is not None and now - clock.checked_at <= self._max_look_gap_s
+                    and now - clock.at_end_since >= self.spec.idle_after_s):
+                if candidate < int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6):
+                    log.info("%s/%d idle (read to its end, quiet for %.0f s): its watermark follows the wall clock",
+                             *partition, self.spec.idle_after_s)
                 candidate = max(candidate, int(now * 1e6) - lag)
             if candidate > clock.watermark:
                 clock.watermark = candidate

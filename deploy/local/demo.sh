@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `make demo`: the full path on the local broker. A seeded history of the three topics → `journeys backfill` into
+# DuckDB → `journeys stream` started on the same topics while new customers' events arrive live → a summary of the
+# main tables, the BI views and where to look. Needs `make setup` and the broker up (make does both).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=.venv/bin
+demo=.local/demo
+warehouse=.local/warehouse/journeys.duckdb
+published=.local/warehouse/journeys.published.duckdb
+prefix="demo$(date +%s)_"
+# Sized for a laptop-class machine with two cores: a restarted or newly started stream replays the history to
+# rebuild its state on the local runners (README), and Prism processes a few dozen events per second.
+history_customers=${JOURNEYS_DEMO_CUSTOMERS:-300}
+live_rate=${JOURNEYS_DEMO_RATE:-10}  # live events per second
+mkdir -p "$demo"
+sql() { "$bin/journeys" sql --warehouse "$published" "$1"; }
+offsets() { sql "SELECT coalesce(sum(next_offset), 0) FROM source_offsets" 2>/dev/null | tail -n 1 | tr -d ' '; }
+records() { "$bin/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['records'])" "$1"; }
+
+echo "1. A history: $history_customers customers over 60 days, 5% out of order, 1% malformed, into topics ${prefix}*"
+"$bin/journeys" generate --customers "$history_customers" --days 60 --seed 7 --format mixed --topic-prefix "$prefix" \
+  --out-of-order 0.05 --malformed 0.01 --manifest "$demo/manifest.json"
+echo; echo "A few orders as they came back from Kafka, decoded:"
+"$bin/journeys" peek orders --limit 3 --topic-prefix "$prefix"
+
+echo; echo "2. Backfill on Prism: Kafka -> decode -> journey tables -> $warehouse (a few minutes)"
+rm -f "$warehouse" "$warehouse.wal" "$published"
+"$bin/journeys" backfill --runner PrismRunner --topic-prefix "$prefix" --warehouse "$warehouse" 2>"$demo/backfill.log"
+grep -E "journeys\.(progress|backfill)" "$demo/backfill.log" | tail -n 2 || true
+
+echo; echo "3. Streaming: journeys stream on the same topics (log: $demo/stream.log); meanwhile 100 new customers'"
+echo "   next two weeks arrive live at $live_rate events/s"
+setsid "$bin/journeys" stream --runner PrismRunner --topic-prefix "$prefix" --warehouse "$warehouse" \
+  --commit-every-s 5 --update-every-s 20 --log-every-s 10 >"$demo/stream.log" 2>&1 &
+stream=$!
+stop_stream() { kill -TERM -- "-$stream" 2>/dev/null || true; for _ in $(seq 1 30); do
+  kill -0 "$stream" 2>/dev/null || return 0; sleep 1; done; kill -KILL -- "-$stream" 2>/dev/null || true; }
+trap stop_stream EXIT
+"$bin/journeys" generate --customers 100 --first-customer "$history_customers" --days 14 --start 2026-10-31 --seed 7 \
+  --format mixed --topic-prefix "$prefix" --no-create-topics --out-of-order 0.05 --malformed 0.01 \
+  --rate "$live_rate" --manifest "$demo/live_manifest.json"
+total=$(( $(records "$demo/manifest.json") + $(records "$demo/live_manifest.json") ))
+echo "   waiting until the stream has committed all $total records..."
+for _ in $(seq 1 120); do [ "$(offsets)" = "$total" ] && break; sleep 5; done
+[ "$(offsets)" = "$total" ] || echo "   the stream has not caught up within 10 minutes; the summary shows what it committed so far"
+sleep 30  # one more table update after the last records
+grep -E "journeys\.(progress|warehouse)" "$demo/stream.log" | tail -n 3 | cut -c1-400
+stop_stream; trap - EXIT
+
+echo; echo "Records: $total in, $(offsets) committed; rows per table:"
+sql "SELECT 'touchpoints' AS t, count(*) AS rows FROM touchpoints UNION ALL SELECT 'order_attribution', count(*)
+     FROM order_attribution UNION ALL SELECT 'customers', count(*) FROM customers UNION ALL SELECT 'retention_cohorts',
+     count(*) FROM retention_cohorts UNION ALL SELECT 'social_impact', count(*) FROM social_impact UNION ALL
+     SELECT 'dead_letters', count(*) FROM dead_letters"
+echo; echo "Which channels earn orders? (view channel_roi, linear model; load channel_spend for ROI)"
+sql "SELECT channel, conversions, revenue, revenue_share, currency FROM channel_roi WHERE model = 'linear'
+     ORDER BY revenue DESC LIMIT 8"
+echo; echo "Do socially engaged customers spend more? (all platforms, all months, in the reporting currency)"
+sql "SELECT \"group\", sum(orders) AS orders, sum(revenue) AS revenue, round(sum(revenue) / sum(orders), 2)
+     AS order_value, any_value(currency) AS currency FROM social_impact WHERE platform = 'all' GROUP BY ALL ORDER BY 1"
+echo; echo "Do they stay? Monthly cohorts by social engagement (view cohort_retention_matrix):"
+sql "SELECT cohort_start, segment, cohort_size, period_0, round(period_1, 2) AS period_1, round(period_2, 2) AS period_2
+     FROM cohort_retention_matrix WHERE cohort_grain = 'month' AND segment_type = 'social_engagement' ORDER BY 1, 2"
+echo; echo "Dead letters by reason:"
+sql "SELECT topic, stage, reason, count(*) AS records FROM dead_letters GROUP BY ALL ORDER BY 4 DESC"
+echo
+echo "Warehouse: $published (a published copy; query it with: $bin/journeys sql \"SELECT ...\")"
+echo "Views:     channel_roi, cohort_retention_matrix; tables as in schemas/tables/"
+echo "Broker:    $("$bin/journeys" kafka status)   topics: ${prefix}*"
+echo "Manifests: $demo/manifest.json, $demo/live_manifest.json (counts, malformed records, the planted truth)"
+echo "Logs:      $demo/backfill.log, $demo/stream.log"
+echo "Stop:      make kafka-down"
