@@ -1,7 +1,7 @@
 """WriteToWarehouse: a stream's table rows and read positions → periodic commits to DuckDB or BigQuery.
 
-One writer (a single key) buffers rows in Beam state and, every `commit_every_s` of processing time, commits the
-newest row of each primary key together with the source offsets read so far, in one commit, then publishes.
+One writer (a single key) buffers rows in Beam state and, every `commit_every_s` of wall time, commits the newest
+row of each primary key together with the source offsets read so far, in one commit, then publishes.
 
 After a restart the job replays the topics from their start to rebuild its per-customer state (the local runners
 keep keyed state in memory only), and the replay recomputes rows the warehouse already holds. The writer holds
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
@@ -28,6 +28,7 @@ from transforms.duckdb_warehouse import DuckDBWarehouse
 
 log = logging.getLogger("journeys.warehouse")
 READ = "__read__"  # the tag of a read-position item among the table rows
+TICK = "__tick__"  # the tag of the ticker's items: a chance to commit while no rows or positions arrive
 
 
 def open_warehouse(target: str | Path | BigQueryTarget):
@@ -80,10 +81,12 @@ class _ReadPositions(beam.DoFn):
 
 
 class _CommitPeriodically(beam.DoFn):
+    """Commits from process(), when an item finds the last commit `commit_every_s` old. A ticker keeps items coming
+    while the topics are quiet. Not a processing-time timer: Prism 2.77 at times never fired one (a stream that
+    waited after a restart stopped committing for good)."""
     PENDING = BagStateSpec("pending", PickleCoder())
-    ARMED = ReadModifyWriteStateSpec("armed", PickleCoder())
+    LAST_COMMIT = ReadModifyWriteStateSpec("last_commit", PickleCoder())  # wall time of the last commit (or start)
     CAUGHT_UP_AT = ReadModifyWriteStateSpec("caught_up_at", PickleCoder())
-    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
 
     def __init__(self, target, commit_every_s: float, hold_after_catch_up_s: float):
         self.target = target
@@ -94,6 +97,7 @@ class _CommitPeriodically(beam.DoFn):
     def setup(self):
         self.warehouse = open_warehouse(self.target)
         self.stored = self.warehouse.offsets()  # where the last run's commits ended
+        self.committed = dict(self.stored)
         if self.stored:
             log.info("resuming: the last run committed %d records; holding commits until the replay passes them",
                      sum(self.stored.values()))
@@ -102,16 +106,18 @@ class _CommitPeriodically(beam.DoFn):
         if self.warehouse is not None:
             self.warehouse.close()
 
-    def process(self, element, pending=beam.DoFn.StateParam(PENDING), armed=beam.DoFn.StateParam(ARMED),
-                flush=beam.DoFn.TimerParam(FLUSH)):
-        pending.add(element[1])
-        if not armed.read():
-            flush.set(Timestamp.now() + self.commit_every_s)
-            armed.write(True)
-
-    @on_timer(FLUSH)
-    def commit(self, pending=beam.DoFn.StateParam(PENDING), armed=beam.DoFn.StateParam(ARMED),
-               caught_up_at=beam.DoFn.StateParam(CAUGHT_UP_AT), flush=beam.DoFn.TimerParam(FLUSH)):
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING),
+                last_commit=beam.DoFn.StateParam(LAST_COMMIT), caught_up_at=beam.DoFn.StateParam(CAUGHT_UP_AT)):
+        if element[1][0] != TICK:
+            pending.add(element[1])
+        now = time.time()
+        last = last_commit.read()
+        if last is None:
+            last_commit.write(now)
+            return
+        if now - last < self.commit_every_s:
+            return
+        last_commit.write(now)
         items = list(pending.read())
         read: dict = {}
         rows: dict[str, list] = {}
@@ -122,20 +128,20 @@ class _CommitPeriodically(beam.DoFn):
             else:
                 order, row = rest
                 rows.setdefault(tag, []).append((order, row))
-        now = time.time()
         since = caught_up_at.read()
         if since is None and all(read.get(p, 0) >= offset for p, offset in self.stored.items()):
             since = now - (self.hold_after_catch_up_s if not self.stored else 0)
             caught_up_at.write(since)
         if since is None or now - since < self.hold_after_catch_up_s:
-            flush.set(Timestamp.now() + self.commit_every_s)  # still replaying what the warehouse holds: wait
-            return
+            return  # still replaying what the warehouse holds: wait
+        if not rows and not any(read.get(p, 0) > self.committed.get(p, 0) for p in read):
+            return  # nothing new since the last commit
         latest = {table: latest_rows(table, table_rows) for table, table_rows in rows.items()}
         started = time.perf_counter()
         self.warehouse.commit(latest, read)
         where = self.warehouse.publish()
+        self.committed = dict(read)
         pending.clear()
-        armed.clear()
         # Read positions are kept for the next commit: offsets are stored as "read up to", never backwards.
         for partition, next_offset in read.items():
             pending.add((READ, partition, next_offset))
@@ -159,6 +165,10 @@ class WriteToWarehouse(beam.PTransform):
         tagged = [rows | f"Tag{name}" >> beam.ParDo(_TagRows(name))
                   | f"Unwindow{name}" >> beam.WindowInto(GlobalWindows()) for name, rows in tables.items()]
         positions = messages | "ReadPositions" >> beam.ParDo(_ReadPositions())
-        return ((*tagged, positions) | "Gather" >> beam.Flatten()
+        ticks = (messages.pipeline
+                 | "Ticker" >> PeriodicImpulse(start_timestamp=Timestamp.now(), fire_interval=self.commit_every_s)
+                 | "Tick" >> beam.Map(lambda _: (None, (TICK,)))
+                 | "UnwindowTicks" >> beam.WindowInto(GlobalWindows()))
+        return ((*tagged, positions, ticks) | "Gather" >> beam.Flatten()
                 | "Commit" >> beam.ParDo(_CommitPeriodically(self.target, self.commit_every_s,
                                                              self.hold_after_catch_up_s)))
