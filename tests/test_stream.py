@@ -176,17 +176,21 @@ def sink(request, tmp_path, topic_prefix):
 
 
 @pytest.fixture
-def jobs():
-    """Every job a test starts, killed when it ends, also when it fails half-way."""
+def start(topic_prefix, sink):
+    """start(run) → a streaming job; every job started is killed when the test ends, also when it fails half-way."""
     started = []
-    yield started
+
+    def start_job(run: str):
+        started.append(_start(topic_prefix, sink, run))
+        return started[-1]
+
+    yield start_job
     for job in started:
         if job.poll() is None:
             _kill(job)
 
 
-def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafka, topic_prefix, sink, jobs):
-    start = lambda run: jobs.append(_start(topic_prefix, sink, run)) or jobs[-1]
+def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafka, topic_prefix, sink, start):
     records = generate(CONFIG, b"k", malformed=0.02)
     expected = _expected(sink)
     half, three_quarters = len(records) // 2, len(records) * 3 // 4

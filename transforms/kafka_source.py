@@ -8,10 +8,11 @@ Works on every runner that runs Python SDFs (DirectRunner, Prism, Flink, Dataflo
 - Start: earliest, latest, explicit offsets (e.g. stored with the results), a timestamp (offsets_for_times), or
   the group's committed offsets. All are resolved to explicit offsets once, at launch.
 - Element timestamps: the payload's event time (decoded once, in the reader) or the Kafka timestamp.
-  Watermark per partition = newest timestamp seen − max_out_of_orderness; a partition read to its end and seen
-  there, poll after poll, for idle_after_s follows the wall clock instead, so an idle partition never holds the
-  pipeline back. Only a partition read to its end can be idle: a reader the runner did not schedule for a while,
-  or one still replaying a backlog, must not push the watermark past records it has not read yet.
+  Watermark per partition = newest timestamp seen − max_out_of_orderness; a partition that every look for
+  idle_after_s found read to its end (no record read in between) follows the wall clock instead, so an idle
+  partition never holds the pipeline back. Only a partition read to its end can be idle: a reader the runner did
+  not schedule for a while, or one still replaying a backlog, must not push the watermark past records it has not
+  read yet. How often the runner schedules a quiet split does not matter: unread records show at the next look.
 - group_id: offsets are committed when Beam finalizes a checkpoint, for lag monitoring only; the pipeline never
   reads them back unless asked to start from them.
 """
@@ -166,6 +167,7 @@ _MICROSECOND = dt.timedelta(microseconds=1)
 
 # The newest watermark each partition's reader reported in this process, for progress logs (transforms/progress.py).
 PARTITION_WATERMARKS: dict = {}
+_LOOK_EVERY_S = 1.0  # how often a reader asks the broker where its quiet partitions end
 
 
 @dataclass
@@ -286,9 +288,9 @@ class _KafkaReader(UnboundedReader):
                                                                 min(position, stop))
 
     @property
-    def _max_look_gap_s(self) -> float:
-        # Looks further apart than this (the reader was not running) do not make a partition idle.
-        return self.spec.idle_after_s / 2
+    def _look_fresh_s(self) -> float:
+        # Only a recent look speaks for the partition now; an older one may predate records it has not read.
+        return max(self.spec.idle_after_s / 2, 2 * _LOOK_EVERY_S)
 
     def _look_at_ends(self, fetched: set) -> None:
         """Note which partitions this poll found read to their end. The end comes from the broker (ListOffsets),
@@ -297,6 +299,8 @@ class _KafkaReader(UnboundedReader):
 
         now = time.time()
         quiet = [TopicPartition(*tp) for tp in self.next_offsets if tp not in fetched]
+        if quiet and all(now - self.clocks[(tp.topic, tp.partition)].checked_at < _LOOK_EVERY_S for tp in quiet):
+            return  # looked a moment ago: one ListOffsets per second is plenty, not one per poll
         consumer = self._consumer()
         ends = consumer.end_offsets(quiet) if quiet else {}
         for tp in self.next_offsets:
@@ -306,7 +310,7 @@ class _KafkaReader(UnboundedReader):
             at_end = end is not None and consumer.position(TopicPartition(*tp)) >= end
             if not at_end:
                 clock.at_end_since = None
-            elif clock.at_end_since is None or now - clock.checked_at > self._max_look_gap_s:
+            elif clock.at_end_since is None:
                 clock.at_end_since = now
             clock.checked_at = now
 
@@ -340,9 +344,9 @@ class _KafkaReader(UnboundedReader):
         lowest = None
         for partition, clock in self.clocks.items():
             candidate = clock.newest - lag if clock.newest > _MIN_MICROS else _MIN_MICROS
-            if (self.stop is None and clock.at_end_since is not None and now - clock.checked_at <= self._max_look_gap_s
+            if (self.stop is None and clock.at_end_since is not None and now - clock.checked_at <= self._look_fresh_s
                     and now - clock.at_end_since >= self.spec.idle_after_s):
-                if candidate < int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6):
+                if clock.watermark < int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6):  # just turned idle
                     log.info("%s/%d idle (read to its end, quiet for %.0f s): its watermark follows the wall clock",
                              *partition, self.spec.idle_after_s)
                 candidate = max(candidate, int(now * 1e6) - lag)

@@ -83,7 +83,7 @@ def main() -> None:
     try:
         time.sleep(20)  # the job starts its runner and reaches the topics
         started = time.time()
-        sent_at = {touch_id(r): started + i / args.rate for i, r in enumerate(records) if touch_id(r)}
+        sent_at = {tid: started + i / args.rate for i, r in enumerate(records) if (tid := touch_id(r))}
         stats = produce(records, connection, topic_prefix=prefix, rate=args.rate)
         time.sleep(args.settle_s)
     finally:
