@@ -167,7 +167,6 @@ _MICROSECOND = dt.timedelta(microseconds=1)
 
 # The newest watermark each partition's reader reported in this process, for progress logs (transforms/progress.py).
 PARTITION_WATERMARKS: dict = {}
-_LOOK_EVERY_S = 1.0  # how often a reader asks the broker where its quiet partitions end
 
 
 @dataclass
@@ -290,7 +289,7 @@ class _KafkaReader(UnboundedReader):
     @property
     def _look_fresh_s(self) -> float:
         # Only a recent look speaks for the partition now; an older one may predate records it has not read.
-        return max(self.spec.idle_after_s / 2, 2 * _LOOK_EVERY_S)
+        return self.spec.idle_after_s / 2
 
     def _look_at_ends(self, fetched: set) -> None:
         """Note which partitions this poll found read to their end. The end comes from the broker (ListOffsets),
@@ -299,8 +298,6 @@ class _KafkaReader(UnboundedReader):
 
         now = time.time()
         quiet = [TopicPartition(*tp) for tp in self.next_offsets if tp not in fetched]
-        if quiet and all(now - self.clocks[(tp.topic, tp.partition)].checked_at < _LOOK_EVERY_S for tp in quiet):
-            return  # looked a moment ago: one ListOffsets per second is plenty, not one per poll
         consumer = self._consumer()
         ends = consumer.end_offsets(quiet) if quiet else {}
         for tp in self.next_offsets:
