@@ -2,9 +2,11 @@
 
     journeys backfill --runner PrismRunner --warehouse .local/warehouse/journeys.duckdb
 
-Reads every topic from its earliest offset to the end offsets seen at launch, computes every table and commits
-them with those end offsets and the dead letters in one commit, then publishes a copy for BI readers (DuckDB).
-Running it again recomputes the same rows and upserts them: nothing is counted twice.
+Reads every topic from its earliest offset to the end offsets seen at launch, computes every table and lands them
+through the data-quality gate (rows breaking a row rule go to `quarantine`) with those end offsets and the dead
+letters in one commit, validates the landed tables (results in `dq_results`, alerts) and publishes a copy for BI
+readers unless a block-severity expectation failed: then it exits 2. Running it again recomputes the same rows
+and upserts them: nothing is counted twice.
 """
 from __future__ import annotations
 
@@ -16,24 +18,28 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 import schemas
-from pipelines.runners import add_kafka_pipeline_args, add_warehouse_args, run_kafka_pipeline, warehouse_target
+from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, open_target,
+                               quality_config, run_kafka_pipeline, warehouse_target)
 from transforms.customer_profiles import updating_global_window
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TABLES, TablesConfig, TablesFromMessages
 from transforms.kafka_connection import KafkaConnection
 from transforms.kafka_source import ReadFromKafka, StartAt, resolve_launch
 from transforms.progress import LogProgress
+from transforms.data_quality import ValidatedLanding, new_run_id
 from transforms.warehouse import latest_rows, open_warehouse
 
 log = logging.getLogger("journeys.backfill")
 
 
 class _CommitAll(beam.DoFn):
-    """Every table's rows, gathered under one key, committed with the end offsets in one commit."""
+    """Every table's rows, gathered under one key, landed through the quality gate with the end offsets."""
 
-    def __init__(self, target, offsets: dict):
+    def __init__(self, target, offsets: dict, quality, run_id: str):
         self.target = target
         self.offsets = offsets
+        self.quality = quality
+        self.run_id = run_id
 
     def process(self, element):
         by_table: dict[str, list] = {}
@@ -42,11 +48,11 @@ class _CommitAll(beam.DoFn):
         rows = {table: latest_rows(table, by_table.get(table, [])) for table in (*TABLES, "dead_letters")}
         warehouse = open_warehouse(self.target)
         try:
-            warehouse.commit(rows, self.offsets)
-            published = warehouse.publish()
+            landing = ValidatedLanding(warehouse, self.quality, "backfill").land(rows, self.offsets, self.run_id)
         finally:
             warehouse.close()
-        yield {"published": str(published), **{table: len(table_rows) for table, table_rows in rows.items()}}
+        yield {"published": str(landing.published), "quarantined": landing.quarantined,
+               **{table: len(table_rows) for table, table_rows in rows.items()}}
 
 
 def build(pipeline, args, connection: KafkaConnection):
@@ -67,7 +73,7 @@ def build(pipeline, args, connection: KafkaConnection):
             | "OneWriter" >> beam.Map(lambda table_row: (None, table_row))
             | "WhenAllIn" >> updating_global_window(messages, None)
             | "Gather" >> beam.GroupByKey()
-            | "Commit" >> beam.ParDo(_CommitAll(warehouse_target(args), end_offsets))
+            | "Commit" >> beam.ParDo(_CommitAll(warehouse_target(args), end_offsets, quality_config(args), args.run_id))
             | "Report" >> beam.Map(lambda summary: print(summary, flush=True)))
 
 
@@ -75,13 +81,29 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="journeys backfill", description=__doc__.split("\n\n")[0])
     add_kafka_pipeline_args(parser)
     add_warehouse_args(parser)
+    add_quality_args(parser)
     parser.add_argument("--log-every-s", type=float, default=10.0, help="progress log interval")
     return parser.parse_known_args(argv)
 
 
 def main(argv=None) -> int:
     args, beam_args = parse_args(argv)
-    return run_kafka_pipeline(build, args, beam_args)
+    args.run_id = new_run_id("backfill")
+    status = run_kafka_pipeline(build, args, beam_args)
+    if status:
+        return status
+    from pipelines.validate import exit_code, print_summary
+
+    warehouse = open_target(args)
+    try:
+        results = warehouse.query_frame(f"SELECT * FROM dq_results WHERE run_id = '{args.run_id}'")
+    finally:
+        warehouse.close()
+    print_summary(results)
+    code = exit_code(results)
+    if code == 2:
+        log.error("block-severity expectations failed: the tables were landed but not published")
+    return 2 if code == 2 else 0
 
 
 if __name__ == "__main__":

@@ -188,10 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("stream", add_help=False,
                         help="every table from Kafka into the warehouse, continuously, committed every few seconds "
                              "(`journeys stream --help`)")
+    commands.add_parser("validate", add_help=False,
+                        help="the data-quality checkpoint on the warehouse now; exit 0 pass, 1 warn, 2 block "
+                             "(`journeys validate --help`)")
     return parser
 
 
-PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill", "stream": "pipelines.stream"}
+PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill", "stream": "pipelines.stream",
+             "validate": "pipelines.validate"}  # commands with their own parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("journeys").setLevel(logging.INFO)
         logging.getLogger("kafka").setLevel(logging.ERROR)  # see below
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck job waits
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         return importlib.import_module(PIPELINES[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -94,6 +94,36 @@ def add_warehouse_args(parser) -> None:
     bigquery.add_argument("--bigquery-endpoint", metavar="URL", help="an emulator's REST endpoint")
 
 
+def add_quality_args(parser) -> None:
+    """Data-quality settings (transforms/dq_suites.py QualityConfig). Alert URLs are secrets: environment or file."""
+    quality = parser.add_argument_group("data quality (Great Expectations)")
+    quality.add_argument("--max-event-age-hours", type=float, default=24.0,
+                         help="fresh_events: the newest touch may be at most this old (default: %(default)s)")
+    quality.add_argument("--max-dead-letter-rate", type=float, default=0.05,
+                         help="dead_letter_rate: dead letters per record read, at most (default: %(default)s)")
+    quality.add_argument("--data-docs-dir", type=Path, default=Path(".local/data_docs"),
+                         help="where Great Expectations' Data Docs HTML goes (default: %(default)s)")
+    quality.add_argument("--alert-webhook-file", metavar="FILE",
+                         help="a file holding the Slack-compatible webhook URL for alerts (else the environment's "
+                              "JOURNEYS_ALERT_WEBHOOK)")
+
+
+def quality_config(args):
+    from transforms.dq_suites import QualityConfig
+
+    webhook = Path(args.alert_webhook_file).read_text().strip() if args.alert_webhook_file else None
+    return QualityConfig.from_env(max_event_age_hours=args.max_event_age_hours,
+                                  max_dead_letter_rate=args.max_dead_letter_rate,
+                                  data_docs_dir=str(args.data_docs_dir) if args.data_docs_dir else None,
+                                  webhook_url=webhook)
+
+
+def open_target(args):
+    from transforms.warehouse import open_warehouse
+
+    return open_warehouse(warehouse_target(args))
+
+
 def warehouse_target(args):
     """The DuckDB path, or a BigQueryTarget: what transforms.warehouse.open_warehouse takes."""
     from transforms.bigquery_warehouse import BigQueryTarget

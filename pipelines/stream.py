@@ -2,8 +2,9 @@
 
     journeys stream --runner PrismRunner --warehouse .local/warehouse/journeys.duckdb
 
-Every `--commit-every-s` the rows that changed are upserted together with the offsets read so far, in one commit,
-and (DuckDB) a copy is published for BI readers. Tables over all of history (customers, cohorts, social impact)
+Every `--commit-every-s` the rows that changed pass the data-quality row gate and are upserted together with the
+offsets read so far, in one commit; the tables are validated (dq_results, alerts) and, unless a block-severity
+expectation failed, a copy is published for BI readers (DuckDB). Tables over all of history (customers, cohorts, social impact)
 are re-emitted every `--update-every-s`. A restarted job replays the topics from their start to rebuild its
 per-customer state and holds its commits until the replay has passed what the last run committed
 (transforms/warehouse.py): after a crash, even SIGKILL, the tables end as if it had never stopped.
@@ -19,7 +20,8 @@ import sys
 import apache_beam as beam
 
 import schemas
-from pipelines.runners import add_kafka_pipeline_args, add_warehouse_args, run_kafka_pipeline, warehouse_target
+from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, quality_config,
+                               run_kafka_pipeline, warehouse_target)
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TablesConfig, TablesFromMessages
 from transforms.kafka_connection import KafkaConnection
@@ -40,13 +42,14 @@ def build(pipeline, args, connection: KafkaConnection):
     tables = messages | "Tables" >> TablesFromMessages(decoder, TablesConfig(update_every_s=args.update_every_s))
     hold = args.hold_after_catch_up_s if args.hold_after_catch_up_s is not None else args.update_every_s
     return ((tables, messages)
-            | "Land" >> WriteToWarehouse(warehouse_target(args), args.commit_every_s, hold))
+            | "Land" >> WriteToWarehouse(warehouse_target(args), args.commit_every_s, hold, quality_config(args)))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="journeys stream", description=__doc__.split("\n\n")[0])
     add_kafka_pipeline_args(parser)
     add_warehouse_args(parser)
+    add_quality_args(parser)
     parser.add_argument("--commit-every-s", type=float, default=10.0, help="commit interval (default: %(default)s)")
     parser.add_argument("--update-every-s", type=int, default=60,
                         help="how often the all-of-history tables are re-emitted (default: %(default)s)")

@@ -1,8 +1,9 @@
 """Output-table contracts (schemas/tables/*.json): one per table, the single source of every derived schema.
 
 A contract names the table, documents it and each column, and gives its primary key (so re-runs and corrections
-upsert), partitioning and clustering. From it come the DuckDB DDL, the BigQuery schema and the Avro schema here,
-and the data-quality suites later; none of them is written by hand.
+upsert), partitioning and clustering, and its data-quality rules beyond the columns' own (`quality`). From it come
+the DuckDB DDL, the BigQuery schema and the Avro schema here, and the Great Expectations suites
+(transforms/dq_suites.py); none of them is written by hand.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ VIEWS_DIR = Path(__file__).parent / "views"  # BI views over the tables, in the 
 # was corrected away must disappear, or the table would depend on how the corrections happened to arrive.
 RETRACTED = "_retracted"
 TYPES = ("string", "int", "float", "bool", "timestamp", "date", "decimal", "bytes")
+SEVERITIES = ("warn", "block")  # warn: recorded and alerted; block: also holds back publishing
 _DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
 
 
@@ -30,6 +32,7 @@ class Column:
     accepted_values: tuple | None = None
     min: float | None = None
     max: float | None = None
+    severity: str = "block"  # of the checks derived from this column (not null, accepted values, range)
 
     @property
     def decimal(self) -> tuple[int, int] | None:
@@ -42,6 +45,28 @@ class Column:
 
 
 @dataclass(frozen=True)
+class RowRule:
+    """Each row: column_a >= at_least. Rows that break it are quarantined before they land."""
+    name: str
+    doc: str
+    column_a: str
+    at_least: str
+    severity: str = "block"
+
+
+@dataclass(frozen=True)
+class TableRule:
+    """A query over the landed tables (DuckDB SQL) giving one `value` per group (or one in all); each must lie in
+    [min, max]. A bound may be {"param": name}, a setting of the run (QualityConfig)."""
+    name: str
+    doc: str
+    query: str
+    min: float | dict | None = None
+    max: float | dict | None = None
+    severity: str = "block"
+
+
+@dataclass(frozen=True)
 class Contract:
     table: str
     doc: str
@@ -50,6 +75,11 @@ class Contract:
     cluster_by: tuple[str, ...]
     columns: tuple[Column, ...]
     keep_on_update: tuple[str, ...] = ()  # columns an upsert leaves as first written (e.g. first_seen)
+    # Rows of one group (e.g. an order's credits per model) come as a whole, with a revision: landing a group
+    # replaces its stored rows of other revisions, so a shorter path now leaves no rows of a longer one behind.
+    replace_group: tuple[str, ...] = ()
+    row_rules: tuple[RowRule, ...] = ()
+    table_rules: tuple[TableRule, ...] = ()
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -120,9 +150,13 @@ def _load(path: Path) -> Contract:
     raw = json.loads(path.read_text())
     columns = tuple(Column(c["name"], c["type"], c["nullable"], c["doc"],
                            tuple(c["accepted_values"]) if "accepted_values" in c else None,
-                           c.get("min"), c.get("max")) for c in raw["columns"])
+                           c.get("min"), c.get("max"), c.get("severity", "block")) for c in raw["columns"])
+    quality = raw.get("quality", {})
     contract = Contract(raw["table"], raw["doc"], tuple(raw["primary_key"]), raw.get("partition_by"),
-                        tuple(raw.get("cluster_by", ())), columns, tuple(raw.get("keep_on_update", ())))
+                        tuple(raw.get("cluster_by", ())), columns, tuple(raw.get("keep_on_update", ())),
+                        tuple(raw.get("replace_group", ())),
+                        tuple(RowRule(**rule) for rule in quality.get("row_rules", ())),
+                        tuple(TableRule(**rule) for rule in quality.get("table_rules", ())))
     _check(contract)
     return contract
 
@@ -140,9 +174,15 @@ def _check(contract: Contract) -> None:
     for key in contract.primary_key:
         if key not in names or contract.column(key).nullable:
             problems.append(f"primary key {key} must be a non-null column")
-    for name in (contract.partition_by, *contract.cluster_by, *contract.keep_on_update):
+    for name in (contract.partition_by, *contract.cluster_by, *contract.keep_on_update, *contract.replace_group,
+                 *(column for rule in contract.row_rules for column in (rule.column_a, rule.at_least))):
         if name and name not in names:
             problems.append(f"{name} is not a column")
+    if contract.replace_group and "revision" not in names:
+        problems.append("replace_group needs a revision column: a group is replaced by a newer revision")
+    for named in (*contract.columns, *contract.row_rules, *contract.table_rules):
+        if named.severity not in SEVERITIES:
+            problems.append(f"{named.name}: severity {named.severity} is not one of {', '.join(SEVERITIES)}")
     if problems:
         raise ValueError(f"contract {contract.table}: " + "; ".join(problems))
 

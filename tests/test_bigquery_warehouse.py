@@ -61,3 +61,12 @@ def test_the_channel_roi_view_answers(warehouse):
     rows = _query(warehouse, "SELECT channel, revenue_share, spend, roi FROM `{d}.channel_roi` ORDER BY channel")
     assert [(c, float(share), spend, roi if roi is None else float(roi)) for c, share, spend, roi in rows] == [
         ("Email", 0.25, None, None), ("Paid Social", 0.75, Decimal("200"), 0.5)]
+
+
+def test_an_order_landed_again_with_a_shorter_path_replaces_its_rows_whole(warehouse):
+    from test_duckdb_warehouse import _credit_rows
+
+    warehouse.commit({"order_attribution": _credit_rows("o1", 3) + _credit_rows("o2", 2)})
+    warehouse.commit({"order_attribution": _credit_rows("o1", 2, revision=1)})
+    assert _query(warehouse, "SELECT order_id, count(*) FROM `{d}.order_attribution` GROUP BY 1 ORDER BY 1") == [
+        ("o1", 2), ("o2", 2)]

@@ -15,10 +15,11 @@ def _run(*args):
 def test_help_lists_the_commands():
     result = _run("--help")
     assert result.returncode == 0
-    for command in ("kafka", "generate", "peek", "count", "backfill"):
+    for command in ("kafka", "generate", "peek", "count", "backfill", "stream", "validate"):
         assert command in result.stdout
     assert "--malformed" in _run("generate", "--help").stdout
     assert "--warehouse" in _run("backfill", "--help").stdout
+    assert "--max-dead-letter-rate" in _run("validate", "--help").stdout
 
 
 def test_generate_writes_avro_container_files_and_a_manifest(tmp_path):

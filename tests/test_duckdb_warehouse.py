@@ -136,3 +136,34 @@ def test_bi_views_answer_from_the_published_copy(warehouse):
             ("Email", 0.25, None, None, None), ("Paid Social", 0.75, Decimal("200.00"), 1.5, 0.5)]
         assert reader.execute("SELECT cohort_size, period_0, period_1, period_2 FROM cohort_retention_matrix"
                               ).fetchall() == [(4, 1.0, None, 0.25)]
+
+
+def _credit_rows(order_id, touches, revision=0, model="linear"):
+    return [{"order_id": order_id, "model": model, "touch_index": i, "status": "placed", "customer_id": "C1",
+             "order_time": T0, "touch_id": f"t{i}", "touch_time": T0, "channel": "Email", "credit": 1 / touches,
+             "revenue_credit": 100.0 / touches, "currency": "EUR", "revision": revision} for i in range(touches)]
+
+
+def test_an_order_landed_again_with_a_shorter_path_leaves_none_of_the_longer_one_behind(warehouse):
+    """A stream after a backfill may see fewer touches for an order: its rows replace the group (order, status,
+    model) whole, or the credits of the old path's extra touches would stay and sum past 1."""
+    warehouse.commit({"order_attribution": _credit_rows("o1", 3) + _credit_rows("o2", 2)
+                      + _credit_rows("o1", 3, model="first_touch")})
+    warehouse.commit({"order_attribution": _credit_rows("o1", 2, revision=1)})
+    # An emission that reached the writer in two commits: its halves stay together.
+    warehouse.commit({"order_attribution": _credit_rows("o3", 2)[:1]})
+    warehouse.commit({"order_attribution": _credit_rows("o3", 2)[1:]})
+    rows = warehouse.connection.execute("SELECT order_id, model, count(*), sum(credit) FROM order_attribution "
+                                        "GROUP BY ALL ORDER BY ALL").fetchall()
+    assert rows == [("o1", "first_touch", 3, pytest.approx(1.0)), ("o1", "linear", 2, pytest.approx(1.0)),
+                    ("o2", "linear", 2, pytest.approx(1.0)), ("o3", "linear", 2, pytest.approx(1.0))]
+
+
+def test_latest_rows_keeps_each_group_from_its_newest_emission_only():
+    from transforms.warehouse import latest_rows
+
+    older, newer = _credit_rows("o1", 3, revision=1), _credit_rows("o1", 2, revision=2)
+    # (pane index, row): an emission's rows may come in different panes, and stay together
+    rows = latest_rows("order_attribution", [((3,), older[0]), ((1,), newer[0]), ((2,), newer[1]),
+                                             ((0,), older[2])])
+    assert sorted((r["touch_index"], r["revision"]) for r in rows) == [(0, 2), (1, 2)]

@@ -25,8 +25,12 @@ OFFSETS_DDL = """CREATE TABLE IF NOT EXISTS source_offsets (
 
 
 class DuckDBWarehouse:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
+        if read_only:  # a reader of a published copy (journeys validate while a stream writes)
+            self.connection = duckdb.connect(str(self.path), read_only=True)
+            self.connection.execute("SET TimeZone = 'UTC'")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = duckdb.connect(str(self.path))
         self.connection.execute("SET TimeZone = 'UTC'")
@@ -44,8 +48,10 @@ class DuckDBWarehouse:
         try:
             for table, rows in rows_by_table.items():
                 retracted = [row for row in rows if row.get(RETRACTED)]
-                for sql, batch_rows in ((_delete_sql(table), retracted),
-                                        (_upsert_sql(table), [row for row in rows if not row.get(RETRACTED)])):
+                landing = [row for row in rows if not row.get(RETRACTED)]
+                replaced = landing if contract(table).replace_group else []
+                for sql, batch_rows in ((_delete_sql(table), retracted), (_delete_groups_sql(table), replaced),
+                                        (_upsert_sql(table), landing)):
                     if batch_rows:
                         # One columnar batch per table: executemany would insert row by row (10 ms each).
                         con.register("batch", _arrow_batch(table, batch_rows))
@@ -67,6 +73,14 @@ class DuckDBWarehouse:
         """Where each partition's next unprocessed record is, as of the last commit."""
         return {(topic, partition): offset for topic, partition, offset in
                 self.connection.execute('SELECT topic, "partition", next_offset FROM source_offsets').fetchall()}
+
+    def query_frame(self, sql: str):
+        """A pandas frame of a DuckDB query over the tables (the data-quality checkpoint's reads)."""
+        return self.connection.execute(sql).df()
+
+    def landed_types(self, table: str) -> dict[str, str]:
+        """{column: its type as DuckDB has it}."""
+        return {row[0]: row[1] for row in self.connection.execute(f'DESCRIBE "{table}"').fetchall()}
 
     def publish(self, to: str | Path | None = None) -> Path:
         """A consistent copy for readers (default: `<name>.published.duckdb` beside the file), swapped in whole."""
@@ -101,6 +115,15 @@ def _delete_sql(table: str) -> str:
     key = contract(table).primary_key
     return (f'DELETE FROM "{table}" USING batch WHERE '
             + " AND ".join(f'"{table}"."{k}" = batch."{k}"' for k in key))
+
+
+def _delete_groups_sql(table: str) -> str:
+    """The stored rows of another revision of every group the batch brings: the batch's revision replaces them.
+    Rows of the same revision stay, in case an emission reached the writer in two commits."""
+    group = contract(table).replace_group
+    return (f'DELETE FROM "{table}" WHERE EXISTS (SELECT 1 FROM batch WHERE '
+            + " AND ".join(f'"{table}"."{g}" = batch."{g}"' for g in group)
+            + f' AND "{table}"."revision" <> batch."revision")')
 
 
 def _upsert_sql(table: str) -> str:

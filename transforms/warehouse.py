@@ -1,7 +1,8 @@
 """WriteToWarehouse: a stream's table rows and read positions → periodic commits to DuckDB or BigQuery.
 
 One writer (a single key) buffers rows in Beam state and, every `commit_every_s` of wall time, commits the newest
-row of each primary key together with the source offsets read so far, in one commit, then publishes.
+row of each primary key together with the source offsets read so far, through the data-quality gate
+(transforms/data_quality.py): one commit, a checkpoint, then a publish unless a block-severity expectation failed.
 
 After a restart the job replays the topics from their start to rebuild its per-customer state (the local runners
 keep keyed state in memory only), and the replay recomputes rows the warehouse already holds. The writer holds
@@ -24,6 +25,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from schemas.contracts import contract
 from transforms.bigquery_warehouse import BigQueryTarget, BigQueryWarehouse
+from transforms.data_quality import ValidatedLanding
+from transforms.dq_suites import QualityConfig
 from transforms.duckdb_warehouse import DuckDBWarehouse
 
 log = logging.getLogger("journeys.warehouse")
@@ -38,12 +41,23 @@ def open_warehouse(target: str | Path | BigQueryTarget):
 
 def latest_rows(table: str, rows) -> list[dict]:
     """One row per primary key: the highest revision where a table has one, else the last (a correction or a later
-    update supersedes). `rows` are rows, or (order, row) pairs where order is what "later" means."""
-    key = contract(table).primary_key
-    latest: dict = {}
+    update supersedes). `rows` are rows, or (order, row) pairs where order is what "later" means. In a table with a
+    replace_group, a group's rows come from its highest revision only."""
+    table_contract = contract(table)
+    key = table_contract.primary_key
+    ranked = []
     for item in rows:
         order, row = item if isinstance(item, tuple) else ((), item)
-        rank = (row.get("revision", 0), *order)
+        ranked.append(((row.get("revision", 0), *order), row))
+    if table_contract.replace_group:
+        # An emission is one revision of the group; its rows may reach the writer in different panes.
+        group = lambda row: tuple(row[g] for g in table_contract.replace_group)
+        newest: dict = {}
+        for rank, row in ranked:
+            newest[group(row)] = max(newest.get(group(row), rank[0]), rank[0])
+        ranked = [(rank, row) for rank, row in ranked if rank[0] == newest[group(row)]]
+    latest: dict = {}
+    for rank, row in ranked:
         known = latest.get(tuple(row[k] for k in key))
         if known is None or rank >= known[0]:
             latest[tuple(row[k] for k in key)] = (rank, row)
@@ -88,14 +102,16 @@ class _CommitPeriodically(beam.DoFn):
     LAST_COMMIT = ReadModifyWriteStateSpec("last_commit", PickleCoder())  # wall time of the last commit (or start)
     CAUGHT_UP_AT = ReadModifyWriteStateSpec("caught_up_at", PickleCoder())
 
-    def __init__(self, target, commit_every_s: float, hold_after_catch_up_s: float):
+    def __init__(self, target, commit_every_s: float, hold_after_catch_up_s: float, quality: QualityConfig):
         self.target = target
         self.commit_every_s = commit_every_s
         self.hold_after_catch_up_s = hold_after_catch_up_s
+        self.quality_config = quality
         self.warehouse = None
 
     def setup(self):
         self.warehouse = open_warehouse(self.target)
+        self.quality = ValidatedLanding(self.warehouse, self.quality_config, "stream")
         self.stored = self.warehouse.offsets()  # where the last run's commits ended
         self.committed = dict(self.stored)
         if self.stored:
@@ -108,8 +124,13 @@ class _CommitPeriodically(beam.DoFn):
 
     def process(self, element, pending=beam.DoFn.StateParam(PENDING),
                 last_commit=beam.DoFn.StateParam(LAST_COMMIT), caught_up_at=beam.DoFn.StateParam(CAUGHT_UP_AT)):
+        # The arriving item goes to the next commit, not this one: the other rows of its emission (an order's
+        # credits) follow it, and a group landed in halves would replace itself with its second half.
+        yield from self._commit_if_due(pending, last_commit, caught_up_at)
         if element[1][0] != TICK:
             pending.add(element[1])
+
+    def _commit_if_due(self, pending, last_commit, caught_up_at):
         now = time.time()
         last = last_commit.read()
         if last is None:
@@ -138,26 +159,30 @@ class _CommitPeriodically(beam.DoFn):
             return  # nothing new since the last commit
         latest = {table: latest_rows(table, table_rows) for table, table_rows in rows.items()}
         started = time.perf_counter()
-        self.warehouse.commit(latest, read)
-        where = self.warehouse.publish()
+        landing = self.quality.land(latest, read)
+        where = landing.published or "not published: a block-severity expectation failed"
         self.committed = dict(read)
+        last_commit.write(time.time())  # the interval runs from the end of a commit, which may take seconds
         pending.clear()
         # Read positions are kept for the next commit: offsets are stored as "read up to", never backwards.
         for partition, next_offset in read.items():
             pending.add((READ, partition, next_offset))
         log.info("committed %d rows of %d tables and offsets of %d partitions in %.2f s → %s",
                  sum(map(len, latest.values())), len(latest), len(read), time.perf_counter() - started, where)
-        yield {"rows": {table: len(table_rows) for table, table_rows in latest.items()}, "read": read}
+        yield {"rows": {table: len(table_rows) for table, table_rows in latest.items()}, "read": read,
+               "quarantined": landing.quarantined, "published": landing.published is not None}
 
 
 class WriteToWarehouse(beam.PTransform):
     """{table name: rows} and the source's messages → periodic commits; outputs one summary per commit."""
 
-    def __init__(self, target, commit_every_s: float = 10.0, hold_after_catch_up_s: float = 60.0):
+    def __init__(self, target, commit_every_s: float = 10.0, hold_after_catch_up_s: float = 60.0,
+                 quality: QualityConfig = QualityConfig()):
         super().__init__()
         self.target = target
         self.commit_every_s = commit_every_s
         self.hold_after_catch_up_s = hold_after_catch_up_s
+        self.quality = quality
 
     def expand(self, inputs):
         tables, messages = inputs
@@ -171,4 +196,4 @@ class WriteToWarehouse(beam.PTransform):
                  | "UnwindowTicks" >> beam.WindowInto(GlobalWindows()))
         return ((*tagged, positions, ticks) | "Gather" >> beam.Flatten()
                 | "Commit" >> beam.ParDo(_CommitPeriodically(self.target, self.commit_every_s,
-                                                             self.hold_after_catch_up_s)))
+                                                             self.hold_after_catch_up_s, self.quality)))

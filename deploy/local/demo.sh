@@ -12,6 +12,8 @@ prefix="demo$(date +%s)_"
 # Sized for a laptop-class machine with two cores: a restarted or newly started stream replays the history to
 # rebuild its state on the local runners (README), and Prism processes a few dozen events per second.
 history_customers=${JOURNEYS_DEMO_CUSTOMERS:-300}
+# The simulated calendar ends weeks before today: freshness is judged against a year, not the default day.
+quality=(--max-event-age-hours 8760 --data-docs-dir .local/data_docs)
 live_rate=${JOURNEYS_DEMO_RATE:-10}  # live events per second
 mkdir -p "$demo"
 sql() { "$bin/journeys" sql --warehouse "$published" "$1"; }
@@ -26,12 +28,13 @@ echo; echo "A few orders as they came back from Kafka, decoded:"
 
 echo; echo "2. Backfill on Prism: Kafka -> decode -> journey tables -> $warehouse (a few minutes)"
 rm -f "$warehouse" "$warehouse.wal" "$published"
-"$bin/journeys" backfill --runner PrismRunner --topic-prefix "$prefix" --warehouse "$warehouse" 2>"$demo/backfill.log"
+"$bin/journeys" backfill --runner PrismRunner --topic-prefix "$prefix" --warehouse "$warehouse" "${quality[@]}" \
+  2>"$demo/backfill.log" | grep -v "^{" || true
 grep -E "journeys\.(progress|backfill)" "$demo/backfill.log" | tail -n 2 || true
 
 echo; echo "3. Streaming: journeys stream on the same topics (log: $demo/stream.log); meanwhile 100 new customers'"
 echo "   next two weeks arrive live at $live_rate events/s"
-setsid "$bin/journeys" stream --runner PrismRunner --topic-prefix "$prefix" --warehouse "$warehouse" \
+setsid "$bin/journeys" stream --runner PrismRunner --topic-prefix "$prefix" --warehouse "$warehouse" "${quality[@]}" \
   --commit-every-s 5 --update-every-s 20 --log-every-s 10 >"$demo/stream.log" 2>&1 &
 stream=$!
 stop_stream() { kill -TERM -- "-$stream" 2>/dev/null || true; for _ in $(seq 1 30); do
@@ -64,10 +67,15 @@ sql "SELECT cohort_start, segment, cohort_size, period_0, round(period_1, 2) AS 
      FROM cohort_retention_matrix WHERE cohort_grain = 'month' AND segment_type = 'social_engagement' ORDER BY 1, 2"
 echo; echo "Dead letters by reason:"
 sql "SELECT topic, stage, reason, count(*) AS records FROM dead_letters GROUP BY ALL ORDER BY 4 DESC"
+echo; echo "4. Data quality: journeys validate on the landed tables (exit 0 pass, 1 warn, 2 block)"
+"$bin/journeys" validate --warehouse "$warehouse" "${quality[@]}" 2>"$demo/validate.log" && status=0 || status=$?
+echo "   exit code $status; rows the gate quarantined, by table and rule:"
+sql "SELECT table_name, rule, count(*) AS rows FROM quarantine GROUP BY ALL ORDER BY rows DESC"
 echo
 echo "Warehouse: $published (a published copy; query it with: $bin/journeys sql \"SELECT ...\")"
 echo "Views:     channel_roi, cohort_retention_matrix; tables as in schemas/tables/"
 echo "Broker:    $("$bin/journeys" kafka status)   topics: ${prefix}*"
 echo "Manifests: $demo/manifest.json, $demo/live_manifest.json (counts, malformed records, the planted truth)"
-echo "Logs:      $demo/backfill.log, $demo/stream.log"
+echo "Quality:   .local/data_docs/index.html (Great Expectations Data Docs); tables dq_results, quarantine"
+echo "Logs:      $demo/backfill.log, $demo/stream.log, $demo/validate.log"
 echo "Stop:      make kafka-down"

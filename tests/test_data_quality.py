@@ -1,0 +1,251 @@
+"""Validated landing: suites derived from the contracts, the row gate's quarantine, the table checkpoint's
+dq_results, block holding back publishing, and one webhook alert per incident (received by a local HTTP server)."""
+import datetime as dt
+import http.server
+import json
+import threading
+from decimal import Decimal
+
+import duckdb
+import pytest
+
+from schemas.contracts import contract
+from transforms.data_quality import ValidatedLanding
+from transforms.dq_gate import gate
+from transforms.dq_suites import QualityConfig, checks
+from transforms.duckdb_warehouse import DuckDBWarehouse
+
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+class AlertReceiver:
+    """A local HTTP endpoint that keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/journeys"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    receiver = AlertReceiver()
+    yield receiver
+    receiver.close()
+
+
+def attribution(order_id, credits=(0.5, 0.5), value="100.00", status="placed", models=("linear", "first_touch")):
+    """An order's rows: per model, the given credits over touches; revenue = credit × value."""
+    rows = []
+    for model in models:
+        shares = credits if model == models[0] else (1.0,) + (0.0,) * (len(credits) - 1)
+        for index, credit in enumerate(shares):
+            rows.append({"order_id": order_id, "model": model, "touch_index": index, "status": status,
+                         "customer_id": "C1", "order_time": NOW, "touch_id": f"{order_id}-t{index}",
+                         "touch_time": NOW - dt.timedelta(hours=index + 1), "channel": "Email",
+                         "credit": credit, "revenue_credit": Decimal(value) * Decimal(str(credit)),
+                         "currency": "EUR", "revision": 0})
+    return rows
+
+
+def cohort(period, active, size=4, grain="month", rate=None):
+    return {"cohort_grain": grain, "cohort_start": NOW.date().replace(day=1), "segment_type": "all",
+            "segment": "all", "period_index": period, "cohort_size": size, "active_customers": active,
+            "retention_rate": min(active / size, 1.0) if rate is None else rate,
+            "retention_rate_on_or_after": min(active / size, 1.0),
+            "net_revenue": 10.0 * active, "cumulative_revenue_per_customer": 1.0, "currency": "EUR"}
+
+
+def touch(touch_id, when=NOW):
+    return {"touch_id": touch_id, "customer_key": "C1", "touch_time": when, "kind": "session",
+            "channel": "Email", "source": "newsletter", "medium": "email", "campaign": "(not set)",
+            "platform": None, "view_through": False}
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    warehouse = DuckDBWarehouse(tmp_path / "journeys.duckdb")
+    yield warehouse
+    warehouse.close()
+
+
+def _published(warehouse, sql):
+    with duckdb.connect(str(warehouse.path.with_suffix(".published.duckdb")), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_suites_derive_from_the_contracts():
+    names = {check.name: check for check in checks("order_attribution")}
+    c = contract("order_attribution")
+    assert {f"not_null:{col.name}" for col in c.columns if not col.nullable} <= set(names)
+    assert names["accepted_values:model"].kwargs == (("column", "model"), ("value_set", c.column("model").accepted_values))
+    assert names["range:credit"].expectation == "ExpectColumnValuesToBeBetween"
+    assert names["unique_key"].kwargs == (("column_list", c.primary_key),)
+    assert {"credits_sum_to_one", "every_model_credits_the_order_value", "no_revenue_from_cancelled_orders"} <= set(names)
+    fresh = {check.name: check for check in checks("touchpoints", QualityConfig(max_event_age_hours=6))}["fresh_events"]
+    assert ("max_value", 6) in fresh.kwargs and fresh.severity == "warn"
+    assert {check.name for check in checks("retention_cohorts")} >= {"active_within_cohort", "on_or_after_at_least_on"}
+
+
+def test_the_row_gate_quarantines_each_broken_rule_with_its_reason():
+    good = cohort(0, 2)
+    rows = [good, cohort(1, 5), cohort(2, 1, rate=1.7), {**cohort(3, 1), "currency": None},
+            cohort(4, 1, grain="fortnight")]
+    gated = gate("retention_cohorts", rows, "run-1", NOW)
+    assert gated.passed == [good]
+    by_rule = {(json.loads(q["row_key"])["period_index"], q["rule"]): q for q in gated.quarantined}
+    assert set(by_rule) == {(1, "active_within_cohort"), (2, "range:retention_rate"),
+                            (2, "on_or_after_at_least_on"), (3, "not_null:currency"),
+                            (4, "accepted_values:cohort_grain")}
+    assert "active_customers=5" in by_rule[(1, "active_within_cohort")]["reason"]
+    assert "1.7" in by_rule[(2, "range:retention_rate")]["reason"]
+    assert json.loads(by_rule[(4, "accepted_values:cohort_grain")]["row"])["cohort_grain"] == "fortnight"
+
+
+def test_good_data_lands_published_with_passing_results_and_no_alert(warehouse, receiver, tmp_path):
+    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url,
+                                                        data_docs_dir=str(tmp_path / "docs")), "backfill")
+    result = landing.land({"order_attribution": attribution("o1"), "retention_cohorts": [cohort(0, 4), cohort(1, 2)],
+                           "touchpoints": [touch("t1")]}, {("orders", 0): 7})
+    assert result.published is not None and not result.blocked and not result.warned
+    assert receiver.received == []
+    assert _published(warehouse, "SELECT count(*) FROM order_attribution") == [(4,)]
+    failed = warehouse.connection.execute("SELECT count(*) FROM dq_results WHERE NOT success").fetchone()[0]
+    checked = warehouse.connection.execute(
+        "SELECT count(DISTINCT table_name) FROM dq_results WHERE stage = 'checkpoint'").fetchone()[0]
+    assert failed == 0 and checked >= 3
+    assert (tmp_path / "docs" / "index.html").exists()
+
+
+def test_a_block_failure_holds_back_publishing_and_alerts_once_per_incident(warehouse, receiver):
+    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "stream")
+    landing.land({"order_attribution": attribution("o1")}, {("orders", 0): 1})
+    # Credits of 0.7 + 0.5: each row is fine on its own, the order is not (nor its revenue: 120 of 100).
+    bad = landing.land({"order_attribution": attribution("o2", credits=(0.7, 0.5))}, {("orders", 0): 2})
+    broken = ["credits_sum_to_one", "every_model_credits_the_order_value"]
+    assert [o.expectation for o in bad.blocked] == broken
+    assert bad.published is None
+    assert _published(warehouse, "SELECT DISTINCT order_id FROM order_attribution") == [("o1",)]
+    assert _published(warehouse, "SELECT next_offset FROM source_offsets") == [(1,)]
+    [alert] = receiver.received
+    assert alert["table"] == "order_attribution" and alert["severity"] == "block"
+    assert [f["expectation"] for f in alert["failed"]] == broken
+    assert "o2" in alert["failed"][0]["observed_value"] and "1.2" in alert["failed"][0]["observed_value"]
+    assert alert["text"] and alert["blocks"][0]["type"] == "section"  # Slack's incoming-webhook format
+    recorded = warehouse.connection.execute(
+        "SELECT severity, observed_value FROM dq_results WHERE expectation = 'credits_sum_to_one' AND NOT success"
+    ).fetchall()
+    assert len(recorded) == 1 and recorded[0][0] == "block"
+    # The failure persists through the next flush: recorded again, not alerted again.
+    again = landing.land({"touchpoints": [touch("t9")]}, {("orders", 0): 3})
+    assert again.published is None and len(receiver.received) == 1
+    # A correction clears it: published again; a new failure later is a new incident.
+    fixed = landing.land({"order_attribution": attribution("o2", credits=(0.5, 0.5))}, {("orders", 0): 4})
+    assert fixed.published is not None and len(receiver.received) == 1
+    assert _published(warehouse, "SELECT count(DISTINCT order_id) FROM order_attribution") == [(2,)]
+    landing.land({"order_attribution": attribution("o3", credits=(0.9, 0.9))}, {("orders", 0): 5})
+    assert len(receiver.received) == 2
+
+
+def test_bad_rows_are_quarantined_not_landed_and_alerted_once(warehouse, receiver):
+    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "stream")
+    result = landing.land({"retention_cohorts": [cohort(0, 4), cohort(1, 6)]})
+    assert result.quarantined == 1 and result.published is not None  # the gate removed the bad row
+    assert _published(warehouse, "SELECT period_index FROM retention_cohorts") == [(0,)]
+    assert _published(warehouse, "SELECT table_name, rule, severity FROM quarantine") == [
+        ("retention_cohorts", "active_within_cohort", "block")]
+    [alert] = receiver.received
+    assert alert["failed"][0]["stage"] == "row_gate" and alert["failed"][0]["unexpected_count"] == 1
+    landing.land({"retention_cohorts": [cohort(2, 7)]})  # the same rule, still broken: no new page
+    assert len(receiver.received) == 1
+    assert warehouse.connection.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 2
+
+
+def test_a_restarted_job_does_not_page_again_for_an_incident_already_reported(warehouse, receiver):
+    config = QualityConfig(webhook_url=receiver.url, max_event_age_hours=1)
+    ValidatedLanding(warehouse, config, "stream").land({"touchpoints": [touch("t1", NOW - dt.timedelta(hours=5))]})
+    assert [a["failed"][0]["expectation"] for a in receiver.received] == ["fresh_events"]
+    assert receiver.received[0]["severity"] == "warn"
+    restarted = ValidatedLanding(warehouse, config, "stream")
+    result = restarted.land({"touchpoints": [touch("t2", NOW - dt.timedelta(hours=4))]})
+    assert result.published is not None  # warn: recorded and alerted, still published
+    assert len(receiver.received) == 1
+
+
+def _journeys(*args, env=None, timeout=600):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.integration
+def test_backfill_and_validate_on_the_real_broker_alert_once_per_incident_and_exit_by_severity(
+        kafka, topic_prefix, tmp_path, receiver):
+    """Generated events with a fifth of them malformed (the generator's knob): the backfill lands and publishes (the
+    dead-letter rate is a warn), alerts once; `journeys validate` then exits 1 without paging again; a hand-made
+    row that breaks a block rule makes it exit 2 and page once; good data (another topic set) pages never."""
+    from pipelines.generate import GeneratorConfig, generate
+    from pipelines.generate.sinks import produce
+    from pipelines.kafka_topics import ensure_topics
+
+    recent = (NOW - dt.timedelta(days=10)).replace(tzinfo=None).isoformat()
+    env = {"JOURNEYS_ALERT_WEBHOOK": receiver.url}
+    for prefix, malformed in ((topic_prefix, 0.2), (topic_prefix + "clean_", 0.0)):
+        ensure_topics(kafka, prefix=prefix)
+        produce(generate(GeneratorConfig(customers=40, days=10, seed=8, start=dt.datetime.fromisoformat(recent)),
+                         b"dq-test", malformed=malformed), kafka, topic_prefix=prefix)
+    clean = tmp_path / "clean.duckdb"
+    done = _journeys("backfill", "--topic-prefix", topic_prefix + "clean_", "--warehouse", str(clean),
+                     "--data-docs-dir", str(tmp_path / "clean_docs"), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert receiver.received == [], "good data must not page"
+    assert clean.with_suffix(".published.duckdb").exists()
+
+    warehouse = tmp_path / "journeys.duckdb"
+    done = _journeys("backfill", "--topic-prefix", topic_prefix, "--warehouse", str(warehouse),
+                     "--data-docs-dir", str(tmp_path / "docs"), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]  # a warn does not fail the backfill
+    assert "FAILED dead_letter_rate [checkpoint, warn]" in done.stdout
+    [alert] = receiver.received
+    assert alert["table"] == "dead_letters" and alert["severity"] == "warn"
+    assert [f["expectation"] for f in alert["failed"]] == ["dead_letter_rate"]
+    assert 0.1 < float(alert["failed"][0]["observed_value"]) < 0.3
+    assert alert["data_docs"].endswith("index.html") and (tmp_path / "docs" / "index.html").exists()
+    with duckdb.connect(str(warehouse.with_suffix(".published.duckdb")), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM order_attribution").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM dq_results WHERE expectation = 'dead_letter_rate' AND NOT success"
+                           ).fetchone()[0] == 1
+
+    validated = _journeys("validate", "--warehouse", str(warehouse), "--data-docs-dir", str(tmp_path / "docs"),
+                          env=env)
+    assert validated.returncode == 1, validated.stdout + validated.stderr[-2000:]
+    assert len(receiver.received) == 1, "the incident was already reported by the backfill"
+
+    with duckdb.connect(str(warehouse)) as con:  # a broken row, as a bad hand fix or an old job would leave it
+        con.execute("UPDATE order_attribution SET credit = credit + 0.25 "
+                    "WHERE order_id = (SELECT min(order_id) FROM order_attribution) AND model = 'linear' "
+                    "AND touch_index = 0 AND status = 'placed'")
+    validated = _journeys("validate", "--warehouse", str(warehouse), "--table", "order_attribution", env=env)
+    assert validated.returncode == 2, validated.stdout + validated.stderr[-2000:]
+    assert "FAILED credits_sum_to_one [checkpoint, block]" in validated.stdout
+    assert [a["table"] for a in receiver.received] == ["dead_letters", "order_attribution"]
+    again = _journeys("validate", "--warehouse", str(warehouse), "--table", "order_attribution", env=env)
+    assert again.returncode == 2 and len(receiver.received) == 2

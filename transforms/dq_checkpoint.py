@@ -1,0 +1,50 @@
+"""The table checkpoint: the landed tables validated whole, after each backfill, each streaming flush and on
+`journeys validate`: contract expectations on every row, the primary key unique, the columns of the contract's
+types, and the contract's table rules (each a query whose values must lie within bounds)."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from schemas.contracts import contract
+from transforms.dq_suites import Outcome, QualityConfig, validate
+
+# Types as the warehouses report them → the contract's base types.
+_LANDED = {"VARCHAR": "string", "BIGINT": "int", "DOUBLE": "float", "BOOLEAN": "bool",
+           "TIMESTAMP WITH TIME ZONE": "timestamp", "DATE": "date", "BLOB": "bytes",
+           "STRING": "string", "INT64": "int", "INTEGER": "int", "FLOAT64": "float", "FLOAT": "float",
+           "BOOL": "bool", "TIMESTAMP": "timestamp", "BYTES": "bytes", "NUMERIC": "decimal", "BIGNUMERIC": "decimal"}
+
+
+def _base(landed: str) -> str:
+    return "decimal" if re.match(r"DECIMAL\(", landed) else _LANDED.get(landed, landed.lower())
+
+
+def types_frame(warehouse, table: str):
+    import pandas as pd
+
+    landed = warehouse.landed_types(table)
+    return pd.DataFrame([{"column": c.name, "contract_type": c.base_type,
+                          "landed_type": _base(landed[c.name]) if c.name in landed else "missing"}
+                         for c in contract(table).columns])
+
+
+def checkpoint(warehouse, tables, config: QualityConfig = QualityConfig(), rules_only: bool = False) -> list[Outcome]:
+    """Every expectation of each table's suite on what the warehouse holds now (only its table rules if asked)."""
+    outcomes = []
+    for table in tables:
+        if not rules_only:
+            outcomes += validate(table, "types", types_frame(warehouse, table), config)
+            outcomes += validate(table, "table", warehouse.query_frame(f'SELECT * FROM "{table}"'), config)
+        for rule in contract(table).table_rules:
+            outcomes += validate(table, "rule", warehouse.query_frame(rule.query), config, rule=rule)
+    return outcomes
+
+
+def result_rows(outcomes: list[Outcome], run_id: str, run_kind: str, now: dt.datetime) -> list[dict]:
+    """dq_results rows of these outcomes."""
+    return [{"run_id": run_id, "run_kind": run_kind, "table_name": o.table, "stage": o.stage,
+             "expectation": o.expectation, "expectation_type": o.expectation_type, "success": o.success,
+             "observed_value": None if o.observed_value is None else o.observed_value[:2000],
+             "unexpected_count": o.unexpected_count, "element_count": o.element_count, "severity": o.severity,
+             "validated_at": now} for o in outcomes]

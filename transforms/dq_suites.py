@@ -1,0 +1,218 @@
+"""Great Expectations suites derived from the contracts (schemas/tables/): one per table and stage, none by hand.
+
+From each column: not null (unless nullable), accepted values, range. From the contract's `quality`: row rules
+(column A ≥ column B) and table rules (a query per rule, its `value`s within bounds). On the landed table also:
+the primary key unique and every column of its contract's type.
+
+Two stages use them: the row gate runs the row-level expectations on a batch before it lands (transforms/dq_gate.py)
+and the checkpoint runs everything on the landed tables (transforms/dq_checkpoint.py). Great Expectations is
+imported on first use (it costs seconds) and validates whole batches (pandas frames), never single records.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.contracts import TableRule, contract
+
+ROW_GATE, CHECKPOINT = "row_gate", "checkpoint"
+_GX_SEVERITY = {"warn": "warning", "block": "critical"}
+SAMPLE = 5  # offending values quoted in an observed value
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds of the parametrised rules, and where results and alerts go. The webhook URL is a secret: from the
+    environment or a file, never the command line, never logged."""
+    max_event_age_hours: float = 24.0
+    max_dead_letter_rate: float = 0.05
+    data_docs_dir: str | None = None  # Data Docs HTML is written here when set
+    webhook_url: str | None = None  # Slack-compatible JSON alerts (JOURNEYS_ALERT_WEBHOOK)
+
+    def bound(self, value):
+        return getattr(self, value["param"]) if isinstance(value, dict) else value
+
+    @classmethod
+    def from_env(cls, **overrides) -> "QualityConfig":
+        return cls(**{"webhook_url": os.environ.get("JOURNEYS_ALERT_WEBHOOK") or None,
+                      **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation of a table's suite: its rule name, stage, severity and how to build it."""
+    name: str
+    severity: str
+    expectation: str  # the Great Expectations class, e.g. ExpectColumnValuesToNotBeNull
+    kwargs: tuple
+    row_level: bool  # also gates rows before landing
+    rule: TableRule | None = field(default=None, compare=False)  # a table rule validates its own query's frame
+
+
+@dataclass(frozen=True)
+class Outcome:
+    table: str
+    stage: str
+    expectation: str
+    expectation_type: str
+    success: bool
+    severity: str
+    observed_value: str | None
+    unexpected_count: int | None
+    element_count: int | None
+    unexpected_index: tuple = field(default=(), compare=False)  # rows of the frame that broke it
+
+
+def checks(table: str, config: QualityConfig = QualityConfig()) -> list[Check]:
+    c = contract(table)
+    found = []
+    for column in c.columns:
+        if not column.nullable:
+            found.append(Check(f"not_null:{column.name}", column.severity, "ExpectColumnValuesToNotBeNull",
+                               (("column", column.name),), True))
+        if column.accepted_values:
+            found.append(Check(f"accepted_values:{column.name}", column.severity, "ExpectColumnValuesToBeInSet",
+                               (("column", column.name), ("value_set", column.accepted_values)), True))
+        if column.min is not None or column.max is not None:
+            found.append(Check(f"range:{column.name}", column.severity, "ExpectColumnValuesToBeBetween",
+                               (("column", column.name), ("min_value", column.min), ("max_value", column.max)),
+                               True))
+    for rule in c.row_rules:
+        found.append(Check(rule.name, rule.severity, "ExpectColumnPairValuesAToBeGreaterThanB",
+                           (("column_A", rule.column_a), ("column_B", rule.at_least), ("or_equal", True)), True))
+    key = list(c.primary_key)
+    found.append(Check("unique_key", "block", "ExpectCompoundColumnsToBeUnique" if len(key) > 1
+                       else "ExpectColumnValuesToBeUnique",
+                       (("column_list", tuple(key)),) if len(key) > 1 else (("column", key[0]),), False))
+    found.append(Check("columns_match_contract", "block", "ExpectColumnPairValuesToBeEqual",
+                       (("column_A", "contract_type"), ("column_B", "landed_type")), False))
+    for rule in c.table_rules:
+        found.append(Check(rule.name, rule.severity, "ExpectColumnValuesToBeBetween",
+                           (("column", "value"), ("min_value", config.bound(rule.min)),
+                            ("max_value", config.bound(rule.max))), False, rule))
+    return found
+
+
+class _Suites:
+    """One ephemeral Great Expectations context per process, its suites built once per table, stage and config."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.context = None
+        self.definitions: dict = {}
+        self.docs_sites: set = set()
+
+    def gx(self):
+        if self.context is None:
+            os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            self.context = gx.get_context(mode="ephemeral")
+            self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+            self.source = self.context.data_sources.add_pandas("journeys")
+        return self.context
+
+    def definition(self, name: str, expectations: list[Check]):
+        """The validation definition of one frame kind (`name`) with its expectations, made on first use."""
+        import great_expectations as gx
+
+        known = self.definitions.get(name)
+        if known is not None:
+            return known
+        context = self.gx()
+        asset = self.source.add_dataframe_asset(name)
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=[
+            getattr(gx.expectations, check.expectation)(
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in check.kwargs}, severity=_GX_SEVERITY[check.severity],
+                                                        meta={"rule": check.name})
+            for check in expectations]))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(
+            name=name, data=asset.add_batch_definition_whole_dataframe("whole"), suite=suite))
+        self.definitions[name] = definition
+        return definition
+
+
+_SUITES = _Suites()
+
+
+FRAME_KINDS = ("rows", "table", "types", "rule")
+
+
+def _checks_for(table: str, kind: str, config: QualityConfig, rule: TableRule | None) -> list[Check]:
+    every = checks(table, config)
+    if kind == "rows":  # a batch before it lands
+        return [c for c in every if c.row_level]
+    if kind == "table":  # the landed table
+        return [c for c in every if c.row_level or c.name == "unique_key"]
+    if kind == "types":  # the landed table's columns: contract_type, landed_type per column
+        return [c for c in every if c.name == "columns_match_contract"]
+    return [c for c in every if c.rule == rule]
+
+
+def validate(table: str, kind: str, frame, config: QualityConfig = QualityConfig(), *,
+             rule: TableRule | None = None) -> list[Outcome]:
+    """Validate one frame (see FRAME_KINDS) of `table` with the expectations for that kind of frame."""
+    wanted = _checks_for(table, kind, config, rule)
+    if not wanted:
+        return []
+    stage = ROW_GATE if kind == "rows" else CHECKPOINT
+    name = f"{table}.{kind}" + (f".{rule.name}" if rule else "")
+    name += f".{hash(tuple(wanted)) & 0xffffffff:x}"  # other thresholds make another suite
+    with _SUITES.lock:
+        result = _SUITES.definition(name, wanted).run(batch_parameters={"dataframe": frame},
+                                                      result_format={"result_format": "COMPLETE"})
+    by_rule = {check.name: check for check in wanted}
+    outcomes = []
+    for item in result.results:
+        check = by_rule[item.expectation_config.meta["rule"]]
+        details = item.result or {}
+        if (item.exception_info or {}).get("raised_exception"):
+            outcomes.append(Outcome(table, stage, check.name, item.expectation_config.type, False, check.severity,
+                                    f"could not evaluate: {item.exception_info.get('exception_message')}",
+                                    None, len(frame)))
+            continue
+        outcomes.append(Outcome(table, stage, check.name, item.expectation_config.type, bool(item.success),
+                                check.severity, _observed(check, details, frame), details.get("unexpected_count"),
+                                details.get("element_count", len(frame)),
+                                tuple(details.get("unexpected_index_list") or ())))
+    return outcomes
+
+
+def _observed(check: Check, details: dict, frame) -> str | None:
+    if check.rule is not None and len(frame) == 1:
+        value = frame["value"].iloc[0]
+        return None if value is None or value != value else f"{float(value):.6g}"
+    unexpected = details.get("unexpected_index_list") or ()
+    if not unexpected:
+        return details.get("observed_value") and str(details["observed_value"])
+    shown = []
+    for index in list(unexpected)[:SAMPLE]:
+        row = frame.loc[index] if not isinstance(index, dict) else None
+        columns = [k for k, _ in check.kwargs if k.startswith("column")]
+        if row is None:
+            shown.append(str(index))
+        elif check.rule is not None:
+            shown.append(", ".join(f"{k}={row[k]}" for k in frame.columns))
+        else:
+            shown.append(", ".join(f"{dict(check.kwargs)[k]}={row[dict(check.kwargs)[k]]}" for k in columns
+                                   if isinstance(dict(check.kwargs)[k], str)) or str(index))
+    more = len(unexpected) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def build_data_docs(directory: str | Path) -> Path:
+    """Render the validations of this process as Data Docs HTML in `directory`; returns its index page."""
+    directory = Path(directory).resolve()
+    with _SUITES.lock:
+        context = _SUITES.gx()
+        site = f"journeys_{abs(hash(str(directory))):x}"
+        if site not in _SUITES.docs_sites:
+            context.add_data_docs_site(site_name=site, site_config={
+                "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(directory)}})
+            _SUITES.docs_sites.add(site)
+        context.build_data_docs(site_names=[site])
+    return directory / "index.html"
