@@ -73,7 +73,9 @@ def _produce_in_background(records, connection, prefix, rate):
 def test_event_time_windows_fire_while_events_still_flow(kafka, topic_prefix, tmp_path, runner):
     records = generate(GeneratorConfig(customers=250, days=12, seed=41), b"k")
     ensure_topics(kafka, prefix=topic_prefix)
-    job = CountJob(tmp_path, topic_prefix, runner, "--window-seconds", "86400").start()
+    # Idleness is not what this tests: topics still empty when the job starts must not turn idle and move the
+    # watermark to today's clock, past the generated (historical) event times, before the producer gets going.
+    job = CountJob(tmp_path, topic_prefix, runner, "--window-seconds", "86400", "--idle-after-seconds", "600").start()
     try:
         producer = _produce_in_background(records, kafka, topic_prefix, rate=len(records) / 30)  # ~30 s of events
         job.wait_for(lambda: read_json_lines(job.out), 60, "a first window result")
