@@ -27,6 +27,16 @@ def sample_events():
 
 
 @pytest.fixture
+def warehouse(tmp_path):
+    """A DuckDB warehouse in a fresh file (test_bigquery_warehouse.py has its own `warehouse`: the emulator's)."""
+    from transforms.duckdb_warehouse import DuckDBWarehouse
+
+    warehouse = DuckDBWarehouse(tmp_path / "journeys.duckdb")
+    yield warehouse
+    warehouse.close()
+
+
+@pytest.fixture
 def topic_prefix():
     """Fresh topics per test, so tests never see each other's records."""
     return f"t{uuid.uuid4().hex[:10]}_"

@@ -13,7 +13,6 @@ from schemas.contracts import contract
 from transforms.data_quality import ValidatedLanding
 from transforms.dq_gate import gate
 from transforms.dq_suites import QualityConfig, checks
-from transforms.duckdb_warehouse import DuckDBWarehouse
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
@@ -75,13 +74,6 @@ def touch(touch_id, when=NOW):
     return {"touch_id": touch_id, "customer_key": "C1", "touch_time": when, "kind": "session",
             "channel": "Email", "source": "newsletter", "medium": "email", "campaign": "(not set)",
             "platform": None, "view_through": False}
-
-
-@pytest.fixture
-def warehouse(tmp_path):
-    warehouse = DuckDBWarehouse(tmp_path / "journeys.duckdb")
-    yield warehouse
-    warehouse.close()
 
 
 def _published(warehouse, sql):

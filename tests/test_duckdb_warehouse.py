@@ -9,7 +9,6 @@ import duckdb
 import pytest
 
 from schemas.contracts import RETRACTED, contracts, views
-from transforms.duckdb_warehouse import DuckDBWarehouse
 
 T0 = dt.datetime(2026, 9, 1, 12, tzinfo=dt.timezone.utc)
 
@@ -24,13 +23,6 @@ def _dead_letter(offset):
     return {"topic": "orders", "partition": 0, "offset": offset, "kafka_timestamp": T0, "key": None,
             "value": b"\x00\x00\x00\x00\x07\xff", "stage": "decode", "reason": "unknown_schema_id",
             "error": "schema id 7 is not registered", "first_seen": T0}
-
-
-@pytest.fixture
-def warehouse(tmp_path):
-    warehouse = DuckDBWarehouse(tmp_path / "journeys.duckdb")
-    yield warehouse
-    warehouse.close()
 
 
 def _count(warehouse, table):

@@ -113,7 +113,7 @@ class BigQueryWarehouse:
                                              staging_id, job_config=load).result()
             if group:  # the groups the batch brings replace their stored rows of other revisions (not atomic with
                 # the MERGE: a crash between the two leaves the group to the replay, which lands it before offsets move)
-                on = " AND ".join(f"S.`{g}` = T.`{g}`" for g in (*group,)) + " AND S.`revision` <> T.`revision`"
+                on = " AND ".join(f"S.`{g}` = T.`{g}`" for g in group) + " AND S.`revision` <> T.`revision`"
                 self.client.query(f"DELETE FROM `{self.dataset}.{table}` T WHERE EXISTS (SELECT 1 FROM `{staging_id}` S "
                                   f"WHERE NOT COALESCE(S.`{RETRACTED}`, FALSE) AND {on})").result()
             self.client.query(_merge_sql(f"{self.dataset}.{table}", staging_id, columns, key, updated)).result()

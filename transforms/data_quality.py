@@ -2,9 +2,10 @@
 
 1. Row gate (transforms/dq_gate.py): each table's batch is validated; failing rows go to `quarantine`.
 2. One commit: the rows that passed, the quarantined ones, the gate's results and the source offsets.
-3. Checkpoint (transforms/dq_checkpoint.py): the tables this commit touched, validated whole, and every table
-   rule (freshness and the dead-letter rate must be watched even while their tables are quiet); the results land
-   in `dq_results`.
+3. Checkpoint (transforms/dq_checkpoint.py): every table rule (freshness and the dead-letter rate must be watched
+   even while their tables are quiet) and the tables this commit touched: validated whole after a backfill; after a
+   streaming flush only their column types, since the row gate already checked the rows it landed and a flush must
+   not read whole tables. The results land in `dq_results`.
 4. Alerts (transforms/dq_alerts.py) for incidents that start now; Data Docs when configured.
 5. Publish, unless a `block` expectation of the checkpoint failed: then readers keep the last good snapshot.
 """
@@ -37,11 +38,16 @@ class Landing:
 
     @property
     def blocked(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.stage == CHECKPOINT and not o.success and o.severity == "block"]
+        return blocking(self.outcomes)
 
     @property
     def warned(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.success and o not in self.blocked]
+
+
+def blocking(outcomes) -> list[Outcome]:
+    """Failed block-severity expectations of the checkpoint: they hold publishing back."""
+    return [o for o in outcomes if o.stage == CHECKPOINT and not o.success and o.severity == "block"]
 
 
 def new_run_id(kind: str) -> str:
@@ -88,14 +94,15 @@ class ValidatedLanding:
     def validate(self, tables: list[str], run_id: str | None = None) -> Landing:
         """The checkpoint alone, on what the warehouse holds now (journeys validate)."""
         run_id = run_id or new_run_id(self.run_kind)
-        return self._check(run_id, dt.datetime.now(dt.timezone.utc), [], 0, tables, {}, rules_of_all=False)
+        return self._check(run_id, dt.datetime.now(dt.timezone.utc), [], 0, tables, {}, after_landing=False)
 
-    def _check(self, run_id, now, gate_outcomes, quarantined, touched, seconds, rules_of_all=True) -> Landing:
+    def _check(self, run_id, now, gate_outcomes, quarantined, touched, seconds, after_landing=True) -> Landing:
         started = time.perf_counter()
-        outcomes = checkpoint(self.warehouse, touched, self.config)
-        if rules_of_all:
+        scope = "after_gate" if after_landing and self.run_kind == "stream" else "all"
+        outcomes = checkpoint(self.warehouse, touched, self.config, scope)
+        if after_landing:
             quiet = [t for t in validated_tables() if t not in touched and contract(t).table_rules]
-            outcomes += checkpoint(self.warehouse, quiet, self.config, rules_only=True)
+            outcomes += checkpoint(self.warehouse, quiet, self.config, "rules")
         seconds["checkpoint"] = time.perf_counter() - started
         if self.record:
             self.warehouse.commit({"dq_results": result_rows(outcomes, run_id, self.run_kind, now)})
@@ -105,12 +112,11 @@ class ValidatedLanding:
         if self.config.data_docs_dir and (incidents or self.run_kind != "stream"):
             docs = build_data_docs(self.config.data_docs_dir).as_uri()
         self.alerter.alert(incidents, run_id, docs)
-        blocked = any(o.stage == CHECKPOINT and not o.success and o.severity == "block" for o in outcomes)
+        blocked = blocking(outcomes)
         published = None if blocked or self.run_kind == "validate" else self.warehouse.publish()
         if blocked and self.run_kind != "validate":
             log.error("run %s: block-severity expectations failed; not published (readers keep the last good "
-                      "snapshot): %s", run_id, ", ".join(f"{o.table}.{o.expectation}" for o in outcomes
-                                                         if not o.success and o.severity == "block"))
+                      "snapshot): %s", run_id, ", ".join(f"{o.table}.{o.expectation}" for o in blocked))
         log.info("run %s: %d expectations, %d failed, %d rows quarantined; row gate %.2f s, checkpoint %.2f s",
                  run_id, len(every), sum(not o.success for o in every), quarantined, seconds.get("row_gate", 0.0),
                  seconds["checkpoint"])

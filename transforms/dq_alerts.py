@@ -33,7 +33,6 @@ class Alerter:
     def __init__(self, config: QualityConfig, failing: set[Key]):
         self.config = config
         self.failing = set(failing)
-        self.sent: list[dict] = []
 
     def new_incidents(self, outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
         """Failures that start an incident, by table; remembers what fails and what recovered."""
@@ -50,7 +49,6 @@ class Alerter:
     def alert(self, incidents: dict[str, list[Outcome]], run_id: str, data_docs: str | None = None) -> None:
         for table, failed in sorted(incidents.items()):
             payload = alert_payload(table, failed, run_id, data_docs)
-            self.sent.append(payload)
             log.warning("%s", payload["text"])
             if self.config.webhook_url:
                 post_json(self.config.webhook_url, payload)

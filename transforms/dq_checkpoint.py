@@ -1,6 +1,6 @@
-"""The table checkpoint: the landed tables validated whole, after each backfill, each streaming flush and on
-`journeys validate`: contract expectations on every row, the primary key unique, the columns of the contract's
-types, and the contract's table rules (each a query whose values must lie within bounds)."""
+"""The table checkpoint, after each backfill, each streaming flush and on `journeys validate`: contract expectations
+on every landed row, the primary key unique, the columns of the contract's types, and the contract's table rules
+(each a query whose values must lie within bounds); a streaming flush runs the parts that read no table whole."""
 from __future__ import annotations
 
 import datetime as dt
@@ -29,12 +29,16 @@ def types_frame(warehouse, table: str):
                          for c in contract(table).columns])
 
 
-def checkpoint(warehouse, tables, config: QualityConfig = QualityConfig(), rules_only: bool = False) -> list[Outcome]:
-    """Every expectation of each table's suite on what the warehouse holds now (only its table rules if asked)."""
+def checkpoint(warehouse, tables, config: QualityConfig = QualityConfig(), scope: str = "all") -> list[Outcome]:
+    """Each table's suite on what the warehouse holds now. `all`: every expectation. `after_gate`: what the row gate
+    of the rows just landed has not already checked (column types, table rules); the row-level expectations and the
+    unique key (which the warehouse's upsert by key enforces) are left to `all`, so a flush reads no table whole.
+    `rules`: the table rules only."""
     outcomes = []
     for table in tables:
-        if not rules_only:
+        if scope != "rules":
             outcomes += validate(table, "types", types_frame(warehouse, table), config)
+        if scope == "all":
             outcomes += validate(table, "table", warehouse.query_frame(f'SELECT * FROM "{table}"'), config)
         for rule in contract(table).table_rules:
             outcomes += validate(table, "rule", warehouse.query_frame(rule.query), config, rule=rule)
