@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -106,6 +107,9 @@ def add_quality_args(parser) -> None:
     quality.add_argument("--alert-webhook-file", metavar="FILE",
                          help="a file holding the Slack-compatible webhook URL for alerts (else the environment's "
                               "JOURNEYS_ALERT_WEBHOOK)")
+    quality.add_argument("--gx-actions-file", metavar="FILE",
+                         help="JSON list of Great Expectations actions run on each new incident (Slack, email, "
+                              "Teams, …: GX's action configs; write secrets as ${ENV_VAR})")
 
 
 def quality_config(args):
@@ -115,7 +119,17 @@ def quality_config(args):
     return QualityConfig.from_env(max_event_age_hours=args.max_event_age_hours,
                                   max_dead_letter_rate=args.max_dead_letter_rate,
                                   data_docs_dir=str(args.data_docs_dir) if args.data_docs_dir else None,
-                                  webhook_url=webhook)
+                                  webhook_url=webhook,
+                                  gx_actions=gx_actions(args.gx_actions_file) if args.gx_actions_file else None)
+
+
+def gx_actions(path) -> str:
+    """The --gx-actions-file's JSON, checked at launch rather than at the first incident."""
+    text = Path(path).read_text()
+    actions = json.loads(text)
+    if not isinstance(actions, list) or not all(isinstance(a, dict) and "type" in a and "name" in a for a in actions):
+        raise SystemExit(f"{path}: expected a JSON list of Great Expectations action configs, each with type and name")
+    return text
 
 
 def open_target(args):

@@ -1,8 +1,10 @@
 """Validated landing: suites derived from the contracts, the row gate's quarantine, the table checkpoint's
 dq_results, block holding back publishing, and one webhook alert per incident (received by a local HTTP server)."""
 import datetime as dt
+import email
 import http.server
 import json
+import socketserver
 import threading
 from decimal import Decimal
 
@@ -46,6 +48,45 @@ def receiver():
     receiver = AlertReceiver()
     yield receiver
     receiver.close()
+
+
+class MailReceiver:
+    """A local SMTP server (plain, no login) that keeps every message it is given, as text."""
+
+    def __init__(self):
+        messages = self.messages = []
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                reply = lambda line: self.wfile.write(line.encode() + b"\r\n")
+                reply("220 localhost journeys test SMTP")
+                for line in iter(self.rfile.readline, b""):
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        reply("354 end with <CRLF>.<CRLF>")
+                        body = b"".join(iter(lambda: self.rfile.readline(), b".\r\n"))
+                        messages.append(email.message_from_bytes(body))
+                        reply("250 queued")
+                    elif verb == b"QUIT":
+                        reply("221 bye")
+                        return
+                    else:  # EHLO, MAIL, RCPT, RSET, NOOP
+                        reply("250 ok")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mail():
+    mail = MailReceiver()
+    yield mail
+    mail.close()
 
 
 def attribution(order_id, credits=(0.5, 0.5), value="100.00", status="placed", models=("linear", "first_touch")):
@@ -152,6 +193,29 @@ def test_a_block_failure_holds_back_publishing_and_alerts_once_per_incident(ware
     assert _published(warehouse, "SELECT count(DISTINCT order_id) FROM order_attribution") == [(2,)]
     landing.land({"order_attribution": attribution("o3", credits=(0.9, 0.9))}, {("orders", 0): 5})
     assert len(receiver.received) == 2
+
+
+def test_great_expectations_own_slack_and_email_actions_notify_once_per_incident(warehouse, receiver, mail,
+                                                                              monkeypatch):
+    """GX's SlackNotificationAction and EmailAction, configured as JSON with the webhook as ${VAR}: one Slack post
+    and one mail for an incident, none while it persists, none for good data."""
+    monkeypatch.setenv("JOURNEYS_TEST_SLACK_WEBHOOK", receiver.url)
+    actions = [{"type": "slack", "name": "on_call_slack", "slack_webhook": "${JOURNEYS_TEST_SLACK_WEBHOOK}",
+                "notify_on": "failure"},
+               {"type": "email", "name": "on_call_mail", "smtp_address": "127.0.0.1", "smtp_port": str(mail.port),
+                "receiver_emails": "oncall@example.com, data@example.com", "sender_alias": "journeys@example.com",
+                "notify_on": "failure"}]
+    landing = ValidatedLanding(warehouse, QualityConfig(gx_actions=json.dumps(actions)), "stream")
+    landing.land({"order_attribution": attribution("o1")}, {("orders", 0): 1})
+    assert receiver.received == [] and mail.messages == []
+    landing.land({"order_attribution": attribution("o2", credits=(0.7, 0.5))}, {("orders", 0): 2})
+    [slack] = receiver.received
+    rendered = json.dumps(slack)
+    assert slack["blocks"] and "order_attribution" in rendered and "credits_sum_to_one" in rendered
+    [message] = mail.messages
+    assert message["To"] == "oncall@example.com, data@example.com" and "journeys.order_attribution" in message["Subject"]
+    landing.land({"touchpoints": [touch("t9")]}, {("orders", 0): 3})  # still failing: no new notification
+    assert len(receiver.received) == 1 and len(mail.messages) == 1
 
 
 def test_bad_rows_are_quarantined_not_landed_and_alerted_once(warehouse, receiver):

@@ -11,7 +11,7 @@ import json
 import logging
 import urllib.request
 
-from transforms.dq_suites import Outcome, QualityConfig
+from transforms.dq_suites import Outcome, QualityConfig, run_gx_actions
 
 log = logging.getLogger("journeys.alerts")
 Key = tuple[str, str, str]  # table, stage, expectation
@@ -52,6 +52,11 @@ class Alerter:
             log.warning("%s", payload["text"])
             if self.config.webhook_url:
                 post_json(self.config.webhook_url, payload)
+            if self.config.gx_actions:
+                try:
+                    run_gx_actions(self.config.gx_actions, table, failed, run_id)
+                except Exception as error:  # noqa: BLE001 - a failed notification never stops the pipeline
+                    log.error("Great Expectations' actions failed for %s: %s", table, type(error).__name__)
 
 
 def alert_payload(table: str, failed: list[Outcome], run_id: str, data_docs: str | None) -> dict:

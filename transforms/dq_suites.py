@@ -30,6 +30,9 @@ class QualityConfig:
     max_dead_letter_rate: float = 0.05
     data_docs_dir: str | None = None  # Data Docs HTML is written here when set
     webhook_url: str | None = None  # Slack-compatible JSON alerts (JOURNEYS_ALERT_WEBHOOK)
+    # Great Expectations' own actions (Slack, email, Teams, …) as JSON: a list of action configs, secrets written as
+    # ${ENV_VAR} for GX to substitute where the action runs (--gx-actions-file).
+    gx_actions: str | None = None
 
     def bound(self, value):
         return getattr(self, value["param"]) if isinstance(value, dict) else value
@@ -63,6 +66,7 @@ class Outcome:
     unexpected_count: int | None
     element_count: int | None
     unexpected_index: tuple = field(default=(), compare=False)  # rows of the frame that broke it
+    validation: tuple | None = field(default=None, compare=False, repr=False)  # GX's (definition, result): its actions
 
 
 def checks(table: str, config: QualityConfig = QualityConfig()) -> list[Check]:
@@ -162,8 +166,8 @@ def validate(table: str, kind: str, frame, config: QualityConfig = QualityConfig
     name = f"{table}.{kind}" + (f".{rule.name}" if rule else "")
     name += f".{hash(tuple(wanted)) & 0xffffffff:x}"  # other thresholds make another suite
     with _SUITES.lock:
-        result = _SUITES.definition(name, wanted).run(batch_parameters={"dataframe": frame},
-                                                      result_format={"result_format": "COMPLETE"})
+        definition = _SUITES.definition(name, wanted)
+        result = definition.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"})
     by_rule = {check.name: check for check in wanted}
     outcomes = []
     for item in result.results:
@@ -172,12 +176,12 @@ def validate(table: str, kind: str, frame, config: QualityConfig = QualityConfig
         if (item.exception_info or {}).get("raised_exception"):
             outcomes.append(Outcome(table, stage, check.name, item.expectation_config.type, False, check.severity,
                                     f"could not evaluate: {item.exception_info.get('exception_message')}",
-                                    None, len(frame)))
+                                    None, len(frame), validation=(definition, result)))
             continue
         outcomes.append(Outcome(table, stage, check.name, item.expectation_config.type, bool(item.success),
                                 check.severity, _observed(check, details, frame), details.get("unexpected_count"),
                                 details.get("element_count", len(frame)),
-                                tuple(details.get("unexpected_index_list") or ())))
+                                tuple(details.get("unexpected_index_list") or ()), (definition, result)))
     return outcomes
 
 
@@ -201,6 +205,34 @@ def _observed(check: Check, details: dict, frame) -> str | None:
                                    if isinstance(dict(check.kwargs)[k], str)) or str(index))
     more = len(unexpected) - len(shown)
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def run_gx_actions(actions_json: str, table: str, failed: list[Outcome], run_id: str) -> None:
+    """Great Expectations' own actions (as configured: Slack, email, …) on the validation results behind an
+    incident's failures: one checkpoint result per incident, so GX's notifications are deduplicated like ours."""
+    import json
+
+    import great_expectations as gx
+    from great_expectations.checkpoint.actions import ActionContext
+    from great_expectations.checkpoint.checkpoint import CheckpointResult
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (ExpectationSuiteIdentifier,
+                                                                             ValidationResultIdentifier)
+
+    behind = {id(o.validation[1]): o.validation for o in failed if o.validation}
+    if not behind:
+        return
+    with _SUITES.lock:
+        _SUITES.gx()
+        checkpoint = gx.Checkpoint(name=f"journeys.{table}", validation_definitions=[d for d, _ in behind.values()],
+                                   actions=json.loads(actions_json))
+        run = RunIdentifier(run_name=run_id)
+        result = CheckpointResult(run_id=run, checkpoint_config=checkpoint, run_results={
+            ValidationResultIdentifier(ExpectationSuiteIdentifier(name=d.suite.name), run, r.batch_id): r
+            for d, r in behind.values()})
+        context = ActionContext()
+        for action in checkpoint.actions:
+            context.update(action=action, action_result=action.run(checkpoint_result=result, action_context=context))
 
 
 def build_data_docs(directory: str | Path) -> Path:
