@@ -93,6 +93,9 @@ def add_warehouse_args(parser) -> None:
     bigquery.add_argument("--bigquery-key-file", metavar="FILE",
                           help="service-account key (default: Application Default Credentials)")
     bigquery.add_argument("--bigquery-endpoint", metavar="URL", help="an emulator's REST endpoint")
+    bigquery.add_argument("--bigquery-published-dataset", metavar="DATASET",
+                          help="the dataset BI tools read, refreshed after each commit that passes its checks "
+                               "(default: <dataset>_published)")
 
 
 def add_quality_args(parser) -> None:
@@ -144,5 +147,5 @@ def warehouse_target(args):
 
     if args.bigquery_project:
         return BigQueryTarget(args.bigquery_project, args.bigquery_dataset, args.bigquery_location,
-                              args.bigquery_key_file, args.bigquery_endpoint)
+                              args.bigquery_key_file, args.bigquery_endpoint, args.bigquery_published_dataset)
     return str(args.warehouse)

@@ -305,3 +305,72 @@ def test_backfill_and_validate_on_the_real_broker_alert_once_per_incident_and_ex
     assert [a["table"] for a in receiver.received] == ["dead_letters", "order_attribution"]
     again = _journeys("validate", "--warehouse", str(warehouse), "--table", "order_attribution", env=env)
     assert again.returncode == 2 and len(receiver.received) == 2
+
+
+def test_validate_finds_a_hand_changed_column_type_and_revenue_kept_on_a_cancelled_order(warehouse, receiver):
+    """Damage the gate cannot see, made by hand in the warehouse: a column migrated to another type, and a cancelled
+    order whose reversal took back only half its revenue. The checkpoint fails each, with its rule, once."""
+    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "backfill")
+    placed = attribution("o5", models=("linear",))
+    half_back = [{**row, "status": "cancelled", "credit": row["credit"],
+                  "revenue_credit": -row["revenue_credit"] / 2} for row in placed]
+    assert landing.land({"order_attribution": placed + half_back, "touchpoints": [touch("t1")]}).published is None
+    [alert] = receiver.received
+    assert [f["expectation"] for f in alert["failed"]] == ["no_revenue_from_cancelled_orders"]
+    assert alert["failed"][0]["observed_value"] == "50"  # linear keeps 100 - 50 of the cancelled order
+    warehouse.connection.execute('ALTER TABLE touchpoints ALTER view_through TYPE VARCHAR')
+    result = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "validate").validate(["touchpoints"])
+    [broken] = [o for o in result.outcomes if not o.success]
+    assert (broken.expectation, broken.severity) == ("columns_match_contract", "block")
+    assert broken.observed_value == "column=view_through, contract_type=bool, landed_type=string"
+    assert [a["table"] for a in receiver.received] == ["order_attribution", "touchpoints"]
+
+
+@pytest.mark.integration
+@pytest.mark.bigquery
+def test_on_bigquery_a_block_failure_holds_the_readers_dataset_back(bigquery_emulator, receiver, tmp_path):
+    """The same validated landing on BigQuery (the emulator): readers' dataset refreshed by good commits only, the
+    gate's quarantine and dq_results in BigQuery, one alert per incident; a duplicated key (BigQuery enforces no
+    primary key) makes `journeys validate` exit 2."""
+    import uuid
+
+    from transforms.bigquery_warehouse import BigQueryTarget, BigQueryWarehouse
+
+    target = BigQueryTarget("journeys-local", f"dq_{uuid.uuid4().hex[:10]}", endpoint=bigquery_emulator)
+    warehouse = BigQueryWarehouse(target)
+    rows = lambda dataset, sql: [tuple(r.values()) for r in warehouse.client.query(sql.format(d=dataset)).result()]
+    try:
+        landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "stream")
+        assert landing.land({"order_attribution": attribution("o1")}, {("orders", 0): 1}).published == warehouse.published
+        bad = landing.land({"order_attribution": attribution("o2", credits=(0.7, 0.5)),
+                            "retention_cohorts": [cohort(0, 4), cohort(1, 6)]}, {("orders", 0): 2})
+        assert [o.expectation for o in bad.blocked] == ["credits_sum_to_one", "every_model_credits_the_order_value"]
+        assert bad.published is None and bad.quarantined == 1
+        readers = "SELECT DISTINCT order_id FROM `{d}.order_attribution` ORDER BY 1"
+        assert rows(warehouse.published, readers) == [("o1",)]
+        assert rows(warehouse.published, "SELECT next_offset FROM `{d}.source_offsets`") == [(1,)]
+        assert rows(warehouse.dataset, readers) == [("o1",), ("o2",)]  # landed, held back from readers
+        assert rows(warehouse.dataset, "SELECT table_name, rule FROM `{d}.quarantine`") == [
+            ("retention_cohorts", "active_within_cohort")]
+        assert rows(warehouse.dataset, "SELECT count(*) FROM `{d}.dq_results` WHERE NOT success AND "
+                                       "expectation = 'credits_sum_to_one'") == [(1,)]
+        assert sorted(a["table"] for a in receiver.received) == ["order_attribution", "retention_cohorts"]
+        fixed = landing.land({"order_attribution": attribution("o2")}, {("orders", 0): 3})
+        assert fixed.published == warehouse.published and len(receiver.received) == 2
+        assert rows(warehouse.published, readers) == [("o1",), ("o2",)]
+        assert rows(warehouse.published, "SELECT next_offset FROM `{d}.source_offsets`") == [(3,)]
+        assert rows(warehouse.published, "SELECT count(*) FROM `{d}.quarantine`") == [(1,)]
+
+        args = ["--bigquery-project", target.project, "--bigquery-dataset", target.dataset,
+                "--bigquery-endpoint", bigquery_emulator, "--data-docs-dir", str(tmp_path / "docs")]
+        assert _journeys("validate", *args, env={"JOURNEYS_ALERT_WEBHOOK": receiver.url}).returncode == 0
+        warehouse.commit({"touchpoints": [touch("t1")]})
+        warehouse.client.query(f"INSERT INTO `{warehouse.dataset}.touchpoints` SELECT * FROM "
+                               f"`{warehouse.dataset}.touchpoints`").result()
+        validated = _journeys("validate", *args, "--table", "touchpoints",
+                              env={"JOURNEYS_ALERT_WEBHOOK": receiver.url})
+        assert validated.returncode == 2, validated.stdout + validated.stderr[-2000:]
+        assert "FAILED unique_key [checkpoint, block]" in validated.stdout
+        assert [a["table"] for a in receiver.received][2:] == ["touchpoints"]
+    finally:
+        warehouse.close()

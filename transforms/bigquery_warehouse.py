@@ -6,6 +6,11 @@ them into the table by primary key and drops the staging table; then it MERGEs t
 dies half way leaves rows whose offsets were not stored: the restarted job recomputes them and the MERGE replaces
 them with the same values, so nothing is counted twice.
 
+BI tools read a second dataset, `<dataset>_published`: the same tables and views, refreshed by `publish()` after a
+commit whose checkpoint passed (transforms/data_quality.py). It copies the tables changed since the last publish in
+one multi-statement transaction, so readers see all of a good commit or none of it, and nothing of a commit a
+block-severity expectation held back.
+
 Credentials: Application Default Credentials, or a service-account key file. An `endpoint` points the client at
 an emulator (the tests use the `bqemulator` package) and then needs no credentials.
 """
@@ -32,6 +37,11 @@ class BigQueryTarget:
     location: str = "US"
     key_file: str | None = None  # a service-account JSON key; default: Application Default Credentials
     endpoint: str | None = None  # e.g. http://127.0.0.1:9050 for an emulator
+    published_dataset: str | None = None  # what BI tools read; default `<dataset>_published`
+
+    @property
+    def readers_dataset(self) -> str:
+        return self.published_dataset or f"{self.dataset}_published"
 
     def client(self):
         from google.cloud import bigquery
@@ -78,22 +88,26 @@ class BigQueryWarehouse:
         self.target = target
         self.client = target.client()
         self.dataset = f"{target.project}.{target.dataset}"
-        self.client.create_dataset(bigquery.Dataset(self.dataset), exists_ok=True)
-        for table_contract in contracts().values():
-            table = bigquery.Table(f"{self.dataset}.{table_contract.table}", schema=table_contract.bigquery_schema())
-            table.description = table_contract.doc
-            if table_contract.partition_by:
-                kind = table_contract.column(table_contract.partition_by).type
-                table.time_partitioning = bigquery.TimePartitioning(
-                    field=table_contract.partition_by, type_="MONTH" if kind == "date" else "DAY")
-            table.clustering_fields = list(table_contract.cluster_by) or None
-            self.client.create_table(table, exists_ok=True)
-        self.client.create_table(bigquery.Table(f"{self.dataset}.source_offsets", schema=_offsets_schema()),
-                                 exists_ok=True)
-        for name, query in views().items():
-            view = bigquery.Table(f"{self.dataset}.{name}")
-            view.view_query = query.format(tables=f"`{self.dataset}`.")
-            self.client.create_table(view, exists_ok=True)
+        self.published = f"{target.project}.{target.readers_dataset}"
+        for dataset in (self.dataset, self.published):
+            self.client.create_dataset(bigquery.Dataset(dataset), exists_ok=True)
+            for table_contract in contracts().values():
+                table = bigquery.Table(f"{dataset}.{table_contract.table}", schema=table_contract.bigquery_schema())
+                table.description = table_contract.doc
+                if table_contract.partition_by:
+                    kind = table_contract.column(table_contract.partition_by).type
+                    table.time_partitioning = bigquery.TimePartitioning(
+                        field=table_contract.partition_by, type_="MONTH" if kind == "date" else "DAY")
+                table.clustering_fields = list(table_contract.cluster_by) or None
+                self.client.create_table(table, exists_ok=True)
+            self.client.create_table(bigquery.Table(f"{dataset}.source_offsets", schema=_offsets_schema()),
+                                     exists_ok=True)
+            for name, query in views().items():
+                view = bigquery.Table(f"{dataset}.{name}")
+                view.view_query = query.format(tables=f"`{dataset}`.")
+                self.client.create_table(view, exists_ok=True)
+        # What readers may lack: everything at start (another process may have committed since the last publish).
+        self.unpublished = {*contracts(), "source_offsets"}
 
     def _merge(self, table: str, rows: list[dict], schema, key: tuple[str, ...], updated: tuple[str, ...],
                group: tuple[str, ...] = ()) -> None:
@@ -124,6 +138,7 @@ class BigQueryWarehouse:
         """MERGE the rows by primary key, then the offsets (never backwards): a retry or a replay is harmless."""
         for table, rows in rows_by_table.items():
             if rows:
+                self.unpublished.add(table)
                 table_contract = contract(table)
                 self._merge(table, rows, table_contract.bigquery_schema(), table_contract.primary_key,
                             table_contract.updated_columns, table_contract.replace_group)
@@ -133,6 +148,7 @@ class BigQueryWarehouse:
                     for (topic, partition), offset in offsets.items()]
             self._merge("source_offsets", rows, _offsets_schema(), ("topic", "partition"),
                         ("next_offset", "committed_at"))
+            self.unpublished.add("source_offsets")
 
     def offsets(self) -> dict[tuple[str, int], int]:
         rows = self.client.query(f"SELECT topic, `partition`, next_offset FROM `{self.dataset}.source_offsets`")
@@ -158,9 +174,19 @@ class BigQueryWarehouse:
         """{column: its BigQuery type}."""
         return {field.name: field.field_type for field in self.client.get_table(f"{self.dataset}.{table}").schema}
 
-    def publish(self, to=None) -> str:
-        """BigQuery readers see every committed MERGE: nothing to publish."""
-        return self.dataset
+    def publish(self) -> str:
+        """Copy the tables changed since the last publish into the readers' dataset, in one transaction."""
+        if self.unpublished:
+            statements = []
+            for table in sorted(self.unpublished):
+                schema = contract(table).bigquery_schema() if table in contracts() else _offsets_schema()
+                columns = ", ".join(f"`{field.name}`" for field in schema)
+                statements += [f"DELETE FROM `{self.published}.{table}` WHERE TRUE",
+                               f"INSERT INTO `{self.published}.{table}` ({columns}) "
+                               f"SELECT {columns} FROM `{self.dataset}.{table}`"]
+            self.client.query("BEGIN TRANSACTION;\n" + ";\n".join(statements) + ";\nCOMMIT TRANSACTION;").result()
+            self.unpublished.clear()
+        return self.published
 
     def close(self) -> None:
         self.client.close()

@@ -198,7 +198,7 @@ def _observed(check: Check, details: dict, frame) -> str | None:
         columns = [k for k, _ in check.kwargs if k.startswith("column")]
         if row is None:
             shown.append(str(index))
-        elif check.rule is not None:
+        elif check.rule is not None or check.name == "columns_match_contract":  # the whole row says which
             shown.append(", ".join(f"{k}={row[k]}" for k in frame.columns))
         else:
             shown.append(", ".join(f"{dict(check.kwargs)[k]}={row[dict(check.kwargs)[k]]}" for k in columns
