@@ -157,8 +157,12 @@ def _ends_as(expected, sink, run, job, records: int, timeout_s: float = 600.0) -
         if snapshot and _offsets(snapshot) == records and _results(snapshot) == expected:
             return snapshot
         time.sleep(3)
+    job.send_signal(signal.SIGUSR1)  # the job prints its threads' stacks into its log: where a stalled job waits
+    time.sleep(2)
+    tail = (sink.tmp_path / f"{run}.log").read_bytes()[-8000:].decode(errors="replace")
     raise AssertionError(f"{run} did not end as expected within {timeout_s} s: {_offsets(snapshot)} of {records} "
-                         f"records committed\n" + (_differences(_results(snapshot), expected) if snapshot else ""))
+                         f"records committed\n" + (_differences(_results(snapshot), expected) if snapshot else "")
+                         + f"\nthe end of its log:\n{tail}")
 
 
 def _wait_for(condition, what, timeout_s=240.0):
