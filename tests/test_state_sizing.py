@@ -1,0 +1,31 @@
+"""Beam's state cache weighs our state values the same with the cheaper sizing, and importing our transforms
+turns it on."""
+import datetime as dt
+import pickle
+from decimal import Decimal
+
+from apache_beam.runners.worker import statecache
+
+import transforms  # noqa: F401 - turns the cheaper sizing on
+from transforms.state_sizing import _deep_size
+
+ROW = {"order_id": "o1", "credit": 0.5, "revenue_credit": Decimal("12.34"), "when": dt.datetime(2026, 5, 1),
+       "touch_id": None, "path": ("Email", "Direct")}
+VALUES = [b"x" * 1000, [pickle.dumps(ROW)] * 3, (3, {("o1", "linear"): ROW}), ROW, 1.5, None]
+
+
+def _beam_default(*objs):
+    import objsize
+
+    return objsize.get_deep_size(*objs, get_size_func=statecache._size_func,
+                                 get_referents_func=statecache._get_referents_func, filter_func=statecache._filter_func)
+
+
+def test_importing_our_transforms_turns_the_cheaper_sizing_on():
+    assert statecache.get_deep_size is _deep_size
+
+
+def test_the_cheaper_sizing_weighs_our_state_values_as_beam_does():
+    for value in VALUES:
+        assert _deep_size(value) == _beam_default(value), value
+
