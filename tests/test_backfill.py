@@ -14,6 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms.warehouse import latest_rows
 from pipelines.generate import GeneratorConfig, generate, records_by_topic
+from pipelines.generate.bad_inputs import bad_inputs
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics
 from schemas.contracts import contract
@@ -64,6 +65,9 @@ def _landed(published, table):
 
 def test_backfill_lands_every_table_and_the_dead_letters_once(kafka, topic_prefix, tmp_path):
     records = generate(CONFIG, b"k", malformed=0.02)
+    valid = records_by_topic(CONFIG, b"k")
+    corpus = bad_inputs(valid["orders"][0], valid["web_sessions"][0])  # every class of bad input, once
+    records += [bad.record for bad in corpus]
     ensure_topics(kafka, prefix=topic_prefix)
     produce(records, kafka, topic_prefix=topic_prefix)
     warehouse = tmp_path / "journeys.duckdb"
@@ -83,8 +87,11 @@ def test_backfill_lands_every_table_and_the_dead_letters_once(kafka, topic_prefi
         dead = con.execute("SELECT reason, count(*) FROM dead_letters GROUP BY ALL").fetchall()
         offsets = con.execute("SELECT sum(next_offset) FROM source_offsets").fetchone()[0]
         landed_events = sum(len(r) for r in records_by_topic(CONFIG, b"k").values())
+        corpus_dead = set(con.execute("SELECT reason, stage, value, topic FROM dead_letters").fetchall())
     malformed = [r for r in records if r.malformed]
-    assert sum(n for _, n in dead) == len(malformed) > 0
+    assert sum(n for _, n in dead) == len(malformed) > len(corpus)
+    for bad in corpus:  # its raw bytes, from its topic, with its own reason and stage
+        assert (bad.reason, bad.stage, bad.record.value, topic_prefix + "orders") in corpus_dead, bad.name
     assert offsets == len(records) == landed_events + len(malformed), "records in = landed + dead-lettered"
     shown = subprocess.run([sys.executable, "-m", "pipelines.cli", "sql", "--warehouse", str(published),
                             "SELECT count(*) AS customers FROM customers"], capture_output=True, text=True, timeout=60)

@@ -58,3 +58,21 @@ def test_a_message_decoded_by_the_source_is_not_decoded_again(sample_events):
     with TestPipeline(runner=UNIT_RUNNER) as pipeline:
         outputs = pipeline | beam.Create([already]) | DecodeEvents(decoder)
         assert_that(outputs["orders"], equal_to([sample_events["orders"]]))
+
+
+def test_every_class_of_the_bad_input_corpus_is_dead_lettered_with_its_own_reason(sample_events):
+    from pipelines.generate.bad_inputs import bad_inputs
+
+    decoder = EventDecoder.for_prefix("")
+    corpus = bad_inputs(sample_events["orders"], sample_events["web_sessions"])
+    assert len(corpus) >= 10 and len({bad.reason for bad in corpus}) == len(corpus)
+    for offset, bad in enumerate(corpus):
+        message = KafkaMessage(bad.record.topic, 0, offset, 1_760_000_000_000, bad.record.key, bad.record.value,
+                               tuple(bad.record.headers))
+        dead = decoder(message, NOW)
+        assert isinstance(dead, DeadLetter), bad.name
+        assert (dead.reason, dead.stage) == (bad.reason, bad.stage), (bad.name, dead.error)
+        assert (dead.value, dead.key, dead.offset) == (bad.record.value, bad.record.key, offset)
+    # Each built from a valid event: the same record with a key and its own bytes decodes.
+    valid = codec.encode("orders", sample_events["orders"])
+    assert decoder(_message("orders", *valid), NOW) == sample_events["orders"]

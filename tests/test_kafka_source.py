@@ -113,7 +113,7 @@ def test_reader_watermark_holds_at_the_newest_event_then_follows_the_clock_when_
     hour_ago = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=1)
     value, headers = codec.encode("orders", dict(sample_events["orders"], event_time=hour_ago))
     producer = KafkaProducer(**kafka.client_config())
-    producer.send(topic, value=value, headers=headers, partition=0).get(timeout=10)
+    producer.send(topic, key=b"C1", value=value, headers=headers, partition=0).get(timeout=10)
     producer.close()
 
     source = ReadFromKafka(kafka, [topic], event_time=EventDecoder.for_prefix(topic_prefix), idle_after_s=3,
@@ -152,7 +152,7 @@ def test_reader_watermark_holds_at_the_newest_event_then_follows_the_clock_when_
     producer = KafkaProducer(**kafka.client_config())
     later = hour_ago + dt.timedelta(seconds=30)
     value, headers = codec.encode("orders", dict(sample_events["orders"], event_time=later))
-    producer.send(topic, value=value, headers=headers, partition=0).get(timeout=10)
+    producer.send(topic, key=b"C1", value=value, headers=headers, partition=0).get(timeout=10)
     producer.close()
     time.sleep(3.2)
     resumed = partition_zero.create_reader(None, quiet)
@@ -203,7 +203,7 @@ def test_readers_rebuilt_from_checkpoints_reuse_one_consumer_rather_than_leak_on
     producer = KafkaProducer(**kafka.client_config())
     for n in range(5):
         value, headers = codec.encode("orders", dict(sample_events["orders"], event_id=f"o{n}"))
-        producer.send(topic, value=value, headers=headers, partition=0).get(timeout=10)
+        producer.send(topic, key=b"C1", value=value, headers=headers, partition=0).get(timeout=10)
     producer.close()
     source = ReadFromKafka(kafka, [topic], event_time=EventDecoder.for_prefix(topic_prefix)).launch_source()
     partition_zero = [s for s in source.split(20) if s.start_offsets][0]

@@ -128,7 +128,7 @@ def _send_now_orders(connection, topic, partition, stop: threading.Event, sample
         order = dict(sample_order, event_id=f"idle-{n}", event_time=dt.datetime.now(dt.timezone.utc).replace(
             microsecond=0))
         value, headers = codec.encode("orders", order)
-        producer.send(topic, value=value, headers=headers, partition=partition)
+        producer.send(topic, key=b"C1", value=value, headers=headers, partition=partition)
         n += 1
         time.sleep(0.1)
     producer.flush()
@@ -146,7 +146,7 @@ def test_idle_partitions_do_not_hold_the_watermark_back(kafka, topic_prefix, tmp
     hour_ago = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=1)
     value, headers = codec.encode("orders", dict(sample_events["orders"], event_time=hour_ago))
     producer = KafkaProducer(**kafka.client_config())
-    producer.send(topic_prefix + "orders", value=value, headers=headers, partition=1).get(timeout=10)
+    producer.send(topic_prefix + "orders", key=b"C1", value=value, headers=headers, partition=1).get(timeout=10)
     producer.close()
     job = CountJob(tmp_path, topic_prefix, "PrismRunner", "--window-seconds", "2", "--idle-after-seconds", "3",
                    "--max-out-of-orderness-seconds", "1").start()
@@ -176,14 +176,14 @@ def test_partitions_added_while_running_are_read(kafka, topic_prefix, tmp_path, 
     producer = KafkaProducer(**kafka.client_config())
     try:
         value, headers = codec.encode("orders", sample_events["orders"])
-        producer.send(topic, value=value, headers=headers, partition=0).get(timeout=10)
+        producer.send(topic, key=b"C1", value=value, headers=headers, partition=0).get(timeout=10)
         job.wait_for(lambda: read_json_lines(job.landed), 60, "the first record")
         admin = admin_client(kafka)
         admin.create_partitions({topic: NewPartitions(total_count=3)})
         admin.close()
         producer.close()
         producer = KafkaProducer(**kafka.client_config())  # fresh metadata: it knows partition 2
-        producer.send(topic, value=value, headers=headers, partition=2).get(timeout=10)
+        producer.send(topic, key=b"C1", value=value, headers=headers, partition=2).get(timeout=10)
         job.wait_for(lambda: any(r["partition"] == 2 for r in read_json_lines(job.landed)), 60,
                      "a record of the new partition")
     finally:

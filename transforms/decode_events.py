@@ -47,6 +47,9 @@ class EventDecoder:
     """Which Kafka topic carries which event topic, and the rules a record must meet."""
     logical_topics: tuple[tuple[str, str], ...]  # (kafka topic, schemas topic)
     rules: EventRules = field(default_factory=EventRules)
+    # Our events are well under a kilobyte: a value this large is a producer's mistake, not an event to hold in
+    # memory and state. (The broker's own limit, 1 MiB by default, is higher.)
+    max_value_bytes: int = 512 * 1024
 
     @classmethod
     def for_prefix(cls, prefix: str = "", rules: EventRules | None = None) -> "EventDecoder":
@@ -60,6 +63,9 @@ class EventDecoder:
         topic = self.logical_topic(message.topic)
         if topic is None:
             return _dead(message, "decode", "unknown_topic", f"no event schema for Kafka topic {message.topic}", now)
+        if message.value is not None and len(message.value) > self.max_value_bytes:
+            return _dead(message, "decode", "oversized_message",
+                         f"{len(message.value):,} bytes, more than {self.max_value_bytes:,}", now)
         try:
             record = codec.decode(topic, message.value, list(message.headers))
         except codec.DecodeError as error:
@@ -68,6 +74,8 @@ class EventDecoder:
             self.rules.check(topic, record, now)
         except codec.DecodeError as error:
             return _dead(message, "validate", error.reason, error.detail, now)
+        if message.key is None:  # every topic is keyed by customer or visitor: without one, ordering is lost
+            return _dead(message, "validate", "null_key", "the message has no key (customer or anonymous id)", now)
         return record
 
     def outcome(self, message: KafkaMessage) -> dict | DeadLetter:
