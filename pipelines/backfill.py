@@ -1,6 +1,6 @@
 """`journeys backfill`: Kafka → decode → journey tables → the warehouse (DuckDB, or BigQuery), in one commit.
 
-    journeys backfill --runner PrismRunner --warehouse .local/warehouse/journeys.duckdb
+    journeys backfill [--runner FnApiRunner] --warehouse .local/warehouse/journeys.duckdb
 
 Reads every topic from its earliest offset to the end offsets seen at launch, computes every table and lands them
 through the data-quality gate (rows breaking a row rule go to `quarantine`) with those end offsets and the dead
@@ -79,7 +79,7 @@ def build(pipeline, args, connection: KafkaConnection):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="journeys backfill", description=__doc__.split("\n\n")[0])
-    add_kafka_pipeline_args(parser)
+    add_kafka_pipeline_args(parser, bounded=True)
     add_warehouse_args(parser)
     add_quality_args(parser)
     parser.add_argument("--log-every-s", type=float, default=10.0, help="progress log interval")

@@ -13,7 +13,11 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNERS = ("DirectRunner", "PrismRunner")
+STREAMING_RUNNERS = ("DirectRunner", "PrismRunner")
+# Beam's in-process batch engine: keyed state stays in the worker's cache, where Prism serves every state read over
+# gRPC (the local runners' bottleneck). Bounded reads only: a backfill, not a stream.
+BATCH_RUNNER = "FnApiRunner"
+RUNNERS = (*STREAMING_RUNNERS, BATCH_RUNNER)
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600
 
 
@@ -46,8 +50,8 @@ def _no_split(*_args, **_kwargs):
 
 def runner_args(runner: str, streaming: bool = False) -> list[str]:
     """Options for `runner`. Prism's workers run in this process (LOOPBACK), which declines splits."""
-    if runner not in RUNNERS:
-        raise ValueError(f"runner {runner!r}: one of {', '.join(RUNNERS)}")
+    if runner not in (STREAMING_RUNNERS if streaming else RUNNERS):
+        raise ValueError(f"runner {runner!r}: one of {', '.join(STREAMING_RUNNERS if streaming else RUNNERS)}")
     refuse_dynamic_splits()
     # Beam shares one Prism job server per process, made with the options of whichever pipeline came first: a
     # pipeline without --prism_location would leave it pointing at a download. Ours get their own server.
@@ -62,9 +66,11 @@ def runner_args(runner: str, streaming: bool = False) -> list[str]:
     return args
 
 
-def add_kafka_pipeline_args(parser) -> None:
-    """The options every pipeline reading our Kafka topics takes (Beam's own options pass through)."""
-    parser.add_argument("--runner", choices=RUNNERS, default="PrismRunner")
+def add_kafka_pipeline_args(parser, bounded: bool = False) -> None:
+    """The options every pipeline reading our Kafka topics takes (Beam's own options pass through). A bounded
+    read (a backfill) runs on Beam's in-process batch engine by default: several times faster than Prism here."""
+    parser.add_argument("--runner", choices=RUNNERS if bounded else STREAMING_RUNNERS,
+                        default=BATCH_RUNNER if bounded else "PrismRunner")
     parser.add_argument("--topic-prefix", default="")
     parser.add_argument("--kafka-env-file", metavar="FILE")
 

@@ -135,7 +135,8 @@ def _landed(request, mode, out) -> dict[str, list[dict]]:
         target = BigQueryTarget("journeys-local", prefix + "landed", endpoint=request.getfixturevalue(
             "bigquery_emulator"))
         sink = ["--bigquery-project", target.project, "--bigquery-dataset", target.dataset,
-                "--bigquery-endpoint", target.endpoint]
+                "--bigquery-endpoint", target.endpoint,
+                "--runner", "PrismRunner"]  # the DuckDB mode runs the default, Beam's in-process batch engine
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "backfill", "--topic-prefix", prefix, *sink],
                           capture_output=True, text=True, timeout=900, env=os.environ)
     assert done.returncode == 0, done.stderr[-4000:]

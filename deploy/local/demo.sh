@@ -26,9 +26,9 @@ echo "1. A history: $history_customers customers over 60 days, 5% out of order, 
 echo; echo "A few orders as they came back from Kafka, decoded:"
 "$bin/journeys" peek orders --limit 3 --topic-prefix "$prefix"
 
-echo; echo "2. Backfill on Prism: Kafka -> decode -> journey tables -> $warehouse (a few minutes)"
+echo; echo "2. Backfill (Beam's in-process batch engine): Kafka -> decode -> journey tables -> $warehouse"
 rm -f "$warehouse" "$warehouse.wal" "$published"
-"$bin/journeys" backfill --runner PrismRunner --topic-prefix "$prefix" --warehouse "$warehouse" "${quality[@]}" \
+"$bin/journeys" backfill --topic-prefix "$prefix" --warehouse "$warehouse" "${quality[@]}" \
   2>"$demo/backfill.log" | grep -v "^{" || true
 grep -E "journeys\.(progress|backfill)" "$demo/backfill.log" | tail -n 2 || true
 
