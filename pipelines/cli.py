@@ -194,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_UNREACHABLE = 3  # distinct from 1 (failed) and 2 (a block-severity check held publishing back)
+
+
+def unreachable_broker(error: BaseException) -> bool:
+    """kafka-python gave up connecting to the bootstrap servers (after its own retries, about 30 s)."""
+    from kafka import errors
+
+    return isinstance(error, errors.KafkaTimeoutError) and "bootstrap" in str(error).lower()
+
+
 PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill", "stream": "pipelines.stream",
              "validate": "pipelines.validate"}  # commands with their own parser
 
@@ -208,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kafka").setLevel(logging.ERROR)  # see below
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck job waits
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        return importlib.import_module(PIPELINES[argv[0]]).main(argv[1:])
+        try:
+            return importlib.import_module(PIPELINES[argv[0]]).main(argv[1:])
+        except Exception as error:  # noqa: BLE001 - only an unreachable broker is answered here
+            if not unreachable_broker(error):
+                raise
+            logging.getLogger("journeys").error(
+                "Kafka is unreachable: %s. Is the broker up (journeys kafka status)? Its address comes from "
+                "JOURNEYS_KAFKA_BOOTSTRAP or --kafka-env-file.", error)
+            return EXIT_UNREACHABLE
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -45,3 +45,23 @@ def test_generate_to_kafka_then_peek(kafka, topic_prefix):
     peek = _run("peek", "orders", "--limit", "3", "--topic-prefix", topic_prefix)
     lines = [json.loads(line) for line in peek.stdout.splitlines()]
     assert len(lines) == 3 and all(line["order_id"] and line["status"] for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["backfill", "stream"])
+def test_a_pipeline_started_with_the_broker_down_fails_once_with_a_clear_error(command, tmp_path):
+    """Nothing listens at the bootstrap address: kafka-python retries for its bootstrap timeout, then the command
+    exits 3 with one line that says what to check (no traceback), leaving no warehouse offsets behind."""
+    import os
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    warehouse = tmp_path / "journeys.duckdb"
+    done = subprocess.run(JOURNEYS + [command, "--warehouse", str(warehouse)], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "JOURNEYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"})
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "Kafka is unreachable" in done.stderr and f"127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not warehouse.exists()
