@@ -105,7 +105,12 @@ java_opts=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
 format_once() {
   [ -f "$state/data/meta.properties" ] && return 0
   local cluster_id
-  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # A KRaft cluster id is 16 random bytes in URL-safe base64; one starting with "-" would read as an option to
+  # the storage tool (1 id in 64; it failed a CI run), so draw again.
+  cluster_id=-
+  while [ "${cluster_id:0:1}" = "-" ]; do
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  done
   say "formatting KRaft storage in $state/data"
   java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$state/server.properties" >>"$state/logs/format.log" 2>&1 ||
     { say "format failed, see $state/logs/format.log"; exit 1; }
