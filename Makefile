@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test test-unit kafka-up kafka-down clean
+.PHONY: setup demo test test-unit kafka-up kafka-down chromium clean
 
 setup: $(STAMP) .local/kafka/libs/.pom.sha256 .local/bin/prism
 
@@ -23,6 +23,10 @@ $(STAMP): setup.py constraints.txt
 .local/kafka/libs/.pom.sha256: deploy/local/pom.xml
 	deploy/local/kafka.sh fetch
 
+# Debian's Chromium: only the report's browser test needs it.
+chromium:
+	deploy/local/chromium.sh
+
 kafka-up: setup
 	$(BIN)/journeys kafka up
 
@@ -36,7 +40,7 @@ demo: kafka-up
 
 # Unit and integration tests against the real local broker. A broker this target started is stopped
 # afterwards, also on failure; one that was already running (make demo) is left running.
-test: setup
+test: setup chromium
 	@was_running=0; deploy/local/kafka.sh status >/dev/null && was_running=1; \
 	  $(BIN)/journeys kafka up || exit 1; \
 	  status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \

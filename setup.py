@@ -10,7 +10,7 @@ setup(
     description="Streaming customer-journey analytics: social, web and orders joined per customer on Apache Beam.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pipelines*", "schemas*", "transforms*"]),
-    package_data={"schemas": ["topics/*.avsc", "topics/registry.json", "tables/*.json", "views/*.sql"]},
+    package_data={"schemas": ["topics/*.avsc", "topics/registry.json", "tables/*.json", "views/*.sql", "TABLES.md"]},
     install_requires=[
         "apache-beam==2.77.0",
         "kafka-python==3.0.12",
@@ -19,6 +19,8 @@ setup(
         "google-cloud-bigquery==3.47.0",
         "great-expectations==1.24.1",
         "duckdb==1.5.5",
+        "plotly==7.1.0",  # journeys report: its charts, and plotly.js written beside the page
+        "mistune==3.4.0",  # journeys report: the tables' Markdown documentation as HTML
     ],
     extras_require={
         "dev": [
@@ -26,6 +28,7 @@ setup(
             "hypothesis==6.170.15",
             "bqemulator==1.4.0",
             "duckdb-extension-spatial==1.5.5",
+            "playwright==1.65.2",  # drives Debian's chromium over CDP in the report test; downloads no browser
         ],
     },
     entry_points={"console_scripts": ["journeys=pipelines.cli:main"]},

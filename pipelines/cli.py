@@ -122,6 +122,30 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import time
+
+    from pipelines.report import write_report
+
+    started = time.monotonic()
+    try:
+        index = write_report(args.warehouse, args.out)
+    except FileNotFoundError as error:
+        log.error("%s", error)
+        return 2
+    print(f"report: {index.resolve()} ({time.monotonic() - started:.1f} s; open it in a browser, no network needed)")
+    return 0
+
+
+def cmd_docs(args) -> int:
+    from schemas.contracts import TABLES_DOC, tables_markdown
+
+    out = args.out or TABLES_DOC
+    out.write_text(tables_markdown(), encoding="utf-8")
+    print(f"table documentation: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import schemas
     from pipelines.generate import GeneratorConfig
@@ -181,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--warehouse", type=Path, default=Path(".local/warehouse/journeys.published.duckdb"),
                      help="DuckDB file to read (default: %(default)s)")
     sql.set_defaults(func=cmd_sql)
+
+    report = commands.add_parser("report", help="a static HTML report with plots from the warehouse",
+                                 description="Attribution by model, retention heatmap and LTV curves, social impact, "
+                                             "dead letters, data quality, freshness and the tables' documentation, "
+                                             "as DIR/index.html (plotly.min.js beside it: no network needed).")
+    report.add_argument("--warehouse", type=Path, default=Path(".local/warehouse/journeys.published.duckdb"),
+                        help="DuckDB file to read (default: %(default)s)")
+    report.add_argument("--out", metavar="DIR", type=Path, default=Path(".local/report"),
+                        help="folder to write (default: %(default)s)")
+    report.set_defaults(func=cmd_report)
+
+    docs = commands.add_parser("docs", help="write the tables' documentation (Markdown) from the contracts",
+                               description="Regenerates schemas/TABLES.md from schemas/tables/*.json.")
+    docs.add_argument("--out", type=Path, help="file to write (default: schemas/TABLES.md)")
+    docs.set_defaults(func=cmd_docs)
 
     commands.add_parser("backfill", add_help=False,
                         help="every table from Kafka into the warehouse, on a Beam runner "

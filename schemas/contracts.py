@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 
 TABLES_DIR = Path(__file__).parent / "tables"
+TABLES_DOC = Path(__file__).parent / "TABLES.md"  # tables_markdown(), committed for readers of the repo
 VIEWS_DIR = Path(__file__).parent / "views"  # BI views over the tables, in the SQL DuckDB and BigQuery share
 # A row carrying RETRACTED=True removes the stored row with its primary key: an aggregate whose every contribution
 # was corrected away must disappear, or the table would depend on how the corrections happened to arrive.
@@ -137,13 +138,46 @@ class Contract:
                 "fields": fields}
 
     def markdown(self) -> str:
-        rows = [f"### `{self.table}`", "", self.doc, "",
-                f"Primary key: {', '.join(self.primary_key)}. Partitioned by: {self.partition_by or '—'}. "
-                f"Clustered by: {', '.join(self.cluster_by) or '—'}.", "",
-                "| column | type | null | description |", "|---|---|---|---|"]
+        """The table's documentation for BI users: what it holds, its key and layout, its columns, its checks."""
+        def cell(text) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        layout = [f"Primary key: {', '.join(f'`{k}`' for k in self.primary_key)}.",
+                  f"Partitioned by: {f'`{self.partition_by}`' if self.partition_by else '—'}.",
+                  f"Clustered by: {', '.join(f'`{c}`' for c in self.cluster_by) or '—'}."]
+        if self.keep_on_update:
+            layout.append(f"Kept as first written on an update: {', '.join(f'`{c}`' for c in self.keep_on_update)}.")
+        if self.replace_group:
+            layout.append(f"Rows of one {', '.join(f'`{c}`' for c in self.replace_group)} are replaced as a whole "
+                          "by a newer `revision`.")
+        rows = [f"### `{self.table}`", "", self.doc, "", " ".join(layout), "",
+                "| column | type | null | description | checks |", "|---|---|---|---|---|"]
         for c in self.columns:
-            rows.append(f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.doc} |")
+            checks = [f"one of {', '.join(map(str, c.accepted_values))}" if c.accepted_values else "",
+                      f">= {c.min}" if c.min is not None else "", f"<= {c.max}" if c.max is not None else ""]
+            checks = "; ".join(check for check in checks if check)
+            rows.append(f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {cell(c.doc)} | "
+                        f"{cell(checks + f' ({c.severity})' if checks else '')} |")
+        rules = [(r.name, r.doc, r.severity) for r in (*self.row_rules, *self.table_rules)]
+        if rules:
+            rows += ["", "Quality rules beyond the columns':", ""]
+            rows += [f"- `{name}` ({severity}): {doc}" for name, doc, severity in rules]
         return "\n".join(rows)
+
+
+def tables_markdown() -> str:
+    """schemas/TABLES.md: every table's documentation and the BI views, generated from the contracts."""
+    parts = ["# Output tables", "",
+             "Generated from the contracts in `schemas/tables/` by `journeys docs`; do not edit by hand. "
+             "DuckDB types, BigQuery types, Avro and the Great Expectations suites derive from the same contracts. "
+             "Timestamps are UTC; money columns are in the row's `currency`.", ""]
+    for table in contracts().values():
+        parts += [table.markdown(), ""]
+    parts += ["## Views", "", "Shared SQL over the tables, created in DuckDB and BigQuery alike:", ""]
+    for name, query in views().items():
+        summary = " ".join(line.lstrip("- ").strip() for line in query.splitlines() if line.startswith("--"))
+        parts.append(f"- `{name}`: {summary}")
+    return "\n".join(parts) + "\n"
 
 
 def _load(path: Path) -> Contract:

@@ -71,9 +71,12 @@ echo; echo "4. Data quality: journeys validate on the landed tables (exit 0 pass
 "$bin/journeys" validate --warehouse "$warehouse" "${quality[@]}" 2>"$demo/validate.log" && status=0 || status=$?
 echo "   exit code $status; rows the gate quarantined, by table and rule:"
 sql "SELECT table_name, rule, count(*) AS rows FROM quarantine GROUP BY ALL ORDER BY rows DESC"
+echo; echo "5. The report: plots of all of the above, and the tables' documentation"
+"$bin/journeys" report --warehouse "$published" --out .local/report 2>/dev/null
 echo
+echo "Report:    $(pwd)/.local/report/index.html (open it in a browser; no network needed)"
 echo "Warehouse: $published (a published copy; query it with: $bin/journeys sql \"SELECT ...\")"
-echo "Views:     channel_roi, cohort_retention_matrix; tables as in schemas/tables/"
+echo "Views:     channel_roi, cohort_retention_matrix; tables documented in schemas/TABLES.md"
 echo "Broker:    $("$bin/journeys" kafka status)   topics: ${prefix}*"
 echo "Manifests: $demo/manifest.json, $demo/live_manifest.json (counts, malformed records, the planted truth)"
 echo "Quality:   .local/data_docs/index.html (Great Expectations Data Docs); tables dq_results, quarantine"
