@@ -1,0 +1,198 @@
+"""Throughput of the backfill against its floor and its reference, on the same events, in one run. A benchmark, not
+a test:
+
+    .venv/bin/python deploy/bench/throughput.py --events 1000000 [--json FILE] [--runner FnApiRunner]
+
+1. `journeys generate` produces about --events records (customers = events / 10 over 60 days, 1 % malformed,
+   Confluent Avro) to fresh topics of the local broker (or --topic-prefix reuses topics produced before);
+2. raw: a plain kafka-python consume + fastavro decode loop over those topics — the floor of reading them;
+3. pipeline: `journeys backfill` end to end into a new DuckDB file (read, decode, journey tables, validation,
+   landing, the checkpoint);
+4. reference: the same topics consumed and decoded as the pipeline does, then the reference SQL of
+   tests/reference.py (touchpoints, heuristic order attribution, channel_attribution_daily, customers, weekly and
+   monthly retention) in DuckDB.
+
+Each phase runs as its own process; its wall time and peak RSS (os.wait4) are reported, with events/s and the
+ratios pipeline/raw and pipeline/reference. Row counts of the pipeline's tables and the reference's are printed
+side by side as a check that both computed the same thing.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from report import report
+
+REPO = Path(__file__).resolve().parents[2]
+EVENTS_PER_CUSTOMER = 10  # over 60 simulated days: 9.8-9.9 measured at 1,000 and 3,000 customers
+NONZERO_DAY = "(abs(conversions) > 1e-9 or revenue <> 0)"
+COMPARED_TABLES = ("touchpoints", "channel_attribution_daily", "customers", "retention_cohorts")
+
+
+def _messages(prefix: str):
+    """Every message of the three topics, from the beginning to their end offsets at the start."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    import schemas
+    from transforms.kafka_connection import KafkaConnection
+
+    consumer = KafkaConsumer(**KafkaConnection.from_env().client_config(), group_id=None, enable_auto_commit=False,
+                             max_poll_records=5000, max_partition_fetch_bytes=4 * 1024 * 1024)
+    partitions = [TopicPartition(prefix + t, p) for t in schemas.TOPICS
+                  for p in consumer.partitions_for_topic(prefix + t)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    end = consumer.end_offsets(partitions)
+    remaining = {tp for tp in partitions if end[tp] > 0}
+    while remaining:
+        for tp, batch in consumer.poll(timeout_ms=500).items():
+            for message in batch:
+                if message.offset < end[tp]:
+                    yield message
+                if message.offset >= end[tp] - 1:
+                    remaining.discard(tp)
+    consumer.close()
+
+
+def phase_raw(prefix: str) -> dict:
+    """The floor: Confluent framing stripped, fastavro schemaless decode; a record that fails is counted."""
+    import fastavro
+
+    import schemas
+
+    readers = {prefix + t: schemas.latest(t).parsed for t in schemas.TOPICS}
+    writers = {s.schema_id: s.parsed for s in schemas.registry().values()}
+    decoded = failed = 0
+    for message in _messages(prefix):
+        try:
+            (schema_id,) = struct.unpack(">I", message.value[1:5])
+            fastavro.schemaless_reader(io.BytesIO(message.value[5:]), writers[schema_id], readers[message.topic])
+            decoded += 1
+        except Exception:  # noqa: BLE001 - the malformed records: counted, as the pipeline dead-letters them
+            failed += 1
+    return {"records": decoded + failed, "decoded": decoded, "failed": failed}
+
+
+def phase_reference(prefix: str) -> dict:
+    sys.path.insert(0, str(REPO / "tests"))
+    from reference import CHANNEL_ATTRIBUTION_DAILY, reference_connection, retention_reference
+
+    import schemas
+    from transforms.decode_events import DeadLetter, EventDecoder
+    from transforms.kafka_message import KafkaMessage
+
+    decoder = EventDecoder.for_prefix(prefix)
+    world = {topic: [] for topic in schemas.TOPICS}
+    records = dead = 0
+    for m in _messages(prefix):
+        records += 1
+        outcome = decoder(KafkaMessage(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
+                                       tuple(m.headers or ())))
+        if isinstance(outcome, DeadLetter):
+            dead += 1
+        else:
+            world[decoder.logical_topic(m.topic)].append(outcome)
+    decoded_at = time.monotonic()
+    con = reference_connection(world)
+    rows = {"touchpoints": con.execute("select count(*) from touchpoints").fetchone()[0],
+            "channel_attribution_daily": con.execute(f"select count(*) from ({CHANNEL_ATTRIBUTION_DAILY}) "
+                                                     f"where {NONZERO_DAY}").fetchone()[0],
+            "customers": con.execute("select count(*) from customers").fetchone()[0],
+            "retention_cohorts": len(retention_reference(con, "week")) + len(retention_reference(con, "month"))}
+    return {"records": records, "dead_letters": dead, "sql_seconds": round(time.monotonic() - decoded_at, 2),
+            "rows": rows}
+
+
+def _timed(command: list[str], log: Path) -> dict:
+    """Runs a phase; its wall time and the peak RSS of its process tree's largest member."""
+    started = time.monotonic()
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        sys.exit(f"{' '.join(command)} failed ({process.returncode}); see {log}")
+    return {"seconds": round(time.monotonic() - started, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+
+
+def _phase(name: str, prefix: str, work: Path) -> dict:
+    result_file = work / f"{name}.json"
+    timing = _timed([sys.executable, __file__, "--phase", name, "--topic-prefix", prefix, "--out", str(result_file)],
+                    work / f"{name}.log")
+    return {**json.loads(result_file.read_text()), **timing}
+
+
+def _landed_rows(warehouse: Path) -> dict:
+    import duckdb
+
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        rows = {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in COMPARED_TABLES}
+        # a daily total that a correction or a full reversal took to nothing: counted as absent, as the tests do
+        rows["channel_attribution_daily"] = con.execute(
+            f"select count(*) from channel_attribution_daily where {NONZERO_DAY}").fetchone()[0]
+        rows["dead_letters"] = con.execute("select count(*) from dead_letters").fetchone()[0]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="about this many records (default 1M)")
+    parser.add_argument("--days", type=float, default=60)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--malformed", type=float, default=0.01)
+    parser.add_argument("--runner", default="FnApiRunner", help="the backfill's runner (default: FnApiRunner)")
+    parser.add_argument("--topic-prefix", help="reuse topics generated before (skips generation)")
+    parser.add_argument("--json", metavar="FILE", help="write the result here too")
+    parser.add_argument("--phase", choices=("raw", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:  # one phase, in its own process
+        phase = {"raw": phase_raw, "reference": phase_reference}[args.phase]
+        started = time.monotonic()
+        result = phase(args.topic_prefix)
+        Path(args.out).write_text(json.dumps({**result, "work_seconds": round(time.monotonic() - started, 2)}))
+        return
+
+    journeys = [sys.executable, "-m", "pipelines.cli"]
+    work = Path(tempfile.mkdtemp(prefix="throughput-"))
+    result = {"events_requested": args.events, "runner": args.runner, "work_dir": str(work)}
+    prefix = args.topic_prefix
+    if prefix is None:
+        prefix = f"tput{int(time.time())}_"
+        customers = max(1, args.events // EVENTS_PER_CUSTOMER)
+        result["generate"] = _timed([*journeys, "generate", "--customers", str(customers), "--days", str(args.days),
+                                     "--seed", str(args.seed), "--topic-prefix", prefix, "--malformed",
+                                     str(args.malformed), "--manifest", str(work / "manifest.json")],
+                                    work / "generate.log")
+        result["generate"]["customers"] = customers
+    result["topic_prefix"] = prefix
+    print(f"topics {prefix}*; logs in {work}", file=sys.stderr)
+
+    raw = result["raw"] = _phase("raw", prefix, work)
+    records = raw["records"]
+    warehouse = work / "journeys.duckdb"
+    pipeline = result["pipeline"] = _timed([*journeys, "backfill", "--topic-prefix", prefix, "--warehouse",
+                                            str(warehouse), "--runner", args.runner, "--max-event-age-hours",
+                                            "87600"], work / "pipeline.log")
+    pipeline["rows"] = _landed_rows(warehouse.with_suffix(".published.duckdb"))
+    reference = result["reference"] = _phase("reference", prefix, work)
+    for name in ("raw", "pipeline", "reference"):
+        result[name]["events_per_s"] = round(records / result[name]["seconds"], 1)
+    result["ratio_pipeline_to_raw"] = round(pipeline["events_per_s"] / raw["events_per_s"], 4)
+    result["ratio_pipeline_to_reference"] = round(pipeline["events_per_s"] / reference["events_per_s"], 4)
+    result["records"] = records
+    result["records_accounted"] = (pipeline["rows"]["dead_letters"] == reference["dead_letters"])
+    result["same_row_counts"] = {t: [pipeline["rows"][t], reference["rows"][t]] for t in COMPARED_TABLES}
+    report(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
