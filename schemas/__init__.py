@@ -5,6 +5,7 @@ The .avsc files are the one source of truth for what each topic carries; everyth
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,23 +25,60 @@ class TopicSchema:
     parsed: dict  # fastavro's parsed form, for its readers and writers
 
 
-@cache
-def registry() -> dict[int, TopicSchema]:
-    entries = json.loads((TOPICS_DIR / "registry.json").read_text())["schemas"]
+# Schema versions registered after this build: a folder laid out as schemas/topics/ (registry.json and the .avsc
+# files it names). They serve as writer schemas only; records are still read into this build's latest version, so
+# a compatible change (say, a new optional field) decodes and an incompatible one is dead-lettered.
+REGISTERED_DIR_ENV = "JOURNEYS_SCHEMA_DIR"
+_registered: dict[int, TopicSchema] = {}
+
+
+def _load(directory: Path) -> dict[int, TopicSchema]:
+    entries = json.loads((directory / "registry.json").read_text())["schemas"]
     schemas = {}
     for entry in entries:
-        definition = json.loads((TOPICS_DIR / entry["file"]).read_text())
+        definition = json.loads((directory / entry["file"]).read_text())
         # Each version parses on its own: versions of one topic share type names.
         parsed = fastavro.parse_schema(definition, named_schemas={})
         schemas[entry["id"]] = TopicSchema(entry["id"], entry["topic"], entry["version"], definition, parsed)
     return schemas
 
 
+@cache
+def registry() -> dict[int, TopicSchema]:
+    """The schema versions this build ships (schemas/topics/)."""
+    return _load(TOPICS_DIR)
+
+
+def _registered_since_build() -> dict[int, TopicSchema]:
+    """Re-read on every miss, as a client asks its schema registry for an id it has not seen: a version registered
+    while a job runs is found by its first record."""
+    directory = os.environ.get(REGISTERED_DIR_ENV)
+    if not directory or not (Path(directory) / "registry.json").exists():
+        return {}
+    found = _load(Path(directory))
+    clashes = [schema_id for schema_id, schema in found.items()
+               if schema_id in registry() and registry()[schema_id].definition != schema.definition]
+    if clashes:
+        raise ValueError(f"{directory}: schema ids {clashes} are taken by this build's schemas")
+    _registered.update(found)
+    return _registered
+
+
+def _find(match) -> TopicSchema | None:
+    for known in (registry(), _registered, None):
+        if known is None:
+            known = _registered_since_build()
+        found = next((schema for schema in known.values() if match(schema)), None)
+        if found:
+            return found
+    return None
+
+
 def by_id(schema_id: int) -> TopicSchema:
-    try:
-        return registry()[schema_id]
-    except KeyError:
-        raise KeyError(f"unknown schema id {schema_id}") from None
+    found = registry().get(schema_id) or _registered.get(schema_id) or _registered_since_build().get(schema_id)
+    if found is None:
+        raise KeyError(f"unknown schema id {schema_id}")
+    return found
 
 
 @cache
@@ -52,7 +90,7 @@ def latest(topic: str) -> TopicSchema:
 
 
 def version(topic: str, number: int) -> TopicSchema:
-    for schema in registry().values():
-        if schema.topic == topic and schema.version == number:
-            return schema
-    raise KeyError(f"topic {topic!r} has no schema version {number}")
+    found = _find(lambda schema: schema.topic == topic and schema.version == number)
+    if found is None:
+        raise KeyError(f"topic {topic!r} has no schema version {number}")
+    return found

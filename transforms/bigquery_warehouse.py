@@ -154,6 +154,10 @@ class BigQueryWarehouse:
         rows = self.client.query(f"SELECT topic, `partition`, next_offset FROM `{self.dataset}.source_offsets`")
         return {(row.topic, row.partition): row.next_offset for row in rows.result()}
 
+    def rows(self, table: str) -> list[dict]:
+        """Every stored row of `table`, as Python values (Decimal, date, datetime)."""
+        return [dict(row.items()) for row in self.client.query(f"SELECT * FROM `{self.dataset}.{table}`").result()]
+
     def query_frame(self, sql: str):
         """A pandas frame of a DuckDB query over the tables it names, each fetched whole from BigQuery as Arrow: the
         data-quality rules are written once, in DuckDB SQL, for both warehouses."""

@@ -74,6 +74,10 @@ class DuckDBWarehouse:
         return {(topic, partition): offset for topic, partition, offset in
                 self.connection.execute('SELECT topic, "partition", next_offset FROM source_offsets').fetchall()}
 
+    def rows(self, table: str) -> list[dict]:
+        """Every stored row of `table`, as Python values (Decimal, date, datetime)."""
+        return self.connection.execute(f'SELECT * FROM "{table}"').fetch_arrow_table().to_pylist()
+
     def query_frame(self, sql: str):
         """A pandas frame of a DuckDB query over the tables (the data-quality checkpoint's reads)."""
         return self.connection.execute(sql).df()

@@ -23,11 +23,12 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
-from schemas.contracts import contract
+from schemas.contracts import RETRACTED, contract
 from transforms.bigquery_warehouse import BigQueryTarget, BigQueryWarehouse
 from transforms.data_quality import ValidatedLanding
 from transforms.dq_suites import QualityConfig
 from transforms.duckdb_warehouse import DuckDBWarehouse
+from transforms.whole_table import WHOLE_TABLES
 
 log = logging.getLogger("journeys.warehouse")
 READ = "__read__"  # the tag of a read-position item among the table rows
@@ -113,6 +114,7 @@ class _CommitPeriodically(beam.DoFn):
         self.warehouse = open_warehouse(self.target)
         self.quality = ValidatedLanding(self.warehouse, self.quality_config, "stream")
         self.stored = self.warehouse.offsets()  # where the last run's commits ended
+        self.stale_checked: set[str] = set()  # whole tables whose stored rows this job has reconciled
         self.committed = dict(self.stored)
         if self.stored:
             log.info("resuming: the last run committed %d records; holding commits until the replay passes them",
@@ -158,8 +160,14 @@ class _CommitPeriodically(beam.DoFn):
         if not rows and not any(read.get(p, 0) > self.committed.get(p, 0) for p in read):
             return  # nothing new since the last commit
         latest = {table: latest_rows(table, table_rows) for table, table_rows in rows.items()}
+        if self.stored:
+            self._retract_stale(latest)
         started = time.perf_counter()
-        landing = self.quality.land(latest, read)
+        try:
+            landing = self.quality.land(latest, read)
+        except Exception as error:
+            self._stop_on(error, read)
+            raise
         where = landing.published or "not published: a block-severity expectation failed"
         self.committed = dict(read)
         last_commit.write(time.time())  # the interval runs from the end of a commit, which may take seconds
@@ -171,6 +179,43 @@ class _CommitPeriodically(beam.DoFn):
                  sum(map(len, latest.values())), len(latest), len(read), time.perf_counter() - started, where)
         yield {"rows": {table: len(table_rows) for table, table_rows in latest.items()}, "read": read,
                "quarantined": landing.quarantined, "published": landing.published is not None}
+
+    def _retract_stale(self, latest: dict[str, list[dict]]) -> None:
+        """The first commit after a restart: a whole table's stored keys that this job's firings no longer produce
+        are the last run's, computed from fewer events (a cohort whose only member has since moved): retracted,
+        as the last run would have retracted them. The hold before this commit let every whole table fire in full."""
+        for table in sorted((WHOLE_TABLES & latest.keys()) - self.stale_checked):
+            key = contract(table).primary_key
+            produced = {_key(row, key) for row in latest[table]}
+            stale = [{**row, RETRACTED: True} for row in self.warehouse.rows(table) if _key(row, key) not in produced]
+            if stale:
+                log.info("%s: retracting %d rows the last run landed and this one no longer computes", table,
+                         len(stale))
+                latest[table] = latest[table] + stale
+            self.stale_checked.add(table)
+
+    def _stop_on(self, error: Exception, read: dict) -> None:
+        """One line for the on-call person: where, what failed, and where the stored offsets stand. The job then
+        fails rather than read on with nowhere to land; a restart resumes from the stored offsets."""
+        try:
+            stored = self.warehouse.offsets()
+        except Exception:  # noqa: BLE001 - the warehouse may not answer at all
+            stored = None
+        if stored is None:
+            what = "the stored offsets cannot be read now"
+        elif all(stored.get(p, 0) >= offset for p, offset in read.items()):
+            what = (f"this commit's rows landed with their offsets ({sum(stored.values()):,} records), but "
+                    "publishing the readers' copy failed: readers keep the last published one")
+        else:
+            what = (f"nothing of this commit landed: no offset advanced past the last good commit "
+                    f"({sum(stored.values()):,} records)")
+        log.error("warehouse write failed at %s: %s: %s. %s. The job stops; restart it once the warehouse is "
+                  "writable.", self.target, type(error).__name__, error, what)
+
+
+def _key(row: dict, key: tuple[str, ...]) -> tuple:
+    """A primary key comparable between a computed row and a stored one (dates may come as text or as dates)."""
+    return tuple(row[k].isoformat() if hasattr(row[k], "isoformat") else str(row[k]) for k in key)
 
 
 class WriteToWarehouse(beam.PTransform):

@@ -16,6 +16,10 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from schemas.contracts import RETRACTED, contract
 
+# The tables WholeTable computes. A restarted job's first firing does not know what the last run's landed: the
+# commit step retracts the stored keys it no longer computes (transforms/warehouse.py).
+WHOLE_TABLES = frozenset({"retention_cohorts", "social_impact"})
+
 
 class _ComputeFiring(beam.DoFn):
     def __init__(self, compute: Callable[[list], Iterable[dict]]):
@@ -48,6 +52,8 @@ class WholeTable(beam.PTransform):
 
     def __init__(self, table: str, compute: Callable[[list], Iterable[dict]]):
         super().__init__()
+        if table not in WHOLE_TABLES:
+            raise ValueError(f"{table} is computed whole: add it to WHOLE_TABLES")
         self.table = table
         self.compute = compute
 

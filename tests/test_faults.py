@@ -1,0 +1,194 @@
+"""The fault suite: `journeys stream` on the real broker into DuckDB while things go wrong.
+
+- poison records of every bad-input class among the events, the job SIGKILLed three times at random points and the
+  broker restarted once while it runs: the tables end identical to a clean run (computed in memory, landed by the
+  same code), every record accounted for, and the dead letters exactly the poison records, each with its reason;
+- the warehouse turning unwritable mid-stream: one clear error, the job stops, no offset advances past the last
+  good commit, and once it is writable again a restart ends as a clean run;
+- a topic's schema changed compatibly mid-stream (a new version with an optional field, registered while the job
+  runs, then written by the producer): nothing dead-lettered, the tables as if nothing changed.
+(A broker down at start: tests/test_cli.py. Size: JOURNEYS_FAULT_CUSTOMERS customers over 30 days, about ten
+events each; the default keeps CI under its time limit, as Prism handles some tens of events per second here.)
+"""
+import dataclasses
+import datetime as dt
+import io
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fastavro
+
+import duckdb
+import pytest
+
+from pipelines.generate import GeneratorConfig, generate, records_by_topic
+from pipelines.generate.bad_inputs import bad_inputs
+from pipelines.generate.records import ProducerRecord
+from schemas import REGISTERED_DIR_ENV
+from pipelines.generate.sinks import produce
+from pipelines.kafka_topics import ensure_topics
+from streaming_job import Sink, committed, ends_as, expected_tables, kill, start_job, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = GeneratorConfig(customers=int(os.environ.get("JOURNEYS_FAULT_CUSTOMERS", "100")), days=30, seed=59,
+                         start=dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc))
+
+
+@pytest.fixture
+def sink(tmp_path, topic_prefix):
+    return Sink("duckdb", tmp_path, topic_prefix)
+
+
+@pytest.fixture
+def jobs(topic_prefix, sink):
+    """start(run) → a streaming job; all are killed when the test ends, also when it fails half-way."""
+    started = []
+
+    def start(run: str, env: dict | None = None):
+        started.append(start_job(topic_prefix, sink, run, env))
+        return started[-1]
+
+    yield start
+    for job in started:
+        if job.poll() is None:
+            kill(job)
+
+
+def _with_poison(seed: int):
+    """The world's records with the bad-input corpus (every class, twice) at random places among them."""
+    records = generate(CONFIG, b"k")
+    valid = records_by_topic(CONFIG, b"k")
+    corpus = bad_inputs(valid["orders"][0], valid["web_sessions"][0]) + bad_inputs(valid["orders"][-1],
+                                                                                   valid["web_sessions"][-1])
+    shuffle = random.Random(seed)
+    for bad in corpus:
+        records.insert(shuffle.randrange(len(records) + 1), bad.record)
+    return records, corpus
+
+
+def _broker(action: str) -> None:
+    command = ([str(REPO / "deploy" / "local" / "kafka.sh"), "down"] if action == "down"
+               else [sys.executable, "-m", "pipelines.cli", "kafka", "up", "--no-topics"])
+    subprocess.run(command, check=True, timeout=180, capture_output=True)
+
+
+def _dead_letters(sink, run) -> list[tuple]:
+    with duckdb.connect(str(sink.published(run)), read_only=True) as con:
+        return con.execute("SELECT topic, reason, stage FROM dead_letters").fetchall()
+
+
+def test_three_kills_and_a_broker_restart_end_as_a_clean_run(kafka, topic_prefix, sink, jobs):
+    records, corpus = _with_poison(seed=61)
+    expected = expected_tables(sink, CONFIG)
+    ensure_topics(kafka, prefix=topic_prefix)
+    chunks = [records[i * len(records) // 5:(i + 1) * len(records) // 5] for i in range(5)]
+    produce(chunks[0], kafka, topic_prefix=topic_prefix)
+    job = jobs("faulty")
+    wait_for(lambda: committed(sink.snapshot("faulty")) > 0, "the first commit")
+    when = random.Random(67)
+    committed_at_kills = []
+    for chunk in chunks[1:4]:
+        produce(chunk, kafka, topic_prefix=topic_prefix)
+        time.sleep(when.uniform(1, 8))  # a random point: reading, between commits or inside one
+        kill(job)
+        committed_at_kills.append(committed(sink.snapshot("faulty")))
+        job = jobs("faulty")
+        if len(committed_at_kills) == 2:  # the broker goes away under the running job, and comes back
+            wait_for(lambda: "resuming" in (sink.tmp_path / "faulty.log").read_text(), "the restarted job")
+            _broker("down")
+            time.sleep(10)
+            _broker("up")
+    produce(chunks[4], kafka, topic_prefix=topic_prefix)
+    assert all(0 < n < len(records) for n in committed_at_kills), committed_at_kills
+
+    ends_as(expected, sink, "faulty", job, len(records))  # every table, and all records committed
+    got = sorted((reason, stage) for _, reason, stage in _dead_letters(sink, "faulty"))
+    assert got == sorted((bad.reason, bad.stage) for bad in corpus)
+    log = (sink.tmp_path / "faulty.log").read_text()
+    assert log.count("resuming: the last run committed") == 3
+
+
+def test_an_unwritable_warehouse_stops_the_job_with_a_clear_error_and_advances_no_offset(kafka, topic_prefix, sink,
+                                                                                          jobs):
+    records = generate(CONFIG, b"k")
+    expected = expected_tables(sink, CONFIG)
+    ensure_topics(kafka, prefix=topic_prefix)
+    half = len(records) // 2
+    produce(records[:half], kafka, topic_prefix=topic_prefix)
+    job = jobs("blocked")
+    wait_for(lambda: committed(sink.snapshot("blocked")) == half, "the first half committed")
+    # The warehouse turns immutable, its folder and its files (root ignores permissions, not this): DuckDB can no
+    # longer write its database or its write-ahead log, nor the publisher its copy. The job's log stays writable.
+    folder = sink.tmp_path
+    frozen = [str(path) for path in (folder, folder / "blocked.duckdb", folder / "blocked.duckdb.wal")
+              if path.exists()]
+    subprocess.run(["chattr", "+i", *frozen], check=True)
+    try:
+        produce(records[half:], kafka, topic_prefix=topic_prefix)
+        try:
+            job.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the job kept running with a warehouse it cannot write")
+        assert job.returncode != 0
+        log = (folder / "blocked.log").read_text()
+        errors = [line for line in log.splitlines() if "warehouse write failed" in line]
+        assert errors and str(folder / "blocked.duckdb") in errors[0], log[-3000:]
+        assert f"nothing of this commit landed: no offset advanced past the last good commit ({half:,} records)" \
+            in errors[0], errors[0]
+    finally:
+        subprocess.run(["chattr", "-i", *frozen], check=True)
+    with duckdb.connect(str(folder / "blocked.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT sum(next_offset) FROM source_offsets").fetchone()[0] == half
+    assert committed(sink.snapshot("blocked")) == half  # nothing landed past the last good commit
+    ends_as(expected, sink, "blocked", jobs("blocked"), len(records))
+
+
+ORDERS_V2_ID = 1001  # registered after this build (schemas.REGISTERED_DIR_ENV)
+
+
+def _orders_v2() -> dict:
+    """orders v2: v1 plus an optional field, a backward- and forward-compatible change."""
+    definition = json.loads((REPO / "schemas" / "topics" / "orders.v1.avsc").read_text())
+    definition["fields"].append({"name": "loyalty_tier", "type": ["null", "string"], "default": None,
+                                 "doc": "The customer's loyalty tier at the order, if a member."})
+    return definition
+
+
+def _as_v2(record, parsed) -> ProducerRecord:
+    """An order re-encoded as its producer would after switching to v2 (Confluent framing, the new id)."""
+    buffer = io.BytesIO()
+    buffer.write(struct.pack(">bI", 0, ORDERS_V2_ID))
+    fastavro.schemaless_writer(buffer, parsed, {**record.event, "schema_version": 2, "loyalty_tier": "gold"})
+    return dataclasses.replace(record, value=buffer.getvalue())
+
+
+def test_a_schema_changed_compatibly_mid_stream_changes_nothing(kafka, topic_prefix, sink, jobs, tmp_path):
+    records = generate(CONFIG, b"k")  # Confluent Avro, v1
+    expected = expected_tables(sink, CONFIG)
+    registered = tmp_path / "registered-schemas"
+    registered.mkdir()
+    (registered / "registry.json").write_text(json.dumps({"schemas": []}))
+    ensure_topics(kafka, prefix=topic_prefix)
+    half = len(records) // 2
+    produce(records[:half], kafka, topic_prefix=topic_prefix)
+    job = jobs("evolving", env={REGISTERED_DIR_ENV: str(registered)})
+    wait_for(lambda: committed(sink.snapshot("evolving")) == half, "the first half committed")
+
+    # The new version is registered while the job runs, then the orders producer switches to it.
+    (registered / "orders.v2.avsc").write_text(json.dumps(_orders_v2()))
+    (registered / "registry.json").write_text(json.dumps({"schemas": [
+        {"id": ORDERS_V2_ID, "topic": "orders", "version": 2, "file": "orders.v2.avsc"}]}))
+    parsed = fastavro.parse_schema(_orders_v2(), named_schemas={})
+    rest = [_as_v2(r, parsed) if r.topic == "orders" else r for r in records[half:]]
+    assert sum(r.topic == "orders" for r in rest) > 0
+    produce(rest, kafka, topic_prefix=topic_prefix)
+
+    ends_as(expected, sink, "evolving", job, len(records))
+    assert _dead_letters(sink, "evolving") == []
