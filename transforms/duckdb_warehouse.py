@@ -66,7 +66,10 @@ class DuckDBWarehouse:
                                  committed_at = now()""", [topic, partition, next_offset])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # a COMMIT that failed has ended the transaction already; its own error is the one to tell
             raise
 
     def offsets(self) -> dict[tuple[str, int], int]:
