@@ -103,18 +103,23 @@ def results(snapshot) -> dict:
     return {t: rows for t, rows in snapshot.items() if t not in ("dead_letters", "source_offsets")}
 
 
-def expected_tables(sink, config) -> dict:
-    """Every table computed in memory from the valid events (no Kafka), landed by the same warehouse code."""
-    tables: dict[str, list] = {}
+def tables_in_memory(config, out_dir) -> dict[str, list[dict]]:
+    """Every table computed in memory from the world's valid events (no Kafka, no warehouse): the latest row per
+    key, as the pipeline emitted it (JSON lines in out_dir)."""
     with TestPipeline(runner="FnApiRunner") as pipeline:
         topics = {topic: (pipeline | f"Create{topic}" >> beam.Create(records)
                           | f"Time{topic}" >> beam.Map(
                               lambda r: TimestampedValue(r, Timestamp.from_utc_datetime(r["event_time"]))))
                   for topic, records in records_by_topic(config, b"k").items()}
         for name, rows in (topics | CustomerJourneyTables()).items():
-            _ = rows | f"Write{name}" >> beam.ParDo(AppendJsonLines(str(sink.tmp_path / f"{name}.jsonl")))
-    for name in TABLES:
-        tables[name] = [_typed(name, row) for row in latest_rows(name, read_json_lines(sink.tmp_path / f"{name}.jsonl"))]
+            _ = rows | f"Write{name}" >> beam.ParDo(AppendJsonLines(str(out_dir / f"{name}.jsonl")))
+    return {name: latest_rows(name, read_json_lines(out_dir / f"{name}.jsonl")) for name in TABLES}
+
+
+def expected_tables(sink, config) -> dict:
+    """Every table computed in memory from the valid events, landed by the same warehouse code."""
+    tables = {name: [_typed(name, row) for row in rows]
+              for name, rows in tables_in_memory(config, sink.tmp_path).items()}
     warehouse = open_warehouse(sink.target("expected"))
     try:
         warehouse.commit(tables)

@@ -5,21 +5,17 @@ import os
 import subprocess
 import sys
 
-import apache_beam as beam
 import duckdb
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
 
-from transforms.warehouse import latest_rows
 from pipelines.generate import GeneratorConfig, generate, records_by_topic
 from pipelines.generate.bad_inputs import bad_inputs
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics
 from schemas.contracts import contract
-from transforms.json_lines import AppendJsonLines, read_json_lines
-from transforms.journey_tables import TABLES, CustomerJourneyTables
+from transforms.journey_tables import TABLES
+
+from streaming_job import tables_in_memory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONFIG = GeneratorConfig(customers=80, days=40, seed=37)
@@ -27,16 +23,8 @@ CONFIG = GeneratorConfig(customers=80, days=40, seed=37)
 
 def _expected_keys(tmp_path) -> dict[str, set]:
     """The primary keys of every table from the same events, computed in memory (no Kafka, no warehouse)."""
-    with TestPipeline(runner="FnApiRunner") as pipeline:
-        topics = {topic: (pipeline | f"Create{topic}" >> beam.Create(records)
-                          | f"Time{topic}" >> beam.Map(
-                              lambda r: TimestampedValue(r, Timestamp.from_utc_datetime(r["event_time"]))))
-                  for topic, records in records_by_topic(CONFIG, b"k").items()}
-        for name, rows in (topics | CustomerJourneyTables()).items():
-            _ = rows | f"Write{name}" >> beam.ParDo(AppendJsonLines(str(tmp_path / f"{name}.jsonl")))
-    return {name: {tuple(str(row[k]) for k in contract(name).primary_key)
-                   for row in latest_rows(name, read_json_lines(tmp_path / f"{name}.jsonl")) if not _zero(name, row)}
-            for name in TABLES}
+    return {name: {tuple(str(row[k]) for k in contract(name).primary_key) for row in rows if not _zero(name, row)}
+            for name, rows in tables_in_memory(CONFIG, tmp_path).items()}
 
 
 def _zero(table, row) -> bool:

@@ -29,8 +29,6 @@ from pipelines.runners import runner_args
 from schemas.contracts import contract
 from transforms.attribution import HEURISTIC_MODELS
 from transforms.bigquery_warehouse import BigQueryTarget
-from transforms.channel_grouping import ChannelRules
-from transforms.currency import ExchangeRates
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
 from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.journey_tables import TABLES, CustomerJourneyTables, TablesConfig

@@ -191,6 +191,7 @@ class _KafkaReader(UnboundedReader):
         self.current_timestamp: Timestamp = MIN_TIMESTAMP
         self.consumer = None
         self.next_discovery = 0.0
+        self.broker_silent_since: float | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -266,6 +267,24 @@ class _KafkaReader(UnboundedReader):
         return False
 
     def _fill(self) -> None:
+        """Fetch the next records. A broker that stops answering (restarted, a network partition) is waited out:
+        kafka-python reconnects by itself, and until it does this reader returns nothing, so the job neither
+        fails nor moves its watermark on."""
+        from kafka.errors import KafkaError
+
+        try:
+            self._fill_from_broker()
+        except KafkaError as error:
+            if self.broker_silent_since is None:
+                self.broker_silent_since = time.monotonic()
+                log.warning("Kafka does not answer (%s: %s); reading resumes when it does", type(error).__name__,
+                            error)
+            return
+        if self.broker_silent_since is not None:
+            log.warning("Kafka answers again after %.0f s", time.monotonic() - self.broker_silent_since)
+            self.broker_silent_since = None
+
+    def _fill_from_broker(self) -> None:
         from kafka import TopicPartition
 
         self._discover()

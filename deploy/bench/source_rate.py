@@ -17,6 +17,7 @@ import apache_beam as beam
 import fastavro
 from apache_beam.options.pipeline_options import PipelineOptions
 from report import report
+from topics import messages
 
 import schemas
 from pipelines.generate import GeneratorConfig, generate
@@ -28,28 +29,16 @@ from transforms.kafka_connection import KafkaConnection
 from transforms.kafka_source import ReadFromKafka
 
 
-def raw_loop(connection: KafkaConnection, prefix: str) -> tuple[int, float]:
+def raw_loop(prefix: str) -> tuple[int, float]:
     """The floor: one consumer over every partition, Confluent framing stripped, fastavro schemaless decode."""
-    from kafka import KafkaConsumer, TopicPartition
-
     started = time.perf_counter()
-    consumer = KafkaConsumer(**connection.client_config(), group_id=None, enable_auto_commit=False,
-                             max_poll_records=5000, max_partition_fetch_bytes=4 * 1024 * 1024)
-    partitions = [TopicPartition(prefix + t, p) for t in schemas.TOPICS
-                  for p in consumer.partitions_for_topic(prefix + t)]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    end = consumer.end_offsets(partitions)
     readers = {prefix + t: schemas.latest(t).parsed for t in schemas.TOPICS}
     writers = {s.schema_id: s.parsed for s in schemas.registry().values()}
     decoded = 0
-    while any(consumer.position(tp) < end[tp] for tp in partitions):
-        for tp, batch in consumer.poll(timeout_ms=500).items():
-            for message in batch:
-                (schema_id,) = struct.unpack(">I", message.value[1:5])
-                fastavro.schemaless_reader(io.BytesIO(message.value[5:]), writers[schema_id], readers[tp.topic])
-                decoded += 1
-    consumer.close()
+    for message in messages(prefix):
+        (schema_id,) = struct.unpack(">I", message.value[1:5])
+        fastavro.schemaless_reader(io.BytesIO(message.value[5:]), writers[schema_id], readers[message.topic])
+        decoded += 1
     return decoded, time.perf_counter() - started
 
 
@@ -81,7 +70,7 @@ def main() -> None:
     produce(records, connection, topic_prefix=prefix)
     os.environ["SRC_BENCH_OUT"] = f"/tmp/{prefix}count"
 
-    raw_n, raw_s = raw_loop(connection, prefix)
+    raw_n, raw_s = raw_loop(prefix)
     result = {"records": len(records),
               "raw_kafka_python_fastavro": {"records": raw_n, "seconds": round(raw_s, 2),
                                             "records_per_s": round(raw_n / raw_s)}}

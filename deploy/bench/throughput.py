@@ -30,36 +30,12 @@ import time
 from pathlib import Path
 
 from report import report
+from topics import messages
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS_PER_CUSTOMER = 10  # over 60 simulated days: 9.8-9.9 measured at 1,000 and 3,000 customers
 NONZERO_DAY = "(abs(conversions) > 1e-9 or revenue <> 0)"
 COMPARED_TABLES = ("touchpoints", "channel_attribution_daily", "customers", "retention_cohorts")
-
-
-def _messages(prefix: str):
-    """Every message of the three topics, from the beginning to their end offsets at the start."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    import schemas
-    from transforms.kafka_connection import KafkaConnection
-
-    consumer = KafkaConsumer(**KafkaConnection.from_env().client_config(), group_id=None, enable_auto_commit=False,
-                             max_poll_records=5000, max_partition_fetch_bytes=4 * 1024 * 1024)
-    partitions = [TopicPartition(prefix + t, p) for t in schemas.TOPICS
-                  for p in consumer.partitions_for_topic(prefix + t)]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    end = consumer.end_offsets(partitions)
-    remaining = {tp for tp in partitions if end[tp] > 0}
-    while remaining:
-        for tp, batch in consumer.poll(timeout_ms=500).items():
-            for message in batch:
-                if message.offset < end[tp]:
-                    yield message
-                if message.offset >= end[tp] - 1:
-                    remaining.discard(tp)
-    consumer.close()
 
 
 def phase_raw(prefix: str) -> dict:
@@ -71,7 +47,7 @@ def phase_raw(prefix: str) -> dict:
     readers = {prefix + t: schemas.latest(t).parsed for t in schemas.TOPICS}
     writers = {s.schema_id: s.parsed for s in schemas.registry().values()}
     decoded = failed = 0
-    for message in _messages(prefix):
+    for message in messages(prefix):
         try:
             (schema_id,) = struct.unpack(">I", message.value[1:5])
             fastavro.schemaless_reader(io.BytesIO(message.value[5:]), writers[schema_id], readers[message.topic])
@@ -92,7 +68,7 @@ def phase_reference(prefix: str) -> dict:
     decoder = EventDecoder.for_prefix(prefix)
     world = {topic: [] for topic in schemas.TOPICS}
     records = dead = 0
-    for m in _messages(prefix):
+    for m in messages(prefix):
         records += 1
         outcome = decoder(KafkaMessage(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
                                        tuple(m.headers or ())))
