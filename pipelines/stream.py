@@ -8,7 +8,8 @@ expectation failed, a copy is published for BI readers (DuckDB). Tables over all
 are re-emitted every `--update-every-s`. A restarted job replays the topics from their start to rebuild its
 per-customer state and holds its commits until the replay has passed what the last run committed
 (transforms/warehouse.py): after a crash, even SIGKILL, the tables end as if it had never stopped.
-Runs until stopped (Ctrl-C or SIGTERM).
+Runs until stopped (Ctrl-C or SIGTERM); exits 4 when its runner stops handing out work (transforms/liveness.py), for
+a supervisor to restart it.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import apache_beam as beam
 import schemas
 from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, quality_config,
                                run_kafka_pipeline, warehouse_target)
+from transforms import liveness
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TablesConfig, TablesFromMessages
 from transforms.kafka_connection import KafkaConnection
@@ -60,6 +62,9 @@ def parse_args(argv=None):
                         help="a partition without records this long follows the wall clock (default: %(default)s)")
     parser.add_argument("--log-every-s", type=float, default=30.0, help="progress log interval")
     parser.add_argument("--group-id", default="journeys-stream", help="consumer group, for lag monitoring only")
+    parser.add_argument("--stalled-after-s", type=float, default=300.0,
+                        help="exit with code 4 when the commit step has not run this long (workers in this process "
+                             "only: Prism); a supervisor restarts the job. 0: never (default: %(default)s)")
     return parser.parse_known_args(argv)
 
 
@@ -70,6 +75,8 @@ def _stop(signum, frame):
 def main(argv=None) -> int:
     args, beam_args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
+    if args.stalled_after_s:
+        liveness.watch(args.stalled_after_s)
     try:
         return run_kafka_pipeline(build, args, beam_args, streaming=True)
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ from transforms.warehouse import latest_rows, open_warehouse
 # and the tables end as a backfill's.
 IDLE_AFTER_S = 75
 STREAM_OPTIONS = ["--commit-every-s", "3", "--update-every-s", "15", "--idle-after-s", str(IDLE_AFTER_S),
+                  "--stalled-after-s", "120",
                   "--log-every-s", "5"]
 # Processing history, not results: when a job first saw a record, and how many corrections an order went through
 # (a replay after a restart reads in other bundles, so an order may be attributed once where it was corrected).
@@ -147,11 +148,21 @@ def _differences(got: dict, expected: dict) -> str:
     return "\n".join(lines)
 
 
-def ends_as(expected, sink, run, job, records: int, timeout_s: float = 600.0) -> dict:
-    """Wait until every record is committed and every table equals the expected one."""
+# Exits a supervisor (systemd, Kubernetes) answers with a restart: the runner stopped handing out work
+# (transforms/liveness.py), or the broker was unreachable as the job started (pipelines/cli.py).
+RESTARTED_ON = {4: "stalled", 3: "broker unreachable at start"}
+
+
+def ends_as(expected, sink, run, job, records: int, timeout_s: float = 600.0, restart=None) -> dict:
+    """Wait until every record is committed and every table equals the expected one. With `restart` (run → a new
+    job), a job that exits as in RESTARTED_ON is restarted, as its supervisor would."""
     deadline, snapshot = time.time() + timeout_s, None
     while time.time() < deadline:
-        assert job.poll() is None, (sink.tmp_path / f"{run}.log").read_text()[-3000:]
+        if job.poll() is not None:
+            log = (sink.tmp_path / f"{run}.log").read_text()[-3000:]
+            assert restart and job.returncode in RESTARTED_ON, f"{run} exited with {job.returncode}:\n{log}"
+            print(f"{run} exited ({RESTARTED_ON[job.returncode]}); restarted as a supervisor would")
+            job = restart(run)
         snapshot = sink.snapshot(run)
         if snapshot and committed(snapshot) == records and results(snapshot) == expected:
             return snapshot

@@ -63,11 +63,11 @@ def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafk
                                    capture_output=True, text=True, timeout=60)
             assert shown.returncode == 0 and int(shown.stdout.split()[-1]) >= committed_before_kill, shown.stderr
             time.sleep(1)
-    restarted = ends_as(expected, sink, "restarted", job, len(records))
+    restarted = ends_as(expected, sink, "restarted", job, len(records), restart=start)
     kill(job)
 
     job = start("uninterrupted")
-    uninterrupted = ends_as(expected, sink, "uninterrupted", job, len(records))
+    uninterrupted = ends_as(expected, sink, "uninterrupted", job, len(records), restart=start)
     kill(job)
 
     assert restarted == uninterrupted  # every table, the dead letters and the offsets

@@ -27,6 +27,7 @@ from schemas.contracts import RETRACTED, contract
 from transforms.bigquery_warehouse import BigQueryTarget, BigQueryWarehouse
 from transforms.data_quality import ValidatedLanding
 from transforms.dq_suites import QualityConfig
+from transforms import liveness
 from transforms.duckdb_warehouse import DuckDBWarehouse
 from transforms.whole_table import WHOLE_TABLES
 
@@ -126,6 +127,7 @@ class _CommitPeriodically(beam.DoFn):
 
     def process(self, element, pending=beam.DoFn.StateParam(PENDING),
                 last_commit=beam.DoFn.StateParam(LAST_COMMIT), caught_up_at=beam.DoFn.StateParam(CAUGHT_UP_AT)):
+        liveness.beat()
         # The arriving item goes to the next commit, not this one: the other rows of its emission (an order's
         # credits) follow it, and a group landed in halves would replace itself with its second half.
         yield from self._commit_if_due(pending, last_commit, caught_up_at)
