@@ -37,7 +37,7 @@ from transforms.kafka_connection import KafkaConnection
 
 
 def touch_id(record) -> str | None:
-    if record.event is None:
+    if record.event is None or record.topic == "orders":  # orders are not touches
         return None
     return record.event.get("session_id") if record.topic == "web_sessions" else record.event.get("event_id")
 
