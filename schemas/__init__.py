@@ -65,13 +65,8 @@ def _registered_since_build() -> dict[int, TopicSchema]:
 
 
 def _find(match) -> TopicSchema | None:
-    for known in (registry(), _registered, None):
-        if known is None:
-            known = _registered_since_build()
-        found = next((schema for schema in known.values() if match(schema)), None)
-        if found:
-            return found
-    return None
+    known = next((schema for schema in (*registry().values(), *_registered.values()) if match(schema)), None)
+    return known or next((schema for schema in _registered_since_build().values() if match(schema)), None)
 
 
 def by_id(schema_id: int) -> TopicSchema:

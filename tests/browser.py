@@ -66,4 +66,4 @@ def render(page_path: Path, screenshot: Path, width: int = 1400) -> dict:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(screenshot), full_page=True)
         page.close()
-    return {"console_errors": errors, "charts": charts, "page": page}
+    return {"console_errors": errors, "charts": charts}

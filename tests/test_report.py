@@ -91,7 +91,7 @@ def test_a_report_of_an_empty_warehouse_says_so(tmp_path, warehouse):
     assert "<h3><code>touchpoints</code></h3>" in page  # the table documentation
 
 
-def test_a_missing_warehouse_is_one_clear_error(tmp_path, capsys):
+def test_a_missing_warehouse_is_one_clear_error(tmp_path):
     from pipelines.cli import main
 
     assert main(["report", "--warehouse", str(tmp_path / "none.duckdb"), "--out", str(tmp_path / "r")]) == 2

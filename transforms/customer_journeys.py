@@ -61,6 +61,11 @@ def _items(bag) -> list:
     return [pickle.loads(data) for data in bag.read()]
 
 
+def _load(state) -> "_Journey":
+    data = state.read()
+    return pickle.loads(data) if data else _Journey()
+
+
 def _ts(when: dt.datetime) -> Timestamp:
     return Timestamp.from_utc_datetime(when)
 
@@ -160,7 +165,6 @@ class StitchIdentities(beam.PTransform):
 # --- 2. attribution per customer ------------------------------------------------------------------------------------
 
 PATHS = "paths"
-UNPICKLED_KEPT = 100_000  # journeys kept unpickled per worker (a few KB each); they are in state as bytes too
 
 
 @dataclass
@@ -185,22 +189,9 @@ class _Attribute(beam.DoFn):
         self.lateness = dt.timedelta(seconds=config.allowed_lateness_s)
         self.horizon = max(config.lookback, dt.timedelta(days=config.reversal_horizon_days))
 
-    def setup(self):
-        # The journey last written per customer, beside the bytes written: when state hands those very bytes back,
-        # the object is used again instead of unpickled (18 % of a 1M-event backfill's time, py-spy).
-        # Taken out on use, so an element that fails half-way leaves nothing mutated behind.
-        self.unpickled: dict[str, tuple[bytes, _Journey]] = {}
-
-    def _journey(self, customer_id: str, state) -> "_Journey":
-        data = state.read()
-        written, journey = self.unpickled.pop(customer_id, (None, None))
-        if data is not None and (data is written or data == written):  # == : the same bytes, fetched again
-            return journey
-        return pickle.loads(data) if data else _Journey()
-
     def process(self, element, state=beam.DoFn.StateParam(JOURNEY), due=beam.DoFn.TimerParam(DUE)):
         customer_id, (kind, payload) = element
-        journey = self._journey(customer_id, state)
+        journey = _load(state)
         if kind == "reversal":
             journey.reversals.append(payload)
             for order in (o for o in journey.done if o["order_id"] == payload["order_id"]):
@@ -217,7 +208,7 @@ class _Attribute(beam.DoFn):
                     order["touches"].append(payload)
                     order["revision"] += 1
                     yield from self._attributed(customer_id, order, journey)
-        self._save(state, due, journey, customer_id)
+        self._save(state, due, journey)
 
     def _attributed(self, customer_id: str, order: dict, journey: _Journey):
         """The order's rows, and its converting path (by revision too: the data-driven fit keeps the latest)."""
@@ -230,7 +221,7 @@ class _Attribute(beam.DoFn):
     def _due(self, order_time: dt.datetime) -> Timestamp:
         return _ts(order_time + self.lateness)
 
-    def _save(self, state, due, journey: _Journey, customer_id: str) -> None:
+    def _save(self, state, due, journey: _Journey) -> None:
         """Store the journey and wake up at the next moment anything happens: an order falls due, or a touch,
         order or reversal expires. An empty journey leaves no state behind."""
         moments = ([o["event_time"] for o in journey.pending]
@@ -241,18 +232,14 @@ class _Attribute(beam.DoFn):
         if not moments:
             state.clear()
             return
-        data = pickle.dumps(journey, protocol=pickle.HIGHEST_PROTOCOL)
-        state.write(data)
+        state.write(pickle.dumps(journey, protocol=pickle.HIGHEST_PROTOCOL))
         due.set(self._due(min(moments)))
-        if len(self.unpickled) >= UNPICKLED_KEPT:
-            self.unpickled.clear()
-        self.unpickled[customer_id] = (data, journey)
 
     @on_timer(DUE)
     def fire(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(JOURNEY), due=beam.DoFn.TimerParam(DUE),
              now=beam.DoFn.TimestampParam):
         cutoff = now.to_utc_datetime().replace(tzinfo=dt.timezone.utc) - self.lateness  # event time now settled
-        journey = self._journey(key, state)
+        journey = _load(state)
         ready = sorted((o for o in journey.pending if o["event_time"] <= cutoff), key=lambda o: o["event_time"])
         for order in ready:
             order["revision"] = 0
@@ -284,7 +271,7 @@ class _Attribute(beam.DoFn):
             done=[o for o in journey.done + ready if o["event_time"] + self.horizon > cutoff],
             reversals=[r for r in journey.reversals if r["event_time"] + self.horizon > cutoff],
             unused=unused)
-        self._save(state, due, journey, key)
+        self._save(state, due, journey)
 
     def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict], placed: bool = True):
         """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status)."""
