@@ -18,8 +18,8 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 import schemas
-from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, open_target,
-                               quality_config, run_kafka_pipeline, warehouse_target)
+from pipelines.runners import (BATCH_RUNNER, add_kafka_pipeline_args, add_quality_args, add_warehouse_args,
+                               open_target, quality_config, run_kafka_pipeline, warehouse_target)
 from transforms.customer_profiles import updating_global_window
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TABLES, TablesConfig, TablesFromMessages
@@ -59,13 +59,17 @@ def build(pipeline, args, connection: KafkaConnection):
     decoder = EventDecoder.for_prefix(args.topic_prefix)
     topics = tuple(args.topic_prefix + t for t in schemas.TOPICS)
     _, stop, _ = resolve_launch(connection, topics, StartAt(), bounded=True)
-    end_offsets = dict(stop)
+    end_offsets = args.end_offsets = dict(stop)
     log.info("backfill of %d records in %d partitions up to the end offsets at launch",
              sum(end_offsets.values()), len(end_offsets))
     messages = pipeline | "Read" >> ReadFromKafka(connection, list(topics), bounded=True, stop_offsets=end_offsets,
                                                   event_time=decoder)
     _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, end_offsets, args.log_every_s))
-    tables = messages | "Tables" >> TablesFromMessages(decoder, TablesConfig(update_every_s=None))
+    # Replayed keyed state emits once all input is grouped, behind the watermark: only a batch engine that drops
+    # no late data may replay it (on Prism the data-driven windows lost every path as late).
+    replay = args.runner == BATCH_RUNNER
+    tables = messages | "Tables" >> TablesFromMessages(
+        decoder, TablesConfig(update_every_s=None, replay_keyed_state=replay))
     # data_driven_attribution comes out of event-time windows: all tables into one window before they meet
     tagged = [rows | f"Unwindow{name}" >> beam.WindowInto(GlobalWindows())
               | f"Tag{name}" >> beam.Map(lambda row, name=name: (name, row)) for name, rows in tables.items()]
@@ -96,9 +100,16 @@ def main(argv=None) -> int:
 
     warehouse = open_target(args)
     try:
+        landed = warehouse.offsets()
         results = warehouse.query_frame(f"SELECT * FROM dq_results WHERE run_id = '{args.run_id}'")
     finally:
         warehouse.close()
+    short = {partition: end for partition, end in args.end_offsets.items() if landed.get(partition, 0) < end}
+    if short:  # a runner that loses the read (we saw one: FnApiRunner's multi_processing mode) must not pass
+        log.error("the run ended without landing its input: %d of %d partitions were not committed up to their end "
+                  "offsets at launch (%s)", len(short), len(args.end_offsets),
+                  ", ".join(f"{t}[{p}]: {landed.get((t, p), 0)} < {end}" for (t, p), end in sorted(short.items())))
+        return 1
     print_summary(results)
     code = exit_code(results)
     if code == 2:

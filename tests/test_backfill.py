@@ -2,6 +2,7 @@
 letters are exactly the injected malformed records, records in = landed + dead-lettered, and a second run
 changes nothing."""
 import os
+import re
 import subprocess
 import sys
 
@@ -87,3 +88,24 @@ def test_backfill_lands_every_table_and_the_dead_letters_once(kafka, topic_prefi
     before = {table: _landed(published, table) for table in (*TABLES, "dead_letters")}
     _backfill(topic_prefix, str(warehouse))  # a re-run upserts the same rows
     assert {table: _landed(published, table) for table in (*TABLES, "dead_letters")} == before
+
+
+def test_a_run_that_lands_nothing_fails_with_the_partitions_it_missed(kafka, topic_prefix, tmp_path, monkeypatch,
+                                                                      caplog):
+    """A runner that loses the read must not pass as a backfill: one whose pipeline never runs lands nothing."""
+    import apache_beam as beam
+
+    from pipelines import backfill
+
+    ensure_topics(kafka, prefix=topic_prefix)
+    produce(generate(GeneratorConfig(customers=20, days=10, seed=2), b"k"), kafka, topic_prefix=topic_prefix)
+
+    def built_but_never_run(build, args, beam_args):
+        build(beam.Pipeline(), args, kafka)
+        return 0
+
+    monkeypatch.setattr(backfill, "run_kafka_pipeline", built_but_never_run)
+    code = backfill.main(["--topic-prefix", topic_prefix, "--warehouse", str(tmp_path / "journeys.duckdb")])
+    assert code == 1
+    assert re.search(r"[1-9] of 9 partitions were not committed up to their end offsets at launch", caplog.text)
+    assert f"{topic_prefix}web_sessions[0]: 0 <" in caplog.text

@@ -3,6 +3,7 @@ import datetime as dt
 from decimal import Decimal
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
@@ -27,14 +28,15 @@ def _credit(order_id, channel, index, credit, revision, status="placed", amount=
             "revenue_credit": sign * amount * credit, "currency": "EUR", "revision": revision}
 
 
-def test_channel_attribution_daily_counts_only_the_latest_revision_of_each_row():
+@pytest.mark.parametrize("replay", [False, True], ids=["keyed-state", "replayed"])
+def test_channel_attribution_daily_counts_only_the_latest_revision_of_each_row(replay):
     rows = [_credit("O1", "Email", 0, 0.5, revision=1), _credit("O1", "Organic Search", 1, 0.5, revision=1),
             _credit("O1", "Email", 0, 1.0, revision=0),  # the first attribution, arriving after its correction
             _credit("O2", "Email", 0, 1.0, revision=0),
             _credit("O2", "Email", 0, 1.0, revision=1, status="refunded"),
             _credit("O3", "Display", 0, 1.0, revision=0), _credit("O3", "Referral", 0, 1.0, revision=1)]
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        daily = pipeline | beam.Create(rows) | ChannelAttributionDaily()
+        daily = pipeline | beam.Create(rows) | ChannelAttributionDaily(replay=replay)
         assert_that(daily | beam.Map(lambda r: (r["channel"], r["conversions"], r["revenue"], RETRACTED in r)),
                     equal_to([("Email", 0.5, Decimal("50.00"), False),  # O1's half; O2 placed and refunded nets out
                               ("Organic Search", 0.5, Decimal("50.00"), False),

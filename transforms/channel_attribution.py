@@ -9,7 +9,6 @@ each delta counts the rows it adds or takes back: a daily key left with no row i
 from __future__ import annotations
 
 import datetime as dt
-import pickle
 from decimal import Decimal
 
 import apache_beam as beam
@@ -20,6 +19,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from schemas.contracts import RETRACTED
 from transforms.currency import to_cents
 from transforms.customer_profiles import updating_global_window
+from transforms.keyed_replay import from_state, stateful_step, to_state
 
 ROW_KEY = ("order_id", "model", "touch_index", "status")
 
@@ -49,11 +49,10 @@ class _Deltas(beam.DoFn):
 
     def process(self, element, current=beam.DoFn.StateParam(CURRENT)):
         _, row = element
-        stored = current.read()
-        old = pickle.loads(stored) if stored else None
+        old = from_state(current, current.read())
         if old is not None and old["revision"] >= row["revision"]:
             return []  # an older revision arriving late changes nothing
-        current.write(pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL))
+        current.write(to_state(current, row))
         deltas = [(daily_key(row), contribution(row))] if row["credit"] else []  # no rows for uncredited channels
         if old is not None and old["credit"]:
             deltas.append((daily_key(old), contribution(old, rows=-1)))
@@ -68,17 +67,19 @@ def _sum_deltas(deltas) -> tuple[Decimal, Decimal, int]:
 
 
 class ChannelAttributionDaily(beam.PTransform):
-    """order_attribution rows → channel_attribution_daily rows, re-emitted (upserts) as they change."""
+    """order_attribution rows → channel_attribution_daily rows, re-emitted (upserts) as they change. `replay`: a
+    bounded input's revisions are replayed per row key in memory (transforms/keyed_replay.py)."""
 
-    def __init__(self, update_every_s: int | None = 60):
+    def __init__(self, update_every_s: int | None = 60, replay: bool = False):
         super().__init__()
         self.update_every_s = update_every_s
+        self.replay = replay
 
     def expand(self, rows):
         deltas = (rows
                   | "AllTime" >> beam.WindowInto(window.GlobalWindows())
                   | "ByRowKey" >> beam.Map(lambda row: (tuple(row[k] for k in ROW_KEY), row))
-                  | "Deltas" >> beam.ParDo(_Deltas()))
+                  | "Deltas" >> stateful_step(_Deltas(), self.replay))
         return (deltas
                 | "Updating" >> updating_global_window(deltas, self.update_every_s)
                 | "Sum" >> beam.CombinePerKey(_sum_deltas)

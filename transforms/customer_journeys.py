@@ -19,7 +19,6 @@ touch within one lookback window of it; the next path starts at the next unused 
 from __future__ import annotations
 
 import datetime as dt
-import pickle
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -32,6 +31,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, heuristic_credits, prepare_path
 from transforms.channel_grouping import ChannelRules, social_channel
 from transforms.currency import ExchangeRates
+from transforms.keyed_replay import from_state, stateful_step, to_state
 
 CLICK_THROUGH = frozenset({"ad_click", "link_click"})
 VIEW_THROUGH = frozenset({"impression", "video_view"})
@@ -51,19 +51,16 @@ class JourneyConfig:
         return dt.timedelta(days=self.attribution.lookback_days)
 
 
-# State holds records pickled to bytes: the SDK's state cache sizes every value it holds, and sizing bytes is
-# cheap where walking a dict of datetimes and Decimals cost three quarters of the stage's time.
 def _add(bag, record) -> None:
-    bag.add(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+    bag.add(to_state(bag, record))
 
 
 def _items(bag) -> list:
-    return [pickle.loads(data) for data in bag.read()]
+    return [from_state(bag, stored) for stored in bag.read()]
 
 
 def _load(state) -> "_Journey":
-    data = state.read()
-    return pickle.loads(data) if data else _Journey()
+    return from_state(state, state.read()) or _Journey()
 
 
 def _ts(when: dt.datetime) -> Timestamp:
@@ -102,13 +99,12 @@ class _Stitch(beam.DoFn):
     def process(self, element, link=beam.DoFn.StateParam(LINK), pending=beam.DoFn.StateParam(PENDING),
                 expiry=beam.DoFn.TimerParam(EXPIRY)):
         anonymous_id, (kind, payload) = element
-        stored = link.read()
-        known = pickle.loads(stored) if stored else None
+        known = from_state(link, link.read())
         new_link = (payload if kind == "link" else
                     (payload["customer_id"], payload["session_start"]) if payload["customer_id"] else None)
         if new_link and (known is None or new_link[1] < known[1]):
             known = new_link
-            link.write(pickle.dumps(known))
+            link.write(to_state(link, known))
             # The sessions this link covers go to its customer; the others keep waiting for an earlier one.
             waiting = _items(pending)
             if waiting:
@@ -146,11 +142,13 @@ class _Stitch(beam.DoFn):
 
 
 class StitchIdentities(beam.PTransform):
-    """(sessions, orders) → (customer or "anon:<id>", touch) for every session."""
+    """(sessions, orders) → (customer or "anon:<id>", touch) for every session. `replay`: a bounded input's
+    devices are replayed in memory (transforms/keyed_replay.py) instead of through keyed state."""
 
-    def __init__(self, config: JourneyConfig):
+    def __init__(self, config: JourneyConfig, replay: bool = False):
         super().__init__()
         self.config = config
+        self.replay = replay
 
     def expand(self, inputs):
         sessions, orders = inputs
@@ -159,7 +157,7 @@ class StitchIdentities(beam.PTransform):
                  | "LinksByDevice" >> beam.Map(
                      lambda o: (o["anonymous_id"], ("link", (o["customer_id"], o["event_time"])))))
         return ((by_device, links) | "Devices" >> beam.Flatten()
-                | "Stitch" >> beam.ParDo(_Stitch(self.config)))
+                | "Stitch" >> stateful_step(_Stitch(self.config), self.replay))
 
 
 # --- 2. attribution per customer ------------------------------------------------------------------------------------
@@ -232,7 +230,7 @@ class _Attribute(beam.DoFn):
         if not moments:
             state.clear()
             return
-        state.write(pickle.dumps(journey, protocol=pickle.HIGHEST_PROTOCOL))
+        state.write(to_state(state, journey))
         due.set(self._due(min(moments)))
 
     @on_timer(DUE)
@@ -326,12 +324,14 @@ class AttributeOrders(beam.PTransform):
 
     A cancelled or refunded order keeps its placed rows and gains the same rows with that status and negative
     revenue credit, so sums over all statuses are net. Each emission of an order's rows carries a higher
-    `revision`: downstream, per primary key, the highest revision is the current row.
+    `revision`: downstream, per primary key, the highest revision is the current row. `replay`: as in
+    StitchIdentities.
     """
 
-    def __init__(self, config: JourneyConfig = JourneyConfig()):
+    def __init__(self, config: JourneyConfig = JourneyConfig(), replay: bool = False):
         super().__init__()
         self.config = config
+        self.replay = replay
 
     def expand(self, inputs):
         keyed_touches, orders = inputs
@@ -339,7 +339,7 @@ class AttributeOrders(beam.PTransform):
             lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", o)))
         touches = keyed_touches | "AsTouch" >> beam.MapTuple(lambda customer, touch: (customer, ("touch", touch)))
         outputs = ((touches, placed) | "Meet" >> beam.Flatten()
-                   | "Attribute" >> beam.ParDo(_Attribute(self.config)).with_outputs(PATHS, main="order_attribution"))
+                   | "Attribute" >> stateful_step(_Attribute(self.config), self.replay, (PATHS,), "order_attribution"))
         return {"order_attribution": outputs.order_attribution, PATHS: outputs[PATHS]}
 
 

@@ -121,6 +121,8 @@ def updating_global_window(pcoll, update_every_s: int | None) -> beam.WindowInto
     """All of history in one window. A stream re-emits it (accumulated) every `update_every_s` of processing time
     and the tables take each emission as an upsert; a backfill, or a stream with update_every_s None, emits once,
     at the end of its input. (Prism 2.77 panics when such an update falls due after a bounded input ended.)"""
+    if update_every_s is None and pcoll.is_bounded:
+        return beam.WindowInto(window.GlobalWindows())  # the default trigger: once, and batch runners' fast path
     streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
     early = trigger.AfterProcessingTime(update_every_s) if streaming and update_every_s is not None else None
     # AfterWatermark spelled out even without early firings: Beam refuses the default trigger on an unbounded

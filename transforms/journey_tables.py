@@ -33,6 +33,7 @@ class TablesConfig:
     journeys: JourneyConfig = JourneyConfig()
     data_driven_window_days: float = 7.0
     update_every_s: int | None = 60  # how often a stream re-emits the all-of-history tables; None: at its end
+    replay_keyed_state: bool = False  # bounded input (a backfill): stateful steps replayed per key in memory
 
 
 def touchpoint_row(customer_key: str, touch: dict) -> dict:
@@ -52,9 +53,10 @@ class CustomerJourneyTables(beam.PTransform):
     def expand(self, topics):
         config = self.config
         sessions, social, orders = topics["web_sessions"], topics["social_interactions"], topics["orders"]
-        keyed_sessions = (sessions, orders) | "Stitch" >> StitchIdentities(config.journeys)
+        replay = config.replay_keyed_state
+        keyed_sessions = (sessions, orders) | "Stitch" >> StitchIdentities(config.journeys, replay)
         touches = (keyed_sessions, social) | "Touches" >> CustomerTouches(config.journeys)
-        attributed = (touches, orders) | "Attribute" >> AttributeOrders(config.journeys)
+        attributed = (touches, orders) | "Attribute" >> AttributeOrders(config.journeys, replay)
         profiles = {"touches": touches, "orders": orders, "social_interactions": social, "web_sessions": sessions,
                     "order_attribution": attributed["order_attribution"]} | "Profiles" >> CustomerProfiles(
             config.update_every_s, config.journeys.rates)
@@ -64,7 +66,7 @@ class CustomerJourneyTables(beam.PTransform):
             "touchpoints": touches | "TouchpointRows" >> beam.MapTuple(touchpoint_row),
             "order_attribution": attributed["order_attribution"],
             "channel_attribution_daily": attributed["order_attribution"] | "Daily" >> ChannelAttributionDaily(
-                config.update_every_s),
+                config.update_every_s, replay),
             "data_driven_attribution": attributed["paths"] | "DataDriven" >> DataDrivenAttribution(
                 config.data_driven_window_days, config.journeys),
             "customers": profiles | "CustomerRows" >> beam.Map(lambda profile: profile.row()),

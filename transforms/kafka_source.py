@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam import coders
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 from apache_beam.io.unbounded_source import CheckpointMark, ReadFromUnboundedSource, UnboundedReader, UnboundedSource
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
@@ -489,7 +489,9 @@ class ReadFromKafka(beam.PTransform):
         messages = pbegin | "ReadPartitions" >> ReadFromUnboundedSource(self.launch_source(), **self.read_options)
         if not self.bounded:
             return messages
-        # An UnboundedSource's output is unbounded even when it ends; one firing when the watermark reaches the
-        # end (after the last record) lets a backfill aggregate over all of it, as a bounded read would.
-        return messages | "FireAtEnd" >> beam.WindowInto(
-            window.GlobalWindows(), trigger=trigger.AfterWatermark(), accumulation_mode=trigger.AccumulationMode.DISCARDING)
+        # An UnboundedSource's output is unbounded even when it ends. This read ends at its stop offsets: marked
+        # bounded, a backfill aggregates over all of it with Beam's default windowing, which batch runners group
+        # on their fast path (FnApiRunner's general trigger driver took a quarter of a backfill's time).
+        bounded = messages | "AllOfIt" >> beam.WindowInto(window.GlobalWindows())
+        bounded.is_bounded = True
+        return bounded
