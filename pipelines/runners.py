@@ -14,8 +14,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMING_RUNNERS = ("DirectRunner", "PrismRunner")
-# Beam's in-process batch engine: keyed state stays in the worker's cache, where Prism serves every state read over
-# gRPC (the local runners' bottleneck). Bounded reads only: a backfill, not a stream.
+# Beam's in-process batch engine: a backfill's keyed state is replayed per key in memory there
+# (transforms/keyed_replay.py), where Prism serves every state read over gRPC. Bounded reads only: not a stream.
 BATCH_RUNNER = "FnApiRunner"
 RUNNERS = (*STREAMING_RUNNERS, BATCH_RUNNER)
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600
@@ -75,19 +75,6 @@ def add_kafka_pipeline_args(parser, bounded: bool = False) -> None:
     parser.add_argument("--kafka-env-file", metavar="FILE")
 
 
-IN_PROCESS_STATE_CACHE_MB = 1024
-
-
-def _enlarge_in_process_state_cache() -> None:
-    """FnApiRunner's in-process worker caches keyed state in a fixed 100 MB (a module constant, not an option).
-    A backfill of a million events keeps more than that of per-customer state, and an evicted read comes back
-    through the state API to be decoded and unpickled again (py-spy of a 1M-event backfill: reading and writing
-    journeys took 40 % of it). Not yet measured at 1M; at 100k, where all fits, it changes nothing."""
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
-
-    worker_handlers.STATE_CACHE_SIZE_MB = max(worker_handlers.STATE_CACHE_SIZE_MB, IN_PROCESS_STATE_CACHE_MB)
-
-
 def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = False) -> int:
     """Run `build(pipeline, args, connection)` on the chosen runner until it finishes."""
     import apache_beam as beam
@@ -96,8 +83,6 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
     from transforms.kafka_connection import KafkaConnection
 
     connection = KafkaConnection.from_env(env_file=args.kafka_env_file)
-    if args.runner == BATCH_RUNNER:
-        _enlarge_in_process_state_cache()
     with beam.Pipeline(options=PipelineOptions(runner_args(args.runner, streaming=streaming) + beam_args)) as pipeline:
         build(pipeline, args, connection)
     return 0
