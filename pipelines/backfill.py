@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     finally:
         warehouse.close()
     short = {partition: end for partition, end in args.end_offsets.items() if landed.get(partition, 0) < end}
-    if short:  # a runner that loses the read (we saw one: FnApiRunner's multi_processing mode) must not pass
+    if short:  # a run that ended without its commit (a runner that lost the read, say) must not pass
         log.error("the run ended without landing its input: %d of %d partitions were not committed up to their end "
                   "offsets at launch (%s)", len(short), len(args.end_offsets),
                   ", ".join(f"{t}[{p}]: {landed.get((t, p), 0)} < {end}" for (t, p), end in sorted(short.items())))

@@ -82,10 +82,26 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
 
     from transforms.kafka_connection import KafkaConnection
 
+    options = PipelineOptions(runner_args(args.runner, streaming=streaming) + beam_args)
+    if args.runner == BATCH_RUNNER:
+        refuse_several_workers(options)
     connection = KafkaConnection.from_env(env_file=args.kafka_env_file)
-    with beam.Pipeline(options=PipelineOptions(runner_args(args.runner, streaming=streaming) + beam_args)) as pipeline:
+    with beam.Pipeline(options=options) as pipeline:
         build(pipeline, args, connection)
     return 0
+
+
+def refuse_several_workers(options) -> None:
+    """FnApiRunner with more than one worker, or workers in threads or processes, lost records of our Kafka read:
+    a backfill of 29,786 records in multi_processing mode landed no touchpoints and 208 of 3,000 customers, and
+    passed. One in-process worker only."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    direct = options.view_as(DirectOptions)
+    if direct.direct_num_workers != 1 or direct.direct_running_mode != "in_memory":
+        raise SystemExit(f"{BATCH_RUNNER} runs this pipeline with one in-process worker only (got "
+                         f"--direct_num_workers={direct.direct_num_workers} "
+                         f"--direct_running_mode={direct.direct_running_mode}): with more, records were lost")
 
 
 def add_warehouse_args(parser) -> None:

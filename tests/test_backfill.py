@@ -109,3 +109,14 @@ def test_a_run_that_lands_nothing_fails_with_the_partitions_it_missed(kafka, top
     assert code == 1
     assert re.search(r"[1-9] of 9 partitions were not committed up to their end offsets at launch", caplog.text)
     assert f"{topic_prefix}web_sessions[0]: 0 <" in caplog.text
+
+
+@pytest.mark.parametrize("workers", [["--direct_running_mode=multi_processing"], ["--direct_num_workers=2"]],
+                         ids=["processes", "two-workers"])
+def test_fnapirunner_with_several_workers_is_refused_before_reading(workers, tmp_path):
+    """They lost records of the Kafka read (a multi_processing backfill passed with no touchpoints landed)."""
+    from pipelines import backfill
+
+    with pytest.raises(SystemExit, match="one in-process worker only"):
+        backfill.main(["--warehouse", str(tmp_path / "journeys.duckdb"), *workers])
+    assert not (tmp_path / "journeys.duckdb").exists()
