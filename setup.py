@@ -4,6 +4,17 @@ Direct dependencies are pinned here; constraints.txt pins the whole resolved tre
 """
 from setuptools import find_packages, setup
 
+# deploy/dataflow: the part of apache-beam[gcp] that Beam's DataflowRunner imports to build a job, and what the
+# Flex Template's launcher uses.
+DATAFLOW = [
+    "google-cloud-dataflow-client==0.13.0",
+    "google-cloud-storage==3.17.1",
+    # With google-cloud-storage, `import apache_beam` loads Beam's BigQuery client, which without apitools logs a
+    # warning on the root logger: that configures logging before `journeys` can.
+    "google-apitools==0.5.31",
+    "google-cloud-secret-manager==2.32.0",  # deploy/dataflow/main.py reads the template's secrets at launch
+]
+
 setup(
     name="customer-journeys",
     version="0.1.0",
@@ -23,7 +34,9 @@ setup(
         "mistune==3.4.0",  # journeys report: the tables' Markdown documentation as HTML
     ],
     extras_require={
+        "dataflow": DATAFLOW,
         "dev": [
+            *DATAFLOW,  # tests/test_dataflow_template.py builds the Dataflow job
             "pytest==9.2.0",
             "hypothesis==6.170.15",
             "bqemulator==1.4.0",

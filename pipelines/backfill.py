@@ -82,7 +82,8 @@ def build(pipeline, args, connection: KafkaConnection):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="journeys backfill", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="journeys backfill", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)  # Beam's --update is not our --update-every-s
     add_kafka_pipeline_args(parser, bounded=True)
     add_warehouse_args(parser)
     add_quality_args(parser)

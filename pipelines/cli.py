@@ -44,6 +44,14 @@ def cmd_kafka(args) -> int:
     return 0
 
 
+def cmd_flink(args) -> int:
+    from pipelines.flink import SCRIPT
+
+    action = "start-taskmanager" if args.action == "start-taskmanager" else args.action
+    extra = [args.part, str(args.lines)] if args.action == "logs" else []
+    return subprocess.run([str(SCRIPT), action, *extra], check=False).returncode
+
+
 def _start(value: str) -> dt.datetime:
     if value == "now":
         return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -164,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("--no-topics", action="store_true", help="`up` without creating the topics")
     _add_connection_args(kafka)
     kafka.set_defaults(func=cmd_kafka)
+
+    flink = commands.add_parser("flink", help="the local Flink session cluster: up | down | status | logs",
+                                description="Start, stop and inspect the local Apache Flink 1.19 session cluster of "
+                                            "deploy/flink/flink.sh: JobManager (web UI), a TaskManager with 2 slots, "
+                                            "Beam's Flink job server and a Python SDK worker pool. `journeys stream` "
+                                            "and `journeys backfill --runner FlinkRunner` run on it.")
+    flink.add_argument("action", choices=("up", "down", "status", "logs", "fetch", "start-taskmanager"))
+    flink.add_argument("part", nargs="?", default="jobmanager",
+                       choices=("jobmanager", "taskmanager", "jobserver", "workers"), help="logs: whose")
+    flink.add_argument("--lines", type=int, default=50, help="logs: how many lines")
+    flink.set_defaults(func=cmd_flink)
 
     gen = commands.add_parser("generate", help="produce seeded synthetic journeys to Kafka or Avro files",
                               description="Simulate customers and their journeys (social interactions, web sessions, "

@@ -4,6 +4,8 @@
   internet; we pass our own build (--prism_location) so it never waits on a download. Without one it falls back to
   the in-process FnApiRunner, which runs a stream only as one batch.
 - PrismRunner: Beam's local portable runner, built by deploy/local/prism.sh; SDK workers in this process (LOOPBACK).
+- FlinkRunner: Apache Flink, the engine for streams and for scale (pipelines/flink.py: the local session cluster of
+  `journeys flink up`, any remote cluster, or an embedded mini-cluster).
 """
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ import os
 import subprocess
 from pathlib import Path
 
+from pipelines import flink
+
 REPO = Path(__file__).resolve().parents[1]
-STREAMING_RUNNERS = ("DirectRunner", "PrismRunner")
+DATAFLOW_RUNNER = "DataflowRunner"  # deploy/dataflow's Flex Template launches `journeys stream` on it
+STREAMING_RUNNERS = ("FlinkRunner", "PrismRunner", "DirectRunner", DATAFLOW_RUNNER)
 # Beam's in-process batch engine: a backfill's keyed state is replayed per key in memory there
 # (transforms/keyed_replay.py), where Prism serves every state read over gRPC. Bounded reads only: not a stream.
 BATCH_RUNNER = "FnApiRunner"
-RUNNERS = (*STREAMING_RUNNERS, BATCH_RUNNER)
+RUNNERS = (BATCH_RUNNER, *(r for r in STREAMING_RUNNERS if r != DATAFLOW_RUNNER))  # no backfill there yet
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600
 
 
@@ -48,10 +53,16 @@ def _no_split(*_args, **_kwargs):
     return None
 
 
-def runner_args(runner: str, streaming: bool = False) -> list[str]:
-    """Options for `runner`. Prism's workers run in this process (LOOPBACK), which declines splits."""
+def runner_args(runner: str, streaming: bool = False, beam_args: list[str] = (), job_name: str | None = None
+                ) -> list[str]:
+    """Options for `runner` (what beam_args already sets wins). Prism's workers run in this process (LOOPBACK),
+    which declines splits."""
     if runner not in (STREAMING_RUNNERS if streaming else RUNNERS):
         raise ValueError(f"runner {runner!r}: one of {', '.join(STREAMING_RUNNERS if streaming else RUNNERS)}")
+    if runner == flink.RUNNER:
+        return flink.runner_args(list(beam_args), streaming, job_name)
+    if runner == DATAFLOW_RUNNER:  # workers run remotely, in --sdk_container_image: nothing to set up here
+        return [f"--runner={runner}", *(["--streaming"] if streaming else [])]
     refuse_dynamic_splits()
     # Beam shares one Prism job server per process, made with the options of whichever pipeline came first: a
     # pipeline without --prism_location would leave it pointing at a download. Ours get their own server.
@@ -70,19 +81,22 @@ def add_kafka_pipeline_args(parser, bounded: bool = False) -> None:
     """The options every pipeline reading our Kafka topics takes (Beam's own options pass through). A bounded
     read (a backfill) runs on Beam's in-process batch engine by default: several times faster than Prism here."""
     parser.add_argument("--runner", choices=RUNNERS if bounded else STREAMING_RUNNERS,
-                        default=BATCH_RUNNER if bounded else "PrismRunner")
+                        default=BATCH_RUNNER if bounded else flink.RUNNER,
+                        help="Beam runner (default: %(default)s); FlinkRunner takes Beam's Flink options "
+                             "(--flink_master, --parallelism, --checkpointing_interval, --state_backend, ...)")
     parser.add_argument("--topic-prefix", default="")
     parser.add_argument("--kafka-env-file", metavar="FILE")
 
 
-def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = False) -> int:
+def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = False, job_name: str | None = None
+                       ) -> int:
     """Run `build(pipeline, args, connection)` on the chosen runner until it finishes."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from transforms.kafka_connection import KafkaConnection
 
-    options = PipelineOptions(runner_args(args.runner, streaming=streaming) + beam_args)
+    options = PipelineOptions(runner_args(args.runner, streaming, beam_args, job_name) + beam_args)
     if args.runner == BATCH_RUNNER:
         refuse_several_workers(options)
     connection = KafkaConnection.from_env(env_file=args.kafka_env_file)
@@ -143,7 +157,7 @@ def quality_config(args):
     webhook = Path(args.alert_webhook_file).read_text().strip() if args.alert_webhook_file else None
     return QualityConfig.from_env(max_event_age_hours=args.max_event_age_hours,
                                   max_dead_letter_rate=args.max_dead_letter_rate,
-                                  data_docs_dir=str(args.data_docs_dir) if args.data_docs_dir else None,
+                                  data_docs_dir=str(args.data_docs_dir.resolve()) if args.data_docs_dir else None,
                                   webhook_url=webhook,
                                   gx_actions=gx_actions(args.gx_actions_file) if args.gx_actions_file else None)
 
@@ -164,10 +178,11 @@ def open_target(args):
 
 
 def warehouse_target(args):
-    """The DuckDB path, or a BigQueryTarget: what transforms.warehouse.open_warehouse takes."""
+    """The DuckDB path (absolute: workers of a cluster run elsewhere), or a BigQueryTarget: what
+    transforms.warehouse.open_warehouse takes."""
     from transforms.bigquery_warehouse import BigQueryTarget
 
     if args.bigquery_project:
         return BigQueryTarget(args.bigquery_project, args.bigquery_dataset, args.bigquery_location,
                               args.bigquery_key_file, args.bigquery_endpoint, args.bigquery_published_dataset)
-    return str(args.warehouse)
+    return str(Path(args.warehouse).resolve())

@@ -1,19 +1,24 @@
 """`journeys stream`: Kafka → decode → journey tables → the warehouse, continuously.
 
-    journeys stream --runner PrismRunner --warehouse .local/warehouse/journeys.duckdb
+    journeys stream --warehouse .local/warehouse/journeys.duckdb        (on the cluster of `journeys flink up`)
 
 Every `--commit-every-s` the rows that changed pass the data-quality row gate and are upserted together with the
 offsets read so far, in one commit; the tables are validated (dq_results, alerts) and, unless a block-severity
 expectation failed, a copy is published for BI readers (DuckDB). Tables over all of history (customers, cohorts, social impact)
-are re-emitted every `--update-every-s`. A restarted job replays the topics from their start to rebuild its
-per-customer state and holds its commits until the replay has passed what the last run committed
-(transforms/warehouse.py): after a crash, even SIGKILL, the tables end as if it had never stopped.
-Runs until stopped (Ctrl-C or SIGTERM); exits 4 when its runner stops handing out work (transforms/liveness.py), for
-a supervisor to restart it.
+are re-emitted every `--update-every-s`.
+
+On Flink (the default) the per-customer state and the read positions live in RocksDB and are checkpointed: a
+restarted job resumes from the newest checkpoint or savepoint of its name (pipelines/flink.py), SIGTERM stops it with
+a savepoint, and a launcher started while its job still runs takes the job over (savepoint, then resume). On the
+local runners (Prism) state lives in memory: a restarted job replays the topics from their start. Either way the
+writer holds its commits until it has read past what the warehouse holds (transforms/warehouse.py): after a crash,
+even SIGKILL, the tables end as if it had never stopped. Runs until stopped (Ctrl-C or SIGTERM); on the local
+runners it exits 4 when the runner stops handing out work (transforms/liveness.py), for a supervisor to restart it.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import signal
 import sys
@@ -21,6 +26,7 @@ import sys
 import apache_beam as beam
 
 import schemas
+from pipelines import flink
 from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, quality_config,
                                run_kafka_pipeline, warehouse_target)
 from transforms import liveness
@@ -48,7 +54,8 @@ def build(pipeline, args, connection: KafkaConnection):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="journeys stream", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="journeys stream", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)  # Beam's --update is not our --update-every-s
     add_kafka_pipeline_args(parser)
     add_warehouse_args(parser)
     add_quality_args(parser)
@@ -65,6 +72,8 @@ def parse_args(argv=None):
     parser.add_argument("--stalled-after-s", type=float, default=300.0,
                         help="exit with code 4 when the commit step has not run this long (workers in this process "
                              "only: Prism); a supervisor restarts the job. 0: never (default: %(default)s)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="on Flink: ignore this job's checkpoints and savepoints and replay the topics")
     return parser.parse_known_args(argv)
 
 
@@ -72,15 +81,49 @@ def _stop(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends the job like Ctrl-C: the runner it started is stopped on the way out
 
 
+def job_name(args, beam_args) -> str:
+    """One name per stream (its topics and warehouse): its checkpoints, savepoints and running job are found by it."""
+    for arg in beam_args:
+        if arg.startswith("--job_name="):
+            return arg.split("=", 1)[1]
+    digest = hashlib.sha1(f"{args.topic_prefix}|{warehouse_target(args)}".encode()).hexdigest()[:10]
+    return f"journeys-stream-{digest}"
+
+
 def main(argv=None) -> int:
     args, beam_args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
+    if args.runner == flink.RUNNER:
+        return run_on_flink(args, beam_args)
     if args.stalled_after_s:
         liveness.watch(args.stalled_after_s)
     try:
         return run_kafka_pipeline(build, args, beam_args, streaming=True)
     except KeyboardInterrupt:
         log.info("stopped; the warehouse holds every commit up to now, and a restart resumes from it")
+        return 0
+
+
+def run_on_flink(args, beam_args) -> int:
+    name = job_name(args, beam_args)
+    rest = flink.Rest(flink.rest_address(beam_args))
+    if not flink.given(beam_args, "savepoint_path") and not args.from_scratch:
+        for job_id in rest.running_jobs(name):
+            log.info("job %s (%s) is still running: taking it over with a savepoint", job_id, name)
+            rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
+        snapshot = flink.newest_snapshot(name)
+        if snapshot:
+            log.info("resuming %s from %s (state and read positions as of then, not the topics' start)", name,
+                     snapshot)
+            beam_args = [*beam_args, f"--savepoint_path={snapshot.as_uri()}"]
+        else:
+            log.info("%s has no checkpoint or savepoint yet: reading the topics from their start", name)
+    try:
+        return run_kafka_pipeline(build, args, beam_args, streaming=True, job_name=name)
+    except KeyboardInterrupt:
+        for job_id in rest.running_jobs(name):
+            location = rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
+            log.info("stopped %s with a savepoint at %s; a restart resumes from it", job_id, location)
         return 0
 
 

@@ -56,3 +56,26 @@ def bigquery_emulator():
     yield subprocess.run([str(script), "status"], capture_output=True, text=True, check=True).stdout.strip()
     if running.returncode != 0:
         subprocess.run([str(script), "down"], check=False, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def flink():
+    """The local Flink session cluster (deploy/flink/flink.sh): started here if not running, left running (make test
+    stops what it started)."""
+    import subprocess
+
+    from pipelines.flink import SCRIPT, LocalCluster
+
+    subprocess.run([str(SCRIPT), "up"], check=True, timeout=900, capture_output=True)
+    return LocalCluster()
+
+
+@pytest.fixture
+def flink_jobs(flink):
+    """Cancels the streams a test left running on the cluster (a killed launcher leaves its job running)."""
+    from pipelines.flink import Rest
+
+    rest = Rest(flink.rest)
+    yield rest
+    for job_id in rest.running_jobs("journeys-stream-"):
+        rest.cancel(job_id)

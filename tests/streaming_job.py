@@ -81,11 +81,12 @@ def _rows(table, result) -> list[tuple]:
     return sorted(tuple(str(v) for k, v in sorted(row.items()) if k not in skip) for row in rows)
 
 
-def start_job(prefix, sink, run, env: dict | None = None):
-    command = [sys.executable, "-m", "pipelines.cli", "stream", "--topic-prefix", prefix, *sink.args(run),
-               *STREAM_OPTIONS]
+def start_job(prefix, sink, run, env: dict | None = None, runner: str = "PrismRunner"):
+    command = [sys.executable, "-m", "pipelines.cli", "stream", "--runner", runner, "--topic-prefix", prefix,
+               *sink.args(run), *STREAM_OPTIONS]
     log = open(sink.tmp_path / f"{run}.log", "ab")
-    # Its own session: SIGKILL to the group takes the job's Prism runner with it, as a crashed host would.
+    # Its own session: SIGKILL to the group takes the job's Prism runner with it, as a crashed host would (a job on
+    # a Flink cluster runs on: the next launcher takes it over).
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             start_new_session=True)
 

@@ -4,11 +4,12 @@ One writer (a single key) buffers rows in Beam state and, every `commit_every_s`
 row of each primary key together with the source offsets read so far, through the data-quality gate
 (transforms/data_quality.py): one commit, a checkpoint, then a publish unless a block-severity expectation failed.
 
-After a restart the job replays the topics from their start to rebuild its per-customer state (the local runners
-keep keyed state in memory only), and the replay recomputes rows the warehouse already holds. The writer holds
-its commits until the replay has read past the offsets stored by the last run, plus `hold_after_catch_up_s` (one
-table update), so readers never see a table step back to a partial value; the rows it then writes are the same
-as or newer than those stored, and the upserts replace them: nothing lost, nothing counted twice.
+After a restart the job recomputes rows the warehouse already holds: on Flink from its last checkpoint (state and
+read positions restored), on the local runners from the topics' start (they keep keyed state in memory only). The
+writer holds its commits until it has read past the offsets stored by the last run (after a replay, plus
+`hold_after_catch_up_s`: one table update), so readers never see a table step back to an older value; the rows it
+then writes are the same as or newer than those stored, and the upserts replace them: nothing lost, nothing counted
+twice.
 """
 from __future__ import annotations
 
@@ -117,8 +118,9 @@ class _CommitPeriodically(beam.DoFn):
         self.stored = self.warehouse.offsets()  # where the last run's commits ended
         self.stale_checked: set[str] = set()  # whole tables whose stored rows this job has reconciled
         self.committed = dict(self.stored)
+        self.read_past_stored = False  # this worker has read past the stored offsets (at once when none are)
         if self.stored:
-            log.info("resuming: the last run committed %d records; holding commits until the replay passes them",
+            log.info("resuming: the last run committed %d records; holding commits until the reads pass them",
                      sum(self.stored.values()))
 
     def teardown(self):
@@ -153,11 +155,16 @@ class _CommitPeriodically(beam.DoFn):
             else:
                 order, row = rest
                 rows.setdefault(tag, []).append((order, row))
+        if not self.read_past_stored:
+            if not all(read.get(p, 0) >= offset for p, offset in self.stored.items()):
+                return  # still reading what the warehouse holds: its rows would step back to older values
+            self.read_past_stored = True
+            if caught_up_at.read() is None:  # state rebuilt by a replay: let every whole table fire in full once
+                caught_up_at.write(now - (self.hold_after_catch_up_s if not self.stored else 0))
+            else:  # state restored from a checkpoint: the stored rows are this state's own, none is stale
+                self.stale_checked |= WHOLE_TABLES
         since = caught_up_at.read()
-        if since is None and all(read.get(p, 0) >= offset for p, offset in self.stored.items()):
-            since = now - (self.hold_after_catch_up_s if not self.stored else 0)
-            caught_up_at.write(since)
-        if since is None or now - since < self.hold_after_catch_up_s:
+        if now - since < self.hold_after_catch_up_s:
             return  # still replaying what the warehouse holds: wait
         if not rows and not any(read.get(p, 0) > self.committed.get(p, 0) for p in read):
             return  # nothing new since the last commit

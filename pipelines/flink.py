@@ -1,0 +1,173 @@
+"""Apache Flink at the runner boundary: the local session cluster of deploy/flink/flink.sh, Beam's Flink options,
+and the life cycle of a stream on Flink (resume from the newest checkpoint or savepoint, stop with a savepoint).
+
+Where a job runs:
+- the local session cluster, when `journeys flink up` started it (the default): submitted to its job server, SDK
+  workers in its worker pool (EXTERNAL), so a job outlives the process that launched it;
+- any Flink cluster: `--flink_master=HOST:PORT` (a job server of our jar starts for the submission);
+- an embedded mini-cluster: `--flink_master=[local]` (SDK workers in this process, LOOPBACK).
+
+A stream keeps its state in RocksDB and checkpoints it every `--checkpointing_interval` ms; checkpoints are kept
+when the job is cancelled or fails, under a folder of the job's name. `journeys stream` on Flink resumes from the
+newest of those checkpoints and savepoints, never from the topics' start, and SIGTERM stops it with a savepoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "deploy" / "flink" / "flink.sh"
+FLINK_VERSION = "1.19"
+RUNNER = "FlinkRunner"
+DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
+log = logging.getLogger("journeys.flink")
+
+
+class LocalCluster:
+    """Addresses and folders of deploy/flink/flink.sh's session cluster (its port layout, from one base port)."""
+
+    def __init__(self, environ=os.environ):
+        self.rest_port = int(environ.get("JOURNEYS_FLINK_PORT", "18081"))
+        self.state = Path(environ.get("JOURNEYS_LOCAL_DIR", REPO / ".local")).resolve() / "flink"
+
+    @property
+    def rest(self) -> str:
+        return f"http://localhost:{self.rest_port}"
+
+    @property
+    def job_endpoint(self) -> str:
+        return f"localhost:{self.rest_port + 3}"
+
+    @property
+    def worker_pool(self) -> str:
+        return f"localhost:{self.rest_port + 6}"
+
+    @property
+    def job_server_jar(self) -> Path:
+        return self.state / "beam-flink-job-server.jar"
+
+    def running(self) -> bool:
+        return subprocess.run([str(SCRIPT), "status"], stdout=subprocess.DEVNULL, check=False).returncode == 0
+
+    def fetch(self) -> Path:
+        """The job-server jar, built on first use (an embedded mini-cluster or a remote master needs it)."""
+        if not self.job_server_jar.exists():
+            subprocess.run([str(SCRIPT), "fetch"], check=True, stdout=subprocess.DEVNULL)
+        return self.job_server_jar
+
+
+class FlinkStateOptions(PipelineOptions):
+    """Beam's Java FlinkPipelineOptions that the launcher sets, declared to Python too: the portable runner sends
+    them to the job server either way, but logs undeclared ones as 'unparseable' first."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--checkpointing_interval", type=int, help="ms between Flink checkpoints")
+        parser.add_argument("--state_backend", help="rocksdb or hashmap")
+        parser.add_argument("--state_backend_storage_path", help="where checkpoints are written")
+        parser.add_argument("--externalized_checkpoints_enabled", action="store_true", default=None)
+        parser.add_argument("--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None)
+        parser.add_argument("--savepoint_path", help="resume from this savepoint or retained checkpoint")
+
+
+def given(beam_args: list[str], name: str) -> bool:
+    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in beam_args)
+
+
+def runner_args(beam_args: list[str], streaming: bool, job_name: str | None = None,
+                cluster: LocalCluster | None = None) -> list[str]:
+    """Beam's Flink options for this job; what the user passed in beam_args wins."""
+    cluster = cluster or LocalCluster()
+    args = [f"--runner={RUNNER}", f"--flink_version={FLINK_VERSION}"]
+    if not (given(beam_args, "flink_master") or given(beam_args, "job_endpoint")):
+        if not cluster.running():
+            raise SystemExit("FlinkRunner: the local Flink cluster is not running (start it: journeys flink up), "
+                             "or pass --flink_master=HOST:PORT, or --flink_master=[local] for an embedded one")
+        args += [f"--job_endpoint={cluster.job_endpoint}", "--environment_type=EXTERNAL",
+                 f"--environment_config={cluster.worker_pool}"]
+    elif not given(beam_args, "job_endpoint") and not given(beam_args, "flink_job_server_jar"):
+        args.append(f"--flink_job_server_jar={cluster.fetch()}")
+    if job_name and not given(beam_args, "job_name"):
+        args.append(f"--job_name={job_name}")
+    if streaming:
+        args.append("--streaming")
+        defaults = {"checkpointing_interval": str(DEFAULT_CHECKPOINT_INTERVAL_MS), "state_backend": "rocksdb",
+                    # a folder per job name: the newest checkpoint of this stream is found there after a crash
+                    "state_backend_storage_path": (cluster.state / "checkpoints" / job_name).as_uri()
+                    if job_name else None}
+        args += [f"--{k}={v}" for k, v in defaults.items() if v and not given(beam_args, k)]
+        args += ["--externalized_checkpoints_enabled", "--retain_externalized_checkpoints_on_cancellation"]
+    return args
+
+
+def savepoint_dir(job_name: str, cluster: LocalCluster | None = None) -> Path:
+    return (cluster or LocalCluster()).state / "savepoints" / job_name
+
+
+def newest_snapshot(job_name: str, cluster: LocalCluster | None = None) -> Path | None:
+    """The newest completed checkpoint or savepoint of this job name: a folder that holds `_metadata`."""
+    cluster = cluster or LocalCluster()
+    roots = [cluster.state / "checkpoints" / job_name, savepoint_dir(job_name, cluster)]
+    found = [m.parent for root in roots if root.exists() for m in root.glob("**/_metadata")]
+    return max(found, key=lambda p: (p / "_metadata").stat().st_mtime, default=None)
+
+
+class Rest:
+    """The few calls of Flink's REST API a launcher needs."""
+
+    def __init__(self, base: str):
+        self.base = base.rstrip("/")
+
+    def _call(self, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(self.base + path, method="POST" if body is not None else "GET",
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}")
+
+    def running_jobs(self, name: str) -> list[str]:
+        try:
+            jobs = self._call("/jobs/overview")["jobs"]
+        except OSError:  # no cluster answers there (an embedded mini-cluster lives only while its job runs)
+            return []
+        return [j["jid"] for j in jobs if j["name"].startswith(name) and j["state"] in
+                ("CREATED", "RUNNING", "RESTARTING", "INITIALIZING", "RECONCILING", "FAILING")]
+
+    def stop_with_savepoint(self, job_id: str, directory: Path, timeout_s: float = 300.0) -> str:
+        """Stop a job with a savepoint (sources stop, state is written, the job finishes); its location."""
+        trigger = self._call(f"/jobs/{job_id}/stop", {"targetDirectory": directory.as_uri(), "drain": False})
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            status = self._call(f"/jobs/{job_id}/savepoints/{trigger['request-id']}")
+            if status["status"]["id"] == "COMPLETED":
+                operation = status["operation"]
+                if "failure-cause" in operation:
+                    raise RuntimeError(f"savepoint of {job_id} failed: {operation['failure-cause'].get('class')}: "
+                                       f"{operation['failure-cause'].get('stack-trace', '')[:500]}")
+                return operation["location"]
+            time.sleep(0.5)
+        raise TimeoutError(f"no savepoint of {job_id} within {timeout_s} s")
+
+    def checkpoints(self, job_id: str) -> dict:
+        return self._call(f"/jobs/{job_id}/checkpoints")
+
+    def cancel(self, job_id: str) -> None:
+        request = urllib.request.Request(f"{self.base}/jobs/{job_id}?mode=cancel", method="PATCH")
+        urllib.request.urlopen(request, timeout=30).close()
+
+
+def rest_address(beam_args: list[str], cluster: LocalCluster | None = None) -> str:
+    """The REST address of the cluster a job runs on: --flink_master, else the local session cluster."""
+    for arg in beam_args:
+        if arg.startswith("--flink_master=") and not arg.endswith(("[local]", "[auto]")):
+            master = arg.split("=", 1)[1]
+            return master if master.startswith("http") else f"http://{master}"
+    return (cluster or LocalCluster()).rest

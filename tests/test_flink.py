@@ -1,0 +1,136 @@
+"""`journeys stream` on the local Flink session cluster (real JobManager, TaskManager, job server, SDK worker pool)
+and the real broker, into DuckDB:
+
+- SIGTERM stops the job with a savepoint; a restart resumes from it. The records the first run had read are deleted
+  from the topics before the restart, so a job that replayed the topics from their start could not end right.
+- the TaskManager killed with SIGKILL three times mid-stream (and started again, as a supervisor would) and the
+  launching process killed once: Flink restores the job from its checkpoints, the next launcher takes the running
+  job over, and the tables end equal to an uninterrupted run, every record counted once.
+"""
+import datetime as dt
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from pipelines.flink import SCRIPT
+from pipelines.generate import GeneratorConfig, generate
+from pipelines.generate.sinks import produce
+from pipelines.kafka_topics import admin_client, ensure_topics
+from streaming_job import Sink, committed, ends_as, expected_tables, kill, start_job, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.flink]
+CONFIG = GeneratorConfig(customers=int(os.environ.get("JOURNEYS_FLINK_FAULT_CUSTOMERS", "80")), days=30, seed=61,
+                         start=dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc))
+
+
+@pytest.fixture
+def sink(tmp_path, topic_prefix):
+    return Sink("duckdb", tmp_path, topic_prefix)
+
+
+@pytest.fixture
+def start(topic_prefix, sink, flink_jobs):
+    """start(run) → a `journeys stream --runner FlinkRunner` launcher; killed when the test ends, and the cluster's
+    jobs cancelled (flink_jobs)."""
+    started = []
+
+    def start_run(run: str):
+        started.append(start_job(topic_prefix, sink, run, runner="FlinkRunner"))
+        return started[-1]
+
+    yield start_run
+    for job in started:
+        if job.poll() is None:
+            kill(job)
+
+
+def _log(sink, run) -> str:
+    return (sink.tmp_path / f"{run}.log").read_text(errors="replace")
+
+
+def _delete_read_records(kafka, snapshot) -> int:
+    """Deletes every record below the stored offsets from the topics (as retention would); how many."""
+    from kafka import TopicPartition
+
+    offsets = {TopicPartition(topic, int(partition)): int(next_offset)
+               for next_offset, partition, topic in snapshot["source_offsets"]}
+    admin = admin_client(kafka)
+    try:
+        admin.delete_records(offsets)
+    finally:
+        admin.close()
+    return sum(offsets.values())
+
+
+def test_sigterm_stops_with_a_savepoint_and_the_restart_resumes_from_it(kafka, topic_prefix, sink, start):
+    records = generate(CONFIG, b"k", malformed=0.02)
+    expected = expected_tables(sink, CONFIG)
+    half = len(records) // 2
+    ensure_topics(kafka, prefix=topic_prefix)
+    produce(records[:half], kafka, topic_prefix=topic_prefix)
+
+    job = start("run")
+    wait_for(lambda: committed(sink.snapshot("run")) == half, "the first half committed", timeout_s=300)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=180) == 0, _log(sink, "run")[-3000:]
+    assert "with a savepoint at file:" in _log(sink, "run")
+
+    deleted = _delete_read_records(kafka, sink.snapshot("run"))
+    assert deleted == half
+    produce(records[half:], kafka, topic_prefix=topic_prefix)
+    job = start("run")
+    ends_as(expected, sink, "run", job, len(records), timeout_s=420)
+    restarted = _log(sink, "run").split("with a savepoint at")[-1]
+    assert "resuming journeys-stream-" in restarted and "/savepoints/" in restarted
+    assert "reading the topics from their start" not in restarted
+
+
+def _taskmanager_pid(flink) -> int:
+    return int((flink.state / "taskmanager.pid").read_text())
+
+
+def _restart_taskmanager():
+    subprocess.run([str(SCRIPT), "start-taskmanager"], check=True, timeout=120, capture_output=True)
+
+
+@pytest.mark.faults
+def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterrupted_run(
+        kafka, flink, flink_jobs, topic_prefix, sink, start):
+    records = generate(CONFIG, b"k", malformed=0.02)
+    expected = expected_tables(sink, CONFIG)
+    chunks = [records[i * len(records) // 5:(i + 1) * len(records) // 5] for i in range(5)]
+    ensure_topics(kafka, prefix=topic_prefix)
+    produce(chunks[0], kafka, topic_prefix=topic_prefix)
+    job = start("faulty")
+    wait_for(lambda: committed(sink.snapshot("faulty")) > 0, "the first commit", timeout_s=300)
+    [job_id] = flink_jobs.running_jobs("journeys-stream-")
+    shuffle = random.Random(67)
+
+    for chunk in chunks[1:4]:
+        checkpoints_before = _completed_checkpoints(flink_jobs)
+        produce(chunk, kafka, topic_prefix=topic_prefix)
+        time.sleep(shuffle.uniform(1, 8))  # mid-stream: some of the chunk read, checkpointed, committed
+        os.kill(_taskmanager_pid(flink), signal.SIGKILL)
+        _restart_taskmanager()
+        wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints_before, "a checkpoint after the restore",
+                 timeout_s=300)
+
+    kill(job)  # the launching process: the job runs on; the next launcher takes it over with a savepoint
+    produce(chunks[4], kafka, topic_prefix=topic_prefix)
+    job = start("faulty")
+    ends_as(expected, sink, "faulty", job, len(records), timeout_s=420)
+
+    jobmanager_log = (flink.state / "logs" / "jobmanager.log").read_text(errors="replace")
+    restores = [line for line in jobmanager_log.splitlines() if f"Restoring job {job_id} from Checkpoint" in line]
+    assert len(restores) >= 3, restores  # each TaskManager loss: a restore from a checkpoint, not from offset 0
+    assert "taking it over with a savepoint" in _log(sink, "faulty")
+
+
+def _completed_checkpoints(rest) -> int:
+    """Completed checkpoints of the running stream (0 while it restarts)."""
+    jobs = rest.running_jobs("journeys-stream-")
+    return rest.checkpoints(jobs[0])["counts"]["completed"] if jobs else 0
