@@ -111,12 +111,14 @@ def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterr
     shuffle = random.Random(67)
 
     for chunk in chunks[1:4]:
-        checkpoints_before = _completed_checkpoints(flink_jobs)
         produce(chunk, kafka, topic_prefix=topic_prefix)
-        time.sleep(shuffle.uniform(1, 8))  # mid-stream: some of the chunk read, checkpointed, committed
+        checkpoints = _completed_checkpoints(flink_jobs)
+        wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints, "a checkpoint", timeout_s=300)
+        time.sleep(shuffle.uniform(0, 8))  # mid-stream: part of the chunk checkpointed, committed, or neither
         os.kill(_taskmanager_pid(flink), signal.SIGKILL)
+        checkpoints = _completed_checkpoints(flink_jobs)
         _restart_taskmanager()
-        wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints_before, "a checkpoint after the restore",
+        wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints, "a checkpoint after the restore",
                  timeout_s=300)
 
     kill(job)  # the launching process: the job runs on; the next launcher takes it over with a savepoint

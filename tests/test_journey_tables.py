@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter, defaultdict
 from decimal import Decimal
@@ -37,20 +38,33 @@ from transforms.kafka_source import ReadFromKafka
 from reference import (CHANNEL_ATTRIBUTION_DAILY, ORDER_ATTRIBUTION, query as _query, reference_connection,
                        retention_reference)
 
-# A backfill of a larger history; smaller ones as streams: a TestStream, and the real broker read by Prism; and
-# `journeys backfill` end to end (broker → pipeline → warehouse), the tables read back from DuckDB and BigQuery.
+# A backfill of a larger history; smaller ones as streams: a TestStream, and the real broker read by Prism; and end
+# to end (broker → pipeline → warehouse, the tables read back from DuckDB and BigQuery): `journeys backfill` on the
+# in-process engine (DuckDB) and Prism (BigQuery), and `journeys backfill` and `journeys stream` on the local Flink
+# cluster into both.
+LANDED_WORLD = GeneratorConfig(customers=100, days=60, seed=47)
+LANDED = {"duckdb": ("backfill", []), "bigquery": ("backfill", ["--runner", "PrismRunner"]),
+          "flink-duckdb": ("backfill", ["--runner", "FlinkRunner"]),
+          "flink-bigquery": ("backfill", ["--runner", "FlinkRunner"]),
+          "flink-stream-duckdb": ("stream", ["--runner", "FlinkRunner"]),
+          "flink-stream-bigquery": ("stream", ["--runner", "FlinkRunner"])}
 WORLDS = {"backfill": GeneratorConfig(customers=500, days=150, seed=23),
           "stream": GeneratorConfig(customers=100, days=75, seed=29),
           "broker": GeneratorConfig(customers=100, days=75, seed=31),
-          "duckdb": GeneratorConfig(customers=100, days=60, seed=47),
-          "bigquery": GeneratorConfig(customers=100, days=60, seed=47)}
-LANDED = ("duckdb", "bigquery")
+          **{mode: LANDED_WORLD for mode in LANDED}}
 MALFORMED = 0.02  # of the records the landed modes produce
+# A stream's tables are final once every record is committed, its quiet partitions turned idle (the watermark passes
+# every event) and the all-of-history tables fired again: then two reads a commit apart are equal.
+STREAM_OPTIONS = ["--commit-every-s", "3", "--update-every-s", "5", "--idle-after-s", "5"]
 
 
-@pytest.fixture(scope="module", params=["backfill", "stream", *(pytest.param(
-    mode, marks=[pytest.mark.integration, pytest.mark.slow, *([pytest.mark.bigquery] if mode == "bigquery" else [])])
-    for mode in ("broker", *LANDED))])
+def _marks(mode):
+    return [pytest.mark.integration, pytest.mark.slow, *([pytest.mark.bigquery] if "bigquery" in mode else []),
+            *([pytest.mark.flink] if "flink" in mode else [])]
+
+
+@pytest.fixture(scope="module", params=["backfill", "stream", *(pytest.param(mode, marks=_marks(mode))
+                                                                for mode in ("broker", *LANDED))])
 def mode(request):
     return request.param
 
@@ -124,26 +138,58 @@ def _latest(rows: list[dict], table: str) -> list[dict]:
 
 
 def _landed(request, mode, out) -> dict[str, list[dict]]:
-    """The world (with malformed records among it) produced to fresh topics, `journeys backfill` into the mode's
-    warehouse, and every table read back from it, the dead letters and the stored offsets included."""
+    """The world (with malformed records among it) produced to fresh topics, `journeys backfill` (or `journeys
+    stream` until its tables are final) into the mode's warehouse, and every table read back from it, the dead
+    letters and the stored offsets included."""
     connection = request.getfixturevalue("kafka")
+    if "flink" in mode:
+        request.getfixturevalue("flink")
     prefix = f"t{uuid.uuid4().hex[:10]}_"
     ensure_topics(connection, prefix=prefix)
-    produce(generate(WORLDS[mode], b"k", malformed=MALFORMED), connection, topic_prefix=prefix)
-    if mode == "duckdb":
-        sink = ["--warehouse", str(out / "journeys.duckdb")]
+    records = generate(WORLDS[mode], b"k", malformed=MALFORMED)
+    produce(records, connection, topic_prefix=prefix)
+    command, runner = LANDED[mode]
+    if mode.endswith("duckdb"):
+        target = out / "journeys.duckdb"
+        sink = ["--warehouse", str(target)]
     else:
         target = BigQueryTarget("journeys-local", prefix + "landed", endpoint=request.getfixturevalue(
             "bigquery_emulator"))
         sink = ["--bigquery-project", target.project, "--bigquery-dataset", target.dataset,
-                "--bigquery-endpoint", target.endpoint,
-                "--runner", "PrismRunner"]  # the DuckDB mode runs the default, Beam's in-process batch engine
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "backfill", "--topic-prefix", prefix, *sink],
-                          capture_output=True, text=True, timeout=900, env=os.environ)
-    assert done.returncode == 0, done.stderr[-4000:]
+                "--bigquery-endpoint", target.endpoint]
+    launch = [sys.executable, "-m", "pipelines.cli", command, "--topic-prefix", prefix, *sink, *runner]
+    if command == "backfill":
+        done = subprocess.run(launch, capture_output=True, text=True, timeout=900, env=os.environ)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return _read_back(target)
+    with open(out / "stream.log", "wb") as log:
+        job = subprocess.Popen([*launch, *STREAM_OPTIONS], stdout=log, stderr=subprocess.STDOUT, env=os.environ)
+    try:
+        return _final_stream_tables(target, job, len(records), out / "stream.log")
+    finally:
+        job.terminate()  # SIGTERM: the job stops with a savepoint
+        job.wait(timeout=300)
+
+
+def _final_stream_tables(target, job, records: int, log, timeout_s: float = 600.0) -> dict[str, list[dict]]:
+    deadline, last = time.time() + timeout_s, None
+    while time.time() < deadline:
+        assert job.poll() is None, f"the stream exited with {job.returncode}: {log.read_text()[-3000:]}"
+        time.sleep(10)
+        try:
+            landed = _read_back(target)
+        except Exception:  # noqa: BLE001 - nothing published yet
+            continue
+        if sum(row["next_offset"] for row in landed["source_offsets"]) == records and landed == last:
+            return landed
+        last = landed
+    raise AssertionError(f"the stream's tables did not settle within {timeout_s} s: {log.read_text()[-3000:]}")
+
+
+def _read_back(target) -> dict[str, list[dict]]:
     names = [*TABLES, "dead_letters", "source_offsets"]
-    if mode == "duckdb":
-        with duckdb.connect(str(out / "journeys.published.duckdb"), read_only=True) as con:
+    if not isinstance(target, BigQueryTarget):
+        with duckdb.connect(str(target.with_suffix(".published.duckdb")), read_only=True) as con:
             con.execute("SET TimeZone = 'UTC'")
             return {name: _query(con, f'SELECT * FROM "{name}"') for name in names}
     client = target.client()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: the full path on the local broker. A seeded history of the three topics → `journeys backfill` into
-# DuckDB → `journeys stream` started on the same topics while new customers' events arrive live → a summary of the
-# main tables, the BI views and where to look. Needs `make setup` and the broker up (make does both).
+# `make demo`: the full path on the local broker and Flink cluster. A seeded history of the three topics →
+# `journeys backfill` into DuckDB → `journeys stream` on Flink on the same topics while new customers' events arrive
+# live → a summary of the main tables, the BI views and where to look. Needs `make setup`, the broker and the Flink
+# cluster up (make does all three).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=.venv/bin
@@ -9,8 +10,7 @@ demo=.local/demo
 warehouse=.local/warehouse/journeys.duckdb
 published=.local/warehouse/journeys.published.duckdb
 prefix="demo$(date +%s)_"
-# Sized for a laptop-class machine with two cores: a restarted or newly started stream replays the history to
-# rebuild its state on the local runners (README), and Prism processes a few dozen events per second.
+# Sized for a laptop-class machine with two cores: a newly started stream reads the history to build its state.
 history_customers=${JOURNEYS_DEMO_CUSTOMERS:-300}
 # The simulated calendar ends weeks before today: freshness is judged against a year, not the default day.
 quality=(--max-event-age-hours 8760 --data-docs-dir .local/data_docs)
@@ -32,12 +32,14 @@ rm -f "$warehouse" "$warehouse.wal" "$published"
   2>"$demo/backfill.log" | grep -v "^{" || true
 grep -E "journeys\.(progress|backfill)" "$demo/backfill.log" | tail -n 2 || true
 
-echo; echo "3. Streaming: journeys stream on the same topics (log: $demo/stream.log); meanwhile 100 new customers'"
-echo "   next two weeks arrive live at $live_rate events/s"
-setsid "$bin/journeys" stream --runner PrismRunner --topic-prefix "$prefix" --warehouse "$warehouse" "${quality[@]}" \
+echo; echo "3. Streaming: journeys stream on Flink on the same topics (log: $demo/stream.log; Flink's web UI:"
+echo "   http://localhost:${JOURNEYS_FLINK_PORT:-18081}); meanwhile 100 new customers' next two weeks arrive live at"
+echo "   $live_rate events/s"
+setsid "$bin/journeys" stream --topic-prefix "$prefix" --warehouse "$warehouse" "${quality[@]}" \
   --commit-every-s 5 --update-every-s 20 --log-every-s 10 >"$demo/stream.log" 2>&1 &
 stream=$!
-stop_stream() { kill -TERM -- "-$stream" 2>/dev/null || true; for _ in $(seq 1 30); do
+# SIGTERM: the job stops with a savepoint (a restart would resume from it)
+stop_stream() { kill -TERM -- "-$stream" 2>/dev/null || true; for _ in $(seq 1 120); do
   kill -0 "$stream" 2>/dev/null || return 0; sleep 1; done; kill -KILL -- "-$stream" 2>/dev/null || true; }
 trap stop_stream EXIT
 "$bin/journeys" generate --customers 100 --first-customer "$history_customers" --days 14 --start 2026-10-31 --seed 7 \
@@ -48,8 +50,8 @@ echo "   waiting until the stream has committed all $total records..."
 for _ in $(seq 1 120); do [ "$(offsets)" = "$total" ] && break; sleep 5; done
 [ "$(offsets)" = "$total" ] || echo "   the stream has not caught up within 10 minutes; the summary shows what it committed so far"
 sleep 30  # one more table update after the last records
-grep -E "journeys\.(progress|warehouse)" "$demo/stream.log" | tail -n 3 | cut -c1-400
 stop_stream; trap - EXIT
+grep -E "journeys\.stream" "$demo/stream.log" | tail -n 2 | cut -c1-400
 
 echo; echo "Records: $total in, $(offsets) committed; rows per table:"
 sql "SELECT 'touchpoints' AS t, count(*) AS rows FROM touchpoints UNION ALL SELECT 'order_attribution', count(*)
@@ -78,7 +80,8 @@ echo "Report:    $(pwd)/.local/report/index.html (open it in a browser; no netwo
 echo "Warehouse: $published (a published copy; query it with: $bin/journeys sql \"SELECT ...\")"
 echo "Views:     channel_roi, cohort_retention_matrix; tables documented in schemas/TABLES.md"
 echo "Broker:    $("$bin/journeys" kafka status)   topics: ${prefix}*"
+echo "Flink:     web UI http://localhost:${JOURNEYS_FLINK_PORT:-18081} (jobs, checkpoints); savepoints in .local/flink/savepoints"
 echo "Manifests: $demo/manifest.json, $demo/live_manifest.json (counts, malformed records, the planted truth)"
 echo "Quality:   .local/data_docs/index.html (Great Expectations Data Docs); tables dq_results, quarantine"
 echo "Logs:      $demo/backfill.log, $demo/stream.log, $demo/validate.log"
-echo "Stop:      make kafka-down"
+echo "Stop:      make kafka-down flink-down"
