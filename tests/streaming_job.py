@@ -1,5 +1,6 @@
 """A `journeys stream` job as the streaming and fault tests drive it: started in its own process group, killed
 with SIGKILL, and its warehouse (DuckDB or the BigQuery emulator) read back as snapshots of every table."""
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -89,6 +90,24 @@ def start_job(prefix, sink, run, env: dict | None = None, runner: str = "PrismRu
     # a Flink cluster runs on: the next launcher takes it over).
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             start_new_session=True)
+
+
+@contextlib.contextmanager
+def started_jobs(prefix, sink, runner: str = "PrismRunner"):
+    """start(run, env=None) → a streaming job; every job started is killed on the way out, also when a test fails
+    half-way (a job on a Flink cluster runs on: cancel it too, see the flink_jobs fixture)."""
+    started = []
+
+    def start(run: str, env: dict | None = None):
+        started.append(start_job(prefix, sink, run, env, runner))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for job in started:
+            if job.poll() is None:
+                kill(job)
 
 
 def kill(job):

@@ -33,7 +33,7 @@ from pipelines.generate.records import ProducerRecord
 from schemas import REGISTERED_DIR_ENV
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics
-from streaming_job import Sink, committed, ends_as, expected_tables, kill, start_job, wait_for
+from streaming_job import Sink, committed, ends_as, expected_tables, kill, started_jobs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[1]
@@ -48,17 +48,8 @@ def sink(tmp_path, topic_prefix):
 
 @pytest.fixture
 def jobs(topic_prefix, sink):
-    """start(run) → a streaming job; all are killed when the test ends, also when it fails half-way."""
-    started = []
-
-    def start(run: str, env: dict | None = None):
-        started.append(start_job(topic_prefix, sink, run, env))
-        return started[-1]
-
-    yield start
-    for job in started:
-        if job.poll() is None:
-            kill(job)
+    with started_jobs(topic_prefix, sink) as start:
+        yield start
 
 
 def _with_poison(seed: int):

@@ -20,7 +20,7 @@ from pipelines.flink import SCRIPT
 from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import admin_client, ensure_topics
-from streaming_job import Sink, committed, ends_as, expected_tables, kill, start_job, wait_for
+from streaming_job import Sink, committed, ends_as, expected_tables, kill, started_jobs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.flink]
 CONFIG = GeneratorConfig(customers=int(os.environ.get("JOURNEYS_FLINK_FAULT_CUSTOMERS", "80")), days=30, seed=61,
@@ -34,18 +34,10 @@ def sink(tmp_path, topic_prefix):
 
 @pytest.fixture
 def start(topic_prefix, sink, flink_jobs):
-    """start(run) → a `journeys stream --runner FlinkRunner` launcher; killed when the test ends, and the cluster's
-    jobs cancelled (flink_jobs)."""
-    started = []
-
-    def start_run(run: str):
-        started.append(start_job(topic_prefix, sink, run, runner="FlinkRunner"))
-        return started[-1]
-
-    yield start_run
-    for job in started:
-        if job.poll() is None:
-            kill(job)
+    """start(run) → a `journeys stream --runner FlinkRunner` launcher; the cluster's jobs are cancelled after the
+    test (flink_jobs)."""
+    with started_jobs(topic_prefix, sink, "FlinkRunner") as start_run:
+        yield start_run
 
 
 def _log(sink, run) -> str:

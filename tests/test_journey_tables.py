@@ -1,5 +1,6 @@
 """Every table of CustomerJourneyTables from one generated history, against a reference written separately in
 DuckDB SQL over the raw events (only GA4 channel grouping is shared: it has table-driven tests of its own)."""
+import dataclasses
 import datetime as dt
 import itertools
 import math
@@ -7,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter, defaultdict
 from decimal import Decimal
@@ -35,6 +35,7 @@ from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.journey_tables import TABLES, CustomerJourneyTables, TablesConfig
 from transforms.kafka_source import ReadFromKafka
 
+from streaming_job import Sink, ends_as, expected_tables, start_job
 from reference import (CHANNEL_ATTRIBUTION_DAILY, ORDER_ATTRIBUTION, query as _query, reference_connection,
                        retention_reference)
 
@@ -48,14 +49,14 @@ LANDED = {"duckdb": ("backfill", []), "bigquery": ("backfill", ["--runner", "Pri
           "flink-bigquery": ("backfill", ["--runner", "FlinkRunner"]),
           "flink-stream-duckdb": ("stream", ["--runner", "FlinkRunner"]),
           "flink-stream-bigquery": ("stream", ["--runner", "FlinkRunner"])}
+# A stream fits a window's data-driven attribution once the wall clock (its quiet partitions' watermark) has passed
+# the window's end plus two lookbacks: the streamed world ends early enough for every window to be complete now.
+STREAMED_WORLD = dataclasses.replace(LANDED_WORLD, start=dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc))
 WORLDS = {"backfill": GeneratorConfig(customers=500, days=150, seed=23),
           "stream": GeneratorConfig(customers=100, days=75, seed=29),
           "broker": GeneratorConfig(customers=100, days=75, seed=31),
-          **{mode: LANDED_WORLD for mode in LANDED}}
+          **{mode: STREAMED_WORLD if LANDED[mode][0] == "stream" else LANDED_WORLD for mode in LANDED}}
 MALFORMED = 0.02  # of the records the landed modes produce
-# A stream's tables are final once every record is committed, its quiet partitions turned idle (the watermark passes
-# every event) and the all-of-history tables fired again: then two reads a commit apart are equal.
-STREAM_OPTIONS = ["--commit-every-s", "3", "--update-every-s", "5", "--idle-after-s", "5"]
 
 
 def _marks(mode):
@@ -162,28 +163,18 @@ def _landed(request, mode, out) -> dict[str, list[dict]]:
         done = subprocess.run(launch, capture_output=True, text=True, timeout=900, env=os.environ)
         assert done.returncode == 0, done.stderr[-4000:]
         return _read_back(target)
-    with open(out / "stream.log", "wb") as log:
-        job = subprocess.Popen([*launch, *STREAM_OPTIONS], stdout=log, stderr=subprocess.STDOUT, env=os.environ)
+    # A stream's tables are final once every record is committed and the watermark has passed every event: they
+    # then equal the tables computed in memory (tests/streaming_job.py), which the tests below hold to the reference.
+    sink = Sink("duckdb" if mode.endswith("duckdb") else "bigquery", out, prefix,
+                None if mode.endswith("duckdb") else target.endpoint)
+    expected = expected_tables(sink, WORLDS[mode])
+    job = start_job(prefix, sink, "landed", runner=runner[-1])
     try:
-        return _final_stream_tables(target, job, len(records), out / "stream.log")
+        ends_as(expected, sink, "landed", job, len(records), timeout_s=600)
+        return _read_back(sink.target("landed"))
     finally:
         job.terminate()  # SIGTERM: the job stops with a savepoint
         job.wait(timeout=300)
-
-
-def _final_stream_tables(target, job, records: int, log, timeout_s: float = 600.0) -> dict[str, list[dict]]:
-    deadline, last = time.time() + timeout_s, None
-    while time.time() < deadline:
-        assert job.poll() is None, f"the stream exited with {job.returncode}: {log.read_text()[-3000:]}"
-        time.sleep(10)
-        try:
-            landed = _read_back(target)
-        except Exception:  # noqa: BLE001 - nothing published yet
-            continue
-        if sum(row["next_offset"] for row in landed["source_offsets"]) == records and landed == last:
-            return landed
-        last = landed
-    raise AssertionError(f"the stream's tables did not settle within {timeout_s} s: {log.read_text()[-3000:]}")
 
 
 def _read_back(target) -> dict[str, list[dict]]:

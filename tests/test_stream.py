@@ -12,7 +12,7 @@ import pytest
 from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics
-from streaming_job import Sink, committed, ends_as, expected_tables, kill, start_job, wait_for
+from streaming_job import Sink, committed, ends_as, expected_tables, kill, started_jobs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CONFIG = GeneratorConfig(customers=80, days=30, seed=43, start=dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc))
@@ -26,17 +26,8 @@ def sink(request, tmp_path, topic_prefix):
 
 @pytest.fixture
 def start(topic_prefix, sink):
-    """start(run) → a streaming job; every job started is killed when the test ends, also when it fails half-way."""
-    started = []
-
-    def start_run(run: str):
-        started.append(start_job(topic_prefix, sink, run))
-        return started[-1]
-
-    yield start_run
-    for job in started:
-        if job.poll() is None:
-            kill(job)
+    with started_jobs(topic_prefix, sink) as start_run:
+        yield start_run
 
 
 def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafka, topic_prefix, sink, start):

@@ -14,11 +14,14 @@ For each N of --events, on fresh topics of the local broker and a fresh DuckDB w
    (published `sum(next_offset)` == every record produced).
 
 The restart reads only the batch (its positions come from the savepoint), so what can grow with N is the state
-restored from the savepoint. Verdict: restart-to-caught-up at the largest N within --max-ratio of the smallest N's.
-Uses the Flink cluster of $JOURNEYS_FLINK_PORT / $JOURNEYS_LOCAL_DIR (as `journeys stream` does); each N's
-checkpoints and savepoints are deleted afterwards unless --keep-state.
+restored from the savepoint. That state also holds what apache/beam#27648 leaves behind (checkpoint_growth.py): it
+grows with the first run's uptime as well as with N, and a larger N runs longer first. Verdict: restart-to-caught-up
+at the largest N within --max-ratio of the smallest N's. Uses the Flink cluster of $JOURNEYS_FLINK_PORT and
+$JOURNEYS_LOCAL_DIR (as `journeys stream` does); each N's checkpoints and savepoints are deleted afterwards unless
+--keep-state.
 
-Other bench scripts import the helpers here (a stream's launcher, the published offsets, Flink's REST API).
+The other Flink bench scripts (stream_freshness.py, backfill_engines.py, checkpoint_growth.py) import the helpers
+here: a stream's launcher and its stop, the published offsets, the records in the topics, Flink's REST API.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ HISTORY_START = "2026-09-01"  # the generator's default first day
 STOP_TIMEOUT_S = 360  # the launcher's stop-with-savepoint waits up to 300 s for the savepoint itself
 
 
-# --- helpers shared with stream_freshness.py and checkpoint_growth.py ------------------------------------------
+# --- helpers the other Flink bench scripts import ---------------------------------------------------------------
 
 def cluster():
     """The Flink cluster `journeys stream` submits to (JOURNEYS_FLINK_PORT, JOURNEYS_LOCAL_DIR)."""
@@ -223,8 +226,8 @@ def one_history(n: int, args, work: Path) -> dict:
         result["first_run_records_per_s"] = round(history / (caught_up - started), 1)
         job = flink_job(name, since=started - 5)
         # a checkpoint that holds every record's state: triggered after the last commit
-        checkpoint = wait_until(lambda: (c := latest_checkpoint(job["jid"])) and c["trigger_timestamp"] / 1000 > caught_up
-                                and c, timeout_s=120, every_s=1)
+        checkpoint = wait_until(lambda: (c := latest_checkpoint(job["jid"]))
+                                and c["trigger_timestamp"] / 1000 > caught_up and c, timeout_s=120, every_s=1)
         if checkpoint:
             result["checkpoint_before_stop"] = {"id": checkpoint["id"], "state_mib": mib(checkpoint["state_size"]),
                                                 "checkpointed_mib": mib(checkpoint["checkpointed_size"]),
@@ -232,7 +235,7 @@ def one_history(n: int, args, work: Path) -> dict:
     finally:
         result["stop_with_savepoint_s"] = stop_stream(first)
         result["left_running_cancelled"] = cancel_jobs(name)
-    where = re.findall(r"with a savepoint at (file:\S+)", log.read_text(errors="replace"))
+    where = re.findall(r"with a savepoint at (file:[^;\s]+)", log.read_text(errors="replace"))
     if not where:
         raise SystemExit(f"N={n}: the launcher logged no savepoint; see {log}")
     savepoint = Path(where[-1].removeprefix("file:"))
@@ -331,8 +334,9 @@ def main() -> None:
             "batch_customers": args.batch_customers, "runs": runs, **verdict}, args.json)
     print_table(("records", "customers", "1st run s", "stop s", "savepoint MiB", "checkpoint MiB", "to submitted s",
                  "to RUNNING s", "to tasks s", "to caught up s"), rows)
-    print(f"{verdict['verdict']}: {small['records']:,} → {large['records']:,} records, restart to caught up x{grows}, "
-          f"to RUNNING x{verdict.get('restart_to_running_ratio')} (threshold x{args.max_ratio})")
+    print(f"{verdict['verdict']}: {small['records']:,} → {large['records']:,} records, "
+          f"restart to caught up x{grows}, to RUNNING x{verdict.get('restart_to_running_ratio')} "
+          f"(threshold x{args.max_ratio})")
 
 
 if __name__ == "__main__":

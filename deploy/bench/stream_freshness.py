@@ -1,23 +1,32 @@
 """Streaming freshness: how long after a record is produced its row is visible to a BI reader. A benchmark, not a test:
 
-    .venv/bin/python deploy/bench/stream_freshness.py --rate 20 --customers 300 --days 30 [--json FILE]
-    .venv/bin/python deploy/bench/stream_freshness.py --rate 2000 --duration-s 60 [--json FILE]
+    .venv/bin/python deploy/bench/stream_freshness.py --rate 20 --customers 300 --days 30 [--runner R] [--json FILE]
+    .venv/bin/python deploy/bench/stream_freshness.py --rate 2000 --duration-s 60 [--runner R] [--json FILE]
 
 With --duration-s it sends for that long at the rate (customers sized to fill it) and reports whether the job kept
 up (committed at least 95 % of the send rate while sending), the backlog when sending ended, and how long the job
 then took to commit every record (null: not within --settle-s).
 
-Starts `journeys stream` (Prism, DuckDB) on fresh topics of the local broker, produces a generated world at a fixed
-rate, and polls the published warehouse copy for touchpoints as a BI tool would. Freshness of a touch = when its row
-first shows in the published copy − when its record was due to be sent (the producer paces sends; one running
-behind only makes the figure larger). Touches of visitors still anonymous wait for a login or their deadline in
-event time by design (identity stitching), so the percentiles are given for the touches that appeared.
+Starts `journeys stream` (--runner FlinkRunner, the default: the cluster of `journeys flink up`; or PrismRunner) into
+DuckDB on fresh topics of the local broker, produces a generated world at a fixed rate, and polls the published
+warehouse copy for touchpoints as a BI tool would. Freshness of a touch = when its row first shows in the published
+copy − when its record was due to be sent (the producer paces sends; one running behind only makes the figure
+larger). Touches of visitors still anonymous wait for a login or their deadline in event time by design (identity
+stitching), so the percentiles are given for the touches that appeared.
+
+Rates while sending: committed = the published copy's sum of stored offsets; read = the job's own consumer group's
+committed offsets (the source commits them as the runner finalizes its bundles: on Flink at each checkpoint, every
+10 s), so a read rate well above the commit rate locates a backlog after the source. Sending starts once the job
+runs: on Flink when every task is RUNNING (REST), on Prism after a fixed 20 s. The job is stopped with SIGTERM (on
+Flink: a savepoint) and the launcher waited for. On Flink the job's log does not reach the launcher's: its SDK
+workers run under the cluster's worker pool, which starts them without a log handler, so only their warnings, errors
+and prints land in <JOURNEYS_LOCAL_DIR>/flink/logs/workers.log (every job's together) and their INFO lines (commits,
+progress) nowhere; the figures here come from the published copy and the consumer group, not from logs.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +37,7 @@ import uuid
 from pathlib import Path
 
 import duckdb
+from flink_restart import cancel_jobs, cluster, flink_job, stop_stream, stream_job_name, tasks_running, wait_until
 from report import report
 
 from pipelines.generate import GeneratorConfig, generate
@@ -61,6 +71,38 @@ def poll(published: Path, seen: dict, committed: list, stop: threading.Event, ev
         stop.wait(every_s)
 
 
+def poll_group(group: str, prefix: str, read: list, stop: threading.Event, every_s: float = 1.0) -> None:
+    """(when, records) the job's consumer group has committed on our topics: how far its source has read."""
+    from kafka.errors import KafkaError
+
+    from pipelines.kafka_topics import admin_client
+
+    admin = admin_client(KafkaConnection.from_env())
+    try:
+        while not stop.is_set():
+            try:
+                offsets = admin.list_group_offsets([group]).get(group, {})
+            except KafkaError:  # the group does not exist before the source's first commit
+                offsets = {}
+            read.append((time.time(), sum(o.offset for tp, o in offsets.items()
+                                          if tp.topic.startswith(prefix) and o.offset >= 0)))
+            stop.wait(every_s)
+    finally:
+        admin.close()
+
+
+def rate_in(samples: list, start: float, end: float) -> float | None:
+    """Records per second inside [start, end] from (when, count) samples. The counts move in steps (a publish, a
+    finalized bundle: on Flink a checkpoint every 10 s), so the rate is taken between the first and last step inside
+    the window, not between arbitrary samples on the flat parts; without two steps, between the window's samples."""
+    inside = [(when, n) for when, n in samples if start <= when <= end]
+    steps = [(when, n) for (when, n), (_, before) in zip(inside[1:], inside) if n != before]
+    ends = steps if len(steps) >= 2 else inside
+    if len(ends) < 2 or ends[-1][0] <= ends[0][0]:
+        return None
+    return (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0])
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -73,11 +115,16 @@ def main() -> None:
     parser.add_argument("--commit-every-s", default="2")
     parser.add_argument("--duration-s", type=float, help="send for this long (sizes the customers to fill it)")
     parser.add_argument("--settle-s", type=float, default=90, help="wait this long after the last send")
+    parser.add_argument("--runner", choices=("FlinkRunner", "PrismRunner"), default="FlinkRunner",
+                        help="the stream's runner (default: %(default)s)")
+    parser.add_argument("--start-timeout-s", type=float, default=300,
+                        help="Flink: longest wait for the job's tasks to run before sending")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
 
     connection = KafkaConnection.from_env()
     prefix = f"fresh{uuid.uuid4().hex[:8]}_"
+    group = f"bench-{prefix.rstrip('_')}"  # this job's own consumer group: its committed offsets are its reads
     ensure_topics(connection, prefix=prefix)
     customers = args.customers
     if args.duration_s:
@@ -87,18 +134,34 @@ def main() -> None:
         records = records[:int(args.rate * args.duration_s)]
     work = Path(tempfile.mkdtemp(prefix="freshness"))
     warehouse = work / "journeys.duckdb"
-    job = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "stream", "--runner", "PrismRunner",
-                            "--topic-prefix", prefix, "--warehouse", str(warehouse), "--commit-every-s",
-                            args.commit_every_s, "--update-every-s", "30", "--log-every-s", "10"],
+    stream_args = ["--runner", args.runner, "--topic-prefix", prefix, "--warehouse", str(warehouse),
+                   "--commit-every-s", args.commit_every_s, "--update-every-s", "30", "--log-every-s", "10",
+                   "--group-id", group]
+    flink = args.runner == "FlinkRunner"
+    name = stream_job_name(stream_args) if flink else None
+    launched = time.time()
+    job = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "stream", *stream_args],
                            stdout=open(work / "stream.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
                            env=os.environ)
     seen: dict = {}
     committed: list = []  # (when, records committed)
+    read: list = []  # (when, records the source has read and finalized)
     stop = threading.Event()
-    poller = threading.Thread(target=poll, args=(warehouse.with_suffix(".published.duckdb"), seen, committed, stop))
-    poller.start()
+    pollers = [threading.Thread(target=poll, args=(warehouse.with_suffix(".published.duckdb"), seen, committed, stop)),
+               threading.Thread(target=poll_group, args=(group, prefix, read, stop))]
+    for poller in pollers:
+        poller.start()
+    stop_s = None
     try:
-        time.sleep(20)  # the job starts its runner and reaches the topics
+        if flink:  # sending starts once every task runs (operators open, SDK workers connected)
+            ready = wait_until(lambda: (j := flink_job(name, since=launched - 1)) and tasks_running(j["jid"]),
+                               args.start_timeout_s)
+            if not ready or job.poll() is not None:
+                raise SystemExit(f"the Flink job {name} did not start within {args.start_timeout_s} s; see "
+                                 f"{work / 'stream.log'}")
+            time.sleep(5)  # the source's first poll of the topics
+        else:
+            time.sleep(20)  # the job starts its runner and reaches the topics
         started = time.time()
         sent_at = {tid: started + i / args.rate for i, r in enumerate(records) if (tid := touch_id(r))}
         stats = produce(records, connection, topic_prefix=prefix, rate=args.rate)
@@ -108,26 +171,43 @@ def main() -> None:
             time.sleep(1)
     finally:
         stop.set()
-        poller.join()
-        os.killpg(job.pid, signal.SIGTERM)
-        job.wait(timeout=60)
+        for poller in pollers:
+            poller.join()
+        stop_s = stop_stream(job)  # SIGTERM; on Flink the launcher stops the job with a savepoint
+        if flink:
+            cancel_jobs(name)  # only if the launcher could not stop it: the cluster's slots are few
     delays = sorted(seen[t] - sent_at[t] for t in seen if t in sent_at)
     at_send_end = max((n for when, n in committed if when <= sent_end), default=0)
     caught_up = next((when - sent_end for when, n in committed if n >= len(records)), None)
-    in_window = [(when, n) for when, n in committed if started <= when <= sent_end]
-    commit_rate = ((in_window[-1][1] - in_window[0][1]) / (in_window[-1][0] - in_window[0][0])
-                   if len(in_window) > 1 and in_window[-1][0] > in_window[0][0] else None)
-    report({"benchmark": "stream_freshness", "rate_target": args.rate,
-            "rate_sent": round(stats.records / stats.seconds, 1), "records": stats.records,
-            "touches_sent": len(sent_at), "touches_visible": len(delays),
-            "committed_when_sending_ended": at_send_end, "backlog_when_sending_ended": len(records) - at_send_end,
-            "committed_per_s_while_sending": round(commit_rate, 1) if commit_rate is not None else None,
-            "all_committed_s_after_sending": round(caught_up, 1) if caught_up is not None else None,
-            # kept up: committed about as fast as the records were sent (a job that falls behind builds a backlog)
-            "kept_up": commit_rate is not None and commit_rate >= 0.95 * stats.records / stats.seconds,
-            "freshness_s": {"p50": round(percentile(delays, 50), 2), "p95": round(percentile(delays, 95), 2),
-                            "p99": round(percentile(delays, 99), 2), "max": round(delays[-1], 2)} if delays else None,
-            "log": str(work / "stream.log")}, args.json)
+    commit_rate = rate_in(committed, started, sent_end)
+    read_rate = rate_in(read, started, sent_end)
+    sent_rate = stats.records / stats.seconds
+    # a commit shows as the published offsets changing: the intervals between them are the commit cadence
+    changes = [when for (when, n), (_, before) in zip(committed[1:], committed) if n != before]
+    result = {"benchmark": "stream_freshness", "runner": args.runner, "rate_target": args.rate,
+              "rate_sent": round(sent_rate, 1), "records": stats.records,
+              "touches_sent": len(sent_at), "touches_visible": len(delays),
+              "committed_when_sending_ended": at_send_end, "backlog_when_sending_ended": len(records) - at_send_end,
+              "read_per_s_while_sending": round(read_rate, 1) if read_rate is not None else None,
+              "committed_per_s_while_sending": round(commit_rate, 1) if commit_rate is not None else None,
+              "all_committed_s_after_sending": round(caught_up, 1) if caught_up is not None else None,
+              # kept up: committed about as fast as the records were sent (a job that falls behind builds a backlog)
+              "kept_up": commit_rate is not None and commit_rate >= 0.95 * sent_rate,
+              "freshness_s": {"p50": round(percentile(delays, 50), 2), "p95": round(percentile(delays, 95), 2),
+                              "p99": round(percentile(delays, 99), 2), "max": round(delays[-1], 2)} if delays else None,
+              "publish_interval_s_p50": round(statistics.median(b - a for a, b in zip(changes, changes[1:])), 1)
+              if len(changes) > 2 else None,
+              "stop_s": stop_s, "log": str(work / "stream.log")}
+    if flink:
+        result.update(flink=cluster().rest, job_name=name, job_log=str(cluster().state / "logs" / "workers.log"))
+    report(result, args.json)
+    fresh = result["freshness_s"] or {}
+    print(f"{'runner':>12} {'sent/s':>8} {'read/s':>8} {'commit/s':>9} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
+          f"{'visible':>9} {'backlog':>8}  kept up")
+    print(f"{args.runner:>12} {result['rate_sent']:>8} {str(result['read_per_s_while_sending']):>8} "
+          f"{str(result['committed_per_s_while_sending']):>9} {str(fresh.get('p50')):>7} {str(fresh.get('p95')):>7} "
+          f"{str(fresh.get('p99')):>7} {len(delays):>4}/{len(sent_at):<4} {result['backlog_when_sending_ended']:>8}  "
+          f"{'yes' if result['kept_up'] else 'no'}")
 
 
 if __name__ == "__main__":

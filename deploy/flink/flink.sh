@@ -91,7 +91,7 @@ fetch() {
 }
 
 write_config() {
-  mkdir -p "$conf" "$logs" "$state/checkpoints" "$state/savepoints" "$state/artifacts"
+  mkdir -p "$conf" "$logs" "$state/checkpoints" "$state/savepoints" "$state/artifacts" "$state/rocksdb-logs"
   cat >"$conf/config.yaml" <<EOF
 # written by deploy/flink/flink.sh; edits are overwritten at the next 'up'
 jobmanager:
@@ -110,7 +110,11 @@ parallelism: {default: 2}
 # vendored gRPC classes through a per-job class loader that its failed predecessor released.
 classloader: {resolve-order: parent-first}
 state:
-  backend: {type: rocksdb, incremental: true}
+  backend:
+    type: rocksdb
+    incremental: true
+    # RocksDB writes one log per operator instance: beside the state, not among the cluster's logs
+    rocksdb: {log: {dir: '$state/rocksdb-logs', level: HEADER_LEVEL}}
   checkpoints: {dir: 'file://$state/checkpoints'}
   savepoints: {dir: 'file://$state/savepoints'}
 execution:
@@ -169,7 +173,7 @@ start_taskmanager() {
 start_jobserver() {
   # shellcheck disable=SC2046
   setsid java -Xmx1g $(java_log jobserver) -cp "$jar" org.apache.beam.runners.flink.FlinkJobServerDriver \
-    --flink-master=$host:$rest_port --flink-conf-dir "$conf" --artifacts-dir "$state/artifacts" \
+    --flink-master="$host:$rest_port" --flink-conf-dir "$conf" --artifacts-dir "$state/artifacts" \
     --job-host $host --job-port "$job_port" --artifact-port "$artifact_port" --expansion-port "$expansion_port" \
     </dev/null >"$logs/jobserver.log" 2>&1 &
   echo $! >"$state/jobserver.pid"
@@ -209,14 +213,12 @@ start_part() {
 }
 
 up() {
-  local part
-  for part in "${parts[@]}"; do
-    if ! running_pid "$part" >/dev/null; then
-      for port in "$rest_port" "$rpc_port" "$job_port" "$worker_port"; do
-        if port_open "$port" && ! running_pid jobmanager >/dev/null && [ "$part" = jobmanager ]; then
-          say "port $port is taken by another process; set JOURNEYS_FLINK_PORT"; exit 1
-        fi
-      done
+  local part port
+  declare -A ports=([jobmanager]=$rest_port [jobserver]=$job_port [workers]=$worker_port)
+  for part in "${!ports[@]}"; do
+    port=${ports[$part]}
+    if ! running_pid "$part" >/dev/null && port_open "$port"; then
+      say "port $port ($part) is taken by another process; set JOURNEYS_FLINK_PORT"; exit 1
     fi
   done
   fetch

@@ -1,0 +1,64 @@
+"""The Flink launcher's choices (pipelines/flink.py): where a job goes, which state options a stream gets, and which
+checkpoint or savepoint a restart resumes from. No cluster needed."""
+import os
+import time
+
+import pytest
+
+from pipelines import flink
+
+
+class Cluster(flink.LocalCluster):
+    def __init__(self, tmp_path, up=True):
+        super().__init__({"JOURNEYS_FLINK_PORT": "28081", "JOURNEYS_LOCAL_DIR": str(tmp_path)})
+        self.up = up
+
+    def running(self):
+        return self.up
+
+    def fetch(self):
+        return self.job_server_jar
+
+
+def test_a_stream_goes_to_the_local_cluster_with_durable_state(tmp_path):
+    args = flink.runner_args([], streaming=True, job_name="journeys-stream-x", cluster=Cluster(tmp_path))
+    assert "--job_endpoint=localhost:28084" in args
+    assert "--environment_type=EXTERNAL" in args and "--environment_config=localhost:28087" in args
+    assert "--state_backend=rocksdb" in args and "--checkpointing_interval=10000" in args
+    assert f"--state_backend_storage_path={(tmp_path / 'flink' / 'checkpoints' / 'journeys-stream-x').as_uri()}" in args
+    assert "--retain_externalized_checkpoints_on_cancellation" in args and "--job_name=journeys-stream-x" in args
+
+
+def test_what_the_user_gives_wins(tmp_path):
+    given = ["--flink_master=[local]", "--checkpointing_interval=500", "--job_name=mine"]
+    args = flink.runner_args(given, streaming=True, job_name="journeys-stream-x", cluster=Cluster(tmp_path, up=False))
+    assert not any(a.startswith(("--job_endpoint", "--environment_type", "--checkpointing_interval", "--job_name"))
+                   for a in args)
+    assert f"--flink_job_server_jar={tmp_path / 'flink' / 'beam-flink-job-server.jar'}" in args
+
+
+def test_without_a_cluster_or_a_master_it_says_how_to_get_one(tmp_path):
+    with pytest.raises(SystemExit, match="journeys flink up"):
+        flink.runner_args([], streaming=False, cluster=Cluster(tmp_path, up=False))
+
+
+def test_a_restart_resumes_from_the_newest_completed_checkpoint_or_savepoint(tmp_path):
+    cluster = Cluster(tmp_path)
+    assert flink.newest_snapshot("s", cluster) is None
+    older = cluster.state / "checkpoints" / "s" / "job1" / "chk-9"
+    unfinished = cluster.state / "checkpoints" / "s" / "job2" / "chk-3"  # no _metadata: still being written
+    newer = cluster.state / "savepoints" / "s" / "savepoint-1"
+    other = cluster.state / "checkpoints" / "t" / "job3" / "chk-1"  # another stream's
+    for folder in (older, unfinished, newer, other):
+        folder.mkdir(parents=True)
+    now = time.time()
+    for folder, age in ((older, 60), (newer, 30), (other, 0)):
+        (folder / "_metadata").write_bytes(b"x")
+        os.utime(folder / "_metadata", (now - age, now - age))
+    assert flink.newest_snapshot("s", cluster) == newer
+
+
+def test_the_rest_address_follows_the_master(tmp_path):
+    cluster = Cluster(tmp_path)
+    assert flink.rest_address(["--flink_master=flink-jm:8081"], cluster) == "http://flink-jm:8081"
+    assert flink.rest_address(["--flink_master=[local]"], cluster) == "http://localhost:28081"
