@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -71,7 +72,7 @@ class FlinkStateOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--checkpointing_interval", type=int, help="ms between Flink checkpoints")
-        parser.add_argument("--state_backend", help="rocksdb or hashmap")
+        parser.add_argument("--state_backend", help="rocksdb or filesystem (Beam 2.62 knows no other)")
         parser.add_argument("--state_backend_storage_path", help="where checkpoints are written")
         parser.add_argument("--externalized_checkpoints_enabled", action="store_true", default=None)
         parser.add_argument("--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None)
@@ -159,6 +160,15 @@ class Rest:
     def checkpoints(self, job_id: str) -> dict:
         return self._call(f"/jobs/{job_id}/checkpoints")
 
+    def unstarted_sources(self, job_id: str) -> list[str]:
+        """Stages fed by an Impulse that have passed nothing on (yet): a splittable source (the Kafka read, the
+        ticker) that has not started. Healthy ones pass on their splits at once (the Kafka read one per partition).
+        Only meaningful for a job started afresh: a restored Impulse does not fire again."""
+        job = self._call(f"/jobs/{job_id}")
+        impulses = {v["id"] for v in job["vertices"] if v["name"].startswith("Source: Impulse")}
+        fed = {n["id"] for n in job["plan"]["nodes"] if any(i["id"] in impulses for i in n.get("inputs", ()))}
+        return [v["name"] for v in job["vertices"] if v["id"] in fed and v["metrics"].get("write-records", 0) == 0]
+
     def cancel(self, job_id: str) -> None:
         request = urllib.request.Request(f"{self.base}/jobs/{job_id}?mode=cancel", method="PATCH")
         urllib.request.urlopen(request, timeout=30).close()
@@ -171,3 +181,38 @@ def rest_address(beam_args: list[str], cluster: LocalCluster | None = None) -> s
             master = arg.split("=", 1)[1]
             return master if master.startswith("http") else f"http://{master}"
     return (cluster or LocalCluster()).rest
+
+
+class StartWatch(threading.Thread):
+    """Cancels a freshly started job whose splittable sources did not start within `timeout_s`, for the launcher to
+    submit it again. Beam 2.62's portable Flink runner now and then swallows the Impulse element that starts a
+    splittable DoFn (seen about once in fifteen starts here: the job runs, reads nothing, and never will)."""
+
+    def __init__(self, rest: Rest, name: str, timeout_s: float = 60.0):
+        super().__init__(daemon=True, name="flink-start-watch")
+        self.rest, self.name, self.timeout_s = rest, name, timeout_s
+        self.stopped = threading.Event()
+        self.cancelled: list[str] = []  # the stages that did not start, once it cancelled the job
+        self.job_id: str | None = None
+
+    def run(self):
+        deadline = time.time() + self.timeout_s
+        while not self.stopped.wait(5.0):
+            jobs = self.rest.running_jobs(self.name)
+            if not jobs:
+                continue  # not submitted yet
+            try:
+                stuck = self.rest.unstarted_sources(jobs[0])
+            except OSError:
+                continue
+            if not stuck:
+                return  # its sources run: nothing more to watch
+            if time.time() > deadline:
+                log.warning("%s: %s never started (a known Beam 2.62 portable-runner fault); cancelling the job "
+                            "to submit it again", self.name, ", ".join(stuck))
+                self.cancelled, self.job_id = stuck, jobs[0]
+                self.rest.cancel(jobs[0])
+                return
+
+    def stop(self):
+        self.stopped.set()

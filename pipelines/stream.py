@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import shutil
 import signal
 import sys
 
@@ -81,6 +82,9 @@ def _stop(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends the job like Ctrl-C: the runner it started is stopped on the way out
 
 
+START_ATTEMPTS = 3
+
+
 def job_name(args, beam_args) -> str:
     """One name per stream (its topics and warehouse): its checkpoints, savepoints and running job are found by it."""
     for arg in beam_args:
@@ -118,13 +122,26 @@ def run_on_flink(args, beam_args) -> int:
             beam_args = [*beam_args, f"--savepoint_path={snapshot.as_uri()}"]
         else:
             log.info("%s has no checkpoint or savepoint yet: reading the topics from their start", name)
-    try:
-        return run_kafka_pipeline(build, args, beam_args, streaming=True, job_name=name)
-    except KeyboardInterrupt:
-        for job_id in rest.running_jobs(name):
-            location = rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
-            log.info("stopped %s with a savepoint at %s; a restart resumes from it", job_id, location)
-        return 0
+    for _ in range(START_ATTEMPTS):
+        watch = flink.StartWatch(rest, name) if not flink.given(beam_args, "savepoint_path") else None
+        if watch:
+            watch.start()
+        try:
+            run_kafka_pipeline(build, args, beam_args, streaming=True, job_name=name)
+        except KeyboardInterrupt:
+            for job_id in rest.running_jobs(name):
+                location = rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
+                log.info("stopped %s with a savepoint at %s; a restart resumes from it", job_id, location)
+            return 0
+        finally:
+            if watch:
+                watch.stop()
+        if not (watch and watch.cancelled):
+            return 0
+        # its checkpoints hold a source that never started: no restart may resume from them
+        shutil.rmtree(flink.LocalCluster().state / "checkpoints" / name / watch.job_id, ignore_errors=True)
+    log.error("%s: its sources did not start in %d attempts", name, START_ATTEMPTS)
+    return 1
 
 
 if __name__ == "__main__":

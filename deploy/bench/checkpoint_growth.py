@@ -151,7 +151,8 @@ def main() -> None:
 
     cycles = max(1, math.ceil(args.minutes * 60 / (args.busy_s + args.quiet_s)))
     per_spell = int(args.rate * args.busy_s)
-    customers = int(per_spell * cycles / RECORDS_PER_CUSTOMER_30_DAYS) + 1
+    # a quarter more customers than the average needs: a world a little short would cut the last busy spell short
+    customers = int(per_spell * cycles / RECORDS_PER_CUSTOMER_30_DAYS * 1.25) + 1
     records = generate(GeneratorConfig(customers=customers, days=30, seed=11), b"bench")[:per_spell * cycles]
     connection = KafkaConnection.from_env()
     prefix = f"growth{uuid.uuid4().hex[:8]}_"

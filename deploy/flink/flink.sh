@@ -145,14 +145,26 @@ EOF
 # Flink's own jars first: the job-server jar also carries Flink 1.19.0 classes, which must not shadow 1.19.3's.
 classpath() { echo "$dist/lib/*:$jar"; }
 
+# Starts PART's command in a session of its own (it outlives the shell or make that started it) and records the
+# command's own pid: setsid forks when its caller leads a process group, and then $! would be the exited parent's.
+launch() {
+  local part=$1 out=$2
+  shift 2
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$state/$part.pid" "$@" </dev/null >"$out" 2>&1 &
+  # until the pid is known and its process has become the command (running_pid matches the command line)
+  for _ in $(seq 1 50); do
+    [ -s "$state/$part.pid" ] && ! tr '\0' ' ' <"/proc/$(cat "$state/$part.pid")/cmdline" 2>/dev/null |
+      grep -q '^bash -c' && return 0
+    sleep 0.1
+  done
+}
+
 java_log() { echo "-Dlog.file=$logs/$1.log -Dlog4j.configurationFile=file://$conf/log4j.properties"; }
 
 start_jobmanager() {
   # shellcheck disable=SC2046
-  setsid java -Xmx768m $(java_log jobmanager) -cp "$(classpath)" \
-    org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint --configDir "$conf" \
-    </dev/null >"$logs/jobmanager.out" 2>&1 &
-  echo $! >"$state/jobmanager.pid"
+  launch jobmanager "$logs/jobmanager.out" java -Xmx768m $(java_log jobmanager) -cp "$(classpath)" \
+    org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint --configDir "$conf"
 }
 
 start_taskmanager() {
@@ -165,25 +177,22 @@ start_taskmanager() {
   dynamic=$(sed -n 2p <<<"$params")
   [ -n "$jvm" ] && [ -n "$dynamic" ] || { say "could not derive the TaskManager's memory settings"; exit 1; }
   # shellcheck disable=SC2086,SC2046
-  setsid java $jvm $(java_log taskmanager) -cp "$(classpath)" org.apache.flink.runtime.taskexecutor.TaskManagerRunner \
-    --configDir "$conf" $dynamic </dev/null >"$logs/taskmanager.out" 2>&1 &
-  echo $! >"$state/taskmanager.pid"
+  launch taskmanager "$logs/taskmanager.out" java $jvm $(java_log taskmanager) -cp "$(classpath)" \
+    org.apache.flink.runtime.taskexecutor.TaskManagerRunner --configDir "$conf" $dynamic
 }
 
 start_jobserver() {
   # shellcheck disable=SC2046
-  setsid java -Xmx1g $(java_log jobserver) -cp "$jar" org.apache.beam.runners.flink.FlinkJobServerDriver \
+  launch jobserver "$logs/jobserver.log" java -Xmx1g $(java_log jobserver) -cp "$jar" \
+    org.apache.beam.runners.flink.FlinkJobServerDriver \
     --flink-master="$host:$rest_port" --flink-conf-dir "$conf" --artifacts-dir "$state/artifacts" \
-    --job-host $host --job-port "$job_port" --artifact-port "$artifact_port" --expansion-port "$expansion_port" \
-    </dev/null >"$logs/jobserver.log" 2>&1 &
-  echo $! >"$state/jobserver.pid"
+    --job-host $host --job-port "$job_port" --artifact-port "$artifact_port" --expansion-port "$expansion_port"
 }
 
 start_workers() {
   # The pool starts each SDK worker as `python` from PATH: the venv's first, or workers lack apache_beam.
-  PATH="$(dirname "$python"):$PATH" setsid "$python" -m apache_beam.runners.worker.worker_pool_main \
-    --service_port=$worker_port </dev/null >"$logs/workers.log" 2>&1 &
-  echo $! >"$state/workers.pid"
+  PATH="$(dirname "$python"):$PATH" launch workers "$logs/workers.log" "$python" \
+    -m apache_beam.runners.worker.worker_pool_main --service_port=$worker_port
 }
 
 ready() {
