@@ -188,16 +188,16 @@ class StartWatch(threading.Thread):
     submit it again. Beam 2.62's portable Flink runner now and then swallows the Impulse element that starts a
     splittable DoFn (seen about once in fifteen starts here: the job runs, reads nothing, and never will)."""
 
-    def __init__(self, rest: Rest, name: str, timeout_s: float = 60.0):
+    def __init__(self, rest: Rest, name: str, timeout_s: float = 60.0, poll_s: float = 5.0):
         super().__init__(daemon=True, name="flink-start-watch")
-        self.rest, self.name, self.timeout_s = rest, name, timeout_s
+        self.rest, self.name, self.timeout_s, self.poll_s = rest, name, timeout_s, poll_s
         self.stopped = threading.Event()
         self.cancelled: list[str] = []  # the stages that did not start, once it cancelled the job
         self.job_id: str | None = None
 
     def run(self):
         deadline = time.time() + self.timeout_s
-        while not self.stopped.wait(5.0):
+        while not self.stopped.wait(self.poll_s):
             jobs = self.rest.running_jobs(self.name)
             if not jobs:
                 continue  # not submitted yet

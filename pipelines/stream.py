@@ -133,6 +133,9 @@ def run_on_flink(args, beam_args) -> int:
                 location = rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
                 log.info("stopped %s with a savepoint at %s; a restart resumes from it", job_id, location)
             return 0
+        except RuntimeError:  # the job server may report a job cancelled under it as failed
+            if not (watch and watch.cancelled):
+                raise
         finally:
             if watch:
                 watch.stop()

@@ -100,6 +100,7 @@ def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterr
     job = start("faulty")
     wait_for(lambda: committed(sink.snapshot("faulty")) > 0, "the first commit", timeout_s=300)
     [job_id] = flink_jobs.running_jobs("journeys-stream-")
+    assert flink_jobs.unstarted_sources(job_id) == []  # what the launcher's start watch looks for
     shuffle = random.Random(67)
 
     for chunk in chunks[1:4]:

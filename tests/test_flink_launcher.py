@@ -62,3 +62,30 @@ def test_the_rest_address_follows_the_master(tmp_path):
     cluster = Cluster(tmp_path)
     assert flink.rest_address(["--flink_master=flink-jm:8081"], cluster) == "http://flink-jm:8081"
     assert flink.rest_address(["--flink_master=[local]"], cluster) == "http://localhost:28081"
+
+
+class FlinkRest:
+    """Flink's REST answers for one job whose sources started (or not)."""
+
+    def __init__(self, unstarted):
+        self.unstarted, self.cancelled = unstarted, []
+
+    def running_jobs(self, prefix):
+        return [] if self.cancelled else ["job1"]
+
+    def unstarted_sources(self, job_id):
+        return self.unstarted
+
+    def cancel(self, job_id):
+        self.cancelled.append(job_id)
+
+
+@pytest.mark.parametrize("unstarted, cancelled", [(["[4]Read/ReadPartitions/{Create, ReadUnbounded}"], ["job1"]),
+                                                  ([], [])])
+def test_a_fresh_job_whose_sources_never_start_is_cancelled_for_the_launcher_to_submit_again(unstarted, cancelled):
+    rest = FlinkRest(unstarted)
+    watch = flink.StartWatch(rest, "journeys-stream-x", timeout_s=0.2, poll_s=0.1)
+    watch.start()
+    watch.join(timeout=10)
+    assert not watch.is_alive()
+    assert rest.cancelled == cancelled and watch.cancelled == unstarted and watch.job_id == (cancelled or [None])[0]
