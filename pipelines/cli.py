@@ -47,9 +47,8 @@ def cmd_kafka(args) -> int:
 def cmd_flink(args) -> int:
     from pipelines.flink import SCRIPT
 
-    action = "start-taskmanager" if args.action == "start-taskmanager" else args.action
     extra = [args.part, str(args.lines)] if args.action == "logs" else []
-    return subprocess.run([str(SCRIPT), action, *extra], check=False).returncode
+    return subprocess.run([str(SCRIPT), args.action, *extra], check=False).returncode
 
 
 def _start(value: str) -> dt.datetime:

@@ -127,20 +127,21 @@ class Rest:
     def __init__(self, base: str):
         self.base = base.rstrip("/")
 
-    def _call(self, path: str, body: dict | None = None) -> dict:
-        request = urllib.request.Request(self.base + path, method="POST" if body is not None else "GET",
+    def _call(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
+        request = urllib.request.Request(self.base + path, method=method or ("POST" if body is not None else "GET"),
                                          data=json.dumps(body).encode() if body is not None else None,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")
 
-    def running_jobs(self, name: str) -> list[str]:
+    def running_jobs(self, name: str, prefix: bool = False) -> list[str]:
+        """The jobs of this name (with prefix: of every name that starts with it) that have not ended."""
         try:
             jobs = self._call("/jobs/overview")["jobs"]
         except OSError:  # no cluster answers there (an embedded mini-cluster lives only while its job runs)
             return []
-        return [j["jid"] for j in jobs if j["name"].startswith(name) and j["state"] in
-                ("CREATED", "RUNNING", "RESTARTING", "INITIALIZING", "RECONCILING", "FAILING")]
+        return [j["jid"] for j in jobs if (j["name"].startswith(name) if prefix else j["name"] == name)
+                and j["state"] in ("CREATED", "RUNNING", "RESTARTING", "INITIALIZING", "RECONCILING", "FAILING")]
 
     def stop_with_savepoint(self, job_id: str, directory: Path, timeout_s: float = 300.0) -> str:
         """Stop a job with a savepoint (sources stop, state is written, the job finishes); its location."""
@@ -170,8 +171,7 @@ class Rest:
         return [v["name"] for v in job["vertices"] if v["id"] in fed and v["metrics"].get("write-records", 0) == 0]
 
     def cancel(self, job_id: str) -> None:
-        request = urllib.request.Request(f"{self.base}/jobs/{job_id}?mode=cancel", method="PATCH")
-        urllib.request.urlopen(request, timeout=30).close()
+        self._call(f"/jobs/{job_id}?mode=cancel", method="PATCH")
 
 
 def rest_address(beam_args: list[str], cluster: LocalCluster | None = None) -> str:

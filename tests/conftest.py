@@ -77,5 +77,5 @@ def flink_jobs(flink):
 
     rest = Rest(flink.rest)
     yield rest
-    for job_id in rest.running_jobs("journeys-stream-"):
+    for job_id in rest.running_jobs("journeys-stream-", prefix=True):
         rest.cancel(job_id)

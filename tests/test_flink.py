@@ -99,7 +99,7 @@ def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterr
     produce(chunks[0], kafka, topic_prefix=topic_prefix)
     job = start("faulty")
     wait_for(lambda: committed(sink.snapshot("faulty")) > 0, "the first commit", timeout_s=300)
-    [job_id] = flink_jobs.running_jobs("journeys-stream-")
+    [job_id] = flink_jobs.running_jobs("journeys-stream-", prefix=True)
     assert flink_jobs.unstarted_sources(job_id) == []  # what the launcher's start watch looks for
     shuffle = random.Random(67)
 
@@ -127,5 +127,5 @@ def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterr
 
 def _completed_checkpoints(rest) -> int:
     """Completed checkpoints of the running stream (0 while it restarts)."""
-    jobs = rest.running_jobs("journeys-stream-")
+    jobs = rest.running_jobs("journeys-stream-", prefix=True)
     return rest.checkpoints(jobs[0])["counts"]["completed"] if jobs else 0

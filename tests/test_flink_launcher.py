@@ -70,7 +70,7 @@ class FlinkRest:
     def __init__(self, unstarted):
         self.unstarted, self.cancelled = unstarted, []
 
-    def running_jobs(self, prefix):
+    def running_jobs(self, name, prefix=False):
         return [] if self.cancelled else ["job1"]
 
     def unstarted_sources(self, job_id):
