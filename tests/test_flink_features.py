@@ -45,6 +45,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 import pipelines.flink  # noqa: F401 (declares --checkpointing_interval, --state_backend, ... to the Python SDK)
 from pipelines.flink import FLINK_VERSION, LocalCluster
+from tests.ports import free_port_block
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.flink,
@@ -66,15 +67,6 @@ class _FlinkRunnerOptions(PipelineOptions):
 
 
 # --- the job server ------------------------------------------------------------------------------------------------
-
-def _free_ports(count: int) -> list[int]:
-    """Ports free now, distinct (all bound at once, then released for the job server)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-
 
 def _accepts(port: int) -> bool:
     with socket.socket() as s:
@@ -111,7 +103,8 @@ def job_server(tmp_path_factory):
                      "appender.file.layout.pattern = %d{HH:mm:ss,SSS} %-5p %c{1} - %m%n\n")
     logging_jars = [str(j) for name in ("log4j-api", "log4j-core", "log4j-slf4j-impl")
                     for j in sorted((cluster.state / "dist" / "lib").glob(f"{name}-*.jar"))]
-    job_port, artifact_port, expansion_port = _free_ports(3)
+    job_port = free_port_block(3)
+    artifact_port, expansion_port = job_port + 1, job_port + 2
     with (folder / "job-server.out").open("wb") as out:
         server = subprocess.Popen(
             ["java", "-Xmx1g", f"-Dlog4j.configurationFile={log4j.as_uri()}",

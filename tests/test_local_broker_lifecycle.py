@@ -15,30 +15,15 @@ import pytest
 from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import read_topic
+from tests.ports import free_port_block
 from transforms.kafka_connection import KafkaConnection
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 JOURNEYS = [sys.executable, "-m", "pipelines.cli"]
 
 
-def _free_port_block() -> int:
-    """A port p with p, p+1, p+2 free (broker, controller, SASL)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port < 65000 and all(_free(port + i) for i in range(3)):
-            return port
-    raise RuntimeError("no block of three free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
 def test_up_twice_crash_restart_and_down(tmp_path):
-    port = _free_port_block()
+    port = free_port_block(3)  # broker, controller, SASL
     env = {**os.environ, "JOURNEYS_LOCAL_DIR": str(tmp_path), "JOURNEYS_KAFKA_PORT": str(port),
            "JOURNEYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
 
@@ -73,10 +58,15 @@ def test_up_twice_crash_restart_and_down(tmp_path):
         down = journeys("kafka", "down")
     assert down.returncode == 0
     assert journeys("kafka", "status").returncode == 3
-    assert _free(port)
+    assert all(_free(port + i) for i in range(3))
 
 
 def _wait_gone(pid: int, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
