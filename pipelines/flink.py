@@ -77,8 +77,6 @@ class FlinkStateOptions(PipelineOptions):
         parser.add_argument("--externalized_checkpoints_enabled", action="store_true", default=None)
         parser.add_argument("--retain_externalized_checkpoints_on_cancellation", action="store_true", default=None)
         parser.add_argument("--savepoint_path", help="resume from this savepoint or retained checkpoint")
-        parser.add_argument("--allow_non_restored_state", action="store_true", default=None,
-                            help="a restore may drop the state of stages the job no longer has")
 
 
 def given(beam_args: list[str], name: str) -> bool:
@@ -163,27 +161,14 @@ class Rest:
     def checkpoints(self, job_id: str) -> dict:
         return self._call(f"/jobs/{job_id}/checkpoints")
 
-    def _polling_sources(self, job: dict) -> set[str]:
-        """The vertices fed by an Impulse: the splittable sources (the Kafka read, the ticker)."""
-        impulses = {v["id"] for v in job["vertices"] if v["name"].startswith("Source: Impulse")}
-        return {n["id"] for n in job["plan"]["nodes"] if any(i["id"] in impulses for i in n.get("inputs", ()))}
-
     def unstarted_sources(self, job_id: str) -> list[str]:
-        """Splittable sources that have passed nothing on (yet): not started. Healthy ones pass on their splits at
-        once. Only meaningful for sources started afresh: a restored Impulse does not fire again (the stream's
-        sources are new in every submission: their names carry the read generation)."""
+        """Stages fed by an Impulse that have passed nothing on (yet): a splittable source (the Kafka read, the
+        ticker) that has not started. Healthy ones pass on their splits at once (the Kafka read one per partition).
+        Only meaningful for a job started afresh: a restored Impulse does not fire again."""
         job = self._call(f"/jobs/{job_id}")
-        fed = self._polling_sources(job)
+        impulses = {v["id"] for v in job["vertices"] if v["name"].startswith("Source: Impulse")}
+        fed = {n["id"] for n in job["plan"]["nodes"] if any(i["id"] in impulses for i in n.get("inputs", ()))}
         return [v["name"] for v in job["vertices"] if v["id"] in fed and v["metrics"].get("write-records", 0) == 0]
-
-    def polling_state_bytes(self, job_id: str) -> int | None:
-        """The splittable sources' state in the newest completed checkpoint (None before the first)."""
-        latest = (self.checkpoints(job_id).get("latest") or {}).get("completed")
-        if not latest:
-            return None
-        tasks = self._call(f"/jobs/{job_id}/checkpoints/details/{latest['id']}").get("tasks", {})
-        fed = self._polling_sources(self._call(f"/jobs/{job_id}"))
-        return sum(task.get("state_size", 0) for vertex, task in tasks.items() if vertex in fed)
 
     def cancel(self, job_id: str) -> None:
         self._call(f"/jobs/{job_id}?mode=cancel", method="PATCH")
@@ -228,42 +213,6 @@ class StartWatch(threading.Thread):
                 self.cancelled, self.job_id = stuck, jobs[0]
                 self.rest.cancel(jobs[0])
                 return
-
-    def stop(self):
-        self.stopped.set()
-
-
-class RollWatch(threading.Thread):
-    """Stops the job with a savepoint once its splittable sources' checkpointed state passes `limit_bytes`, for the
-    launcher to resume it with a new read generation, whose sources start with no state. Beam 2.62's portable Flink
-    runner keeps every self-checkpoint of a polling splittable DoFn under a state name of its own and never clears
-    one (apache/beam#27648): that state grows by the minute, busy or quiet, for as long as the source lives."""
-
-    def __init__(self, rest: Rest, name: str, limit_bytes: int, poll_s: float = 10.0):
-        super().__init__(daemon=True, name="flink-roll-watch")
-        self.rest, self.name, self.limit_bytes, self.poll_s = rest, name, limit_bytes, poll_s
-        self.stopped = threading.Event()
-        self.savepoint: str | None = None  # where the job was stopped, once it was
-
-    def run(self):
-        while not self.stopped.wait(self.poll_s):
-            jobs = self.rest.running_jobs(self.name)
-            try:
-                size = self.rest.polling_state_bytes(jobs[0]) if jobs else None
-            except OSError:
-                continue
-            if size is None or size <= self.limit_bytes:
-                continue
-            log.info("%s: its sources' checkpointed state is %.1f MiB (limit %.1f): stopping it with a savepoint to "
-                     "resume with a new read", self.name, size / 2**20, self.limit_bytes / 2**20)
-            try:
-                self.savepoint = self.rest.stop_with_savepoint(jobs[0], savepoint_dir(self.name))
-            except (OSError, RuntimeError, TimeoutError) as error:
-                log.warning("%s: the savepoint failed (%s); the job runs on and the next check tries again",
-                            self.name, error)
-                continue
-            log.info("%s: stopped with a savepoint at %s", self.name, self.savepoint)
-            return
 
     def stop(self):
         self.stopped.set()

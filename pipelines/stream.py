@@ -23,8 +23,6 @@ import logging
 import shutil
 import signal
 import sys
-import time
-from pathlib import Path
 
 import apache_beam as beam
 
@@ -36,7 +34,7 @@ from transforms import liveness
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TablesConfig, TablesFromMessages
 from transforms.kafka_connection import KafkaConnection
-from transforms.kafka_source import ReadFromKafka, StartAt
+from transforms.kafka_source import ReadFromKafka
 from transforms.progress import LogProgress
 from transforms.warehouse import WriteToWarehouse
 
@@ -47,16 +45,13 @@ def build(pipeline, args, connection: KafkaConnection):
     decoder = EventDecoder.for_prefix(args.topic_prefix)
     topics = [args.topic_prefix + t for t in schemas.TOPICS]
     # A consumer group only for lag monitoring: offsets are committed as Beam finalizes checkpoints, never read.
-    start = StartAt.at_offsets(args.read_from) if args.read_from is not None else StartAt()
-    messages = pipeline | "Read" >> ReadFromKafka(connection, topics, start=start, event_time=decoder,
-                                                  group_id=args.group_id, idle_after_s=args.idle_after_s,
-                                                  readers=args.readers, generation=args.read_generation)
+    messages = pipeline | "Read" >> ReadFromKafka(connection, topics, event_time=decoder, group_id=args.group_id,
+                                                  idle_after_s=args.idle_after_s)
     _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, None, args.log_every_s))
     tables = messages | "Tables" >> TablesFromMessages(decoder, TablesConfig(update_every_s=args.update_every_s))
     hold = args.hold_after_catch_up_s if args.hold_after_catch_up_s is not None else args.update_every_s
     return ((tables, messages)
-            | "Land" >> WriteToWarehouse(warehouse_target(args), args.commit_every_s, hold, quality_config(args),
-                                         generation=args.read_generation))
+            | "Land" >> WriteToWarehouse(warehouse_target(args), args.commit_every_s, hold, quality_config(args)))
 
 
 def parse_args(argv=None):
@@ -78,18 +73,8 @@ def parse_args(argv=None):
     parser.add_argument("--stalled-after-s", type=float, default=300.0,
                         help="exit with code 4 when the commit step has not run this long (workers in this process "
                              "only: Prism); a supervisor restarts the job. 0: never (default: %(default)s)")
-    parser.add_argument("--readers", type=int,
-                        help="Kafka readers sharing the partitions (default: one per partition; on Flink "
-                             f"{FLINK_READERS}, as each polling reader leaves state behind there)")
-    flink_group = parser.add_argument_group("on Flink")
-    flink_group.add_argument("--from-scratch", action="store_true",
-                             help="ignore this job's checkpoints and savepoints and replay the topics")
-    flink_group.add_argument("--roll-read-state-mb", type=float, default=64.0,
-                             help="once the Kafka read's and ticker's checkpointed state passes this, stop with a "
-                                  "savepoint and resume with a new read: Beam 2.62 never clears that state "
-                                  "(apache/beam#27648). 0: never (default: %(default)s)")
-    # Set by the Flink launcher for each job it submits: the read's generation and where it starts.
-    parser.set_defaults(read_generation=None, read_from=None)
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="on Flink: ignore this job's checkpoints and savepoints and replay the topics")
     return parser.parse_known_args(argv)
 
 
@@ -98,7 +83,6 @@ def _stop(signum, frame):
 
 
 START_ATTEMPTS = 3
-FLINK_READERS = 2  # the local TaskManager's slots
 
 
 def job_name(args, beam_args) -> str:
@@ -125,95 +109,42 @@ def main(argv=None) -> int:
 
 
 def run_on_flink(args, beam_args) -> int:
-    """Submit the stream to Flink and see it through: resume from its newest snapshot, submit again when its sources
-    did not start, roll its read over when the read's state has grown, stop it with a savepoint on SIGTERM."""
     name = job_name(args, beam_args)
     rest = flink.Rest(flink.rest_address(beam_args))
-    resume = not args.from_scratch
-    if flink.given(beam_args, "savepoint_path"):  # the user's snapshot, for the first submission
-        resume = False
-    elif resume:
+    if not flink.given(beam_args, "savepoint_path") and not args.from_scratch:
         for job_id in rest.running_jobs(name):
             log.info("job %s (%s) is still running: taking it over with a savepoint", job_id, name)
             rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
-    if args.readers is None:
-        args.readers = FLINK_READERS
-    failed_starts = 0
-    while True:
-        job_args = list(beam_args)
-        snapshot = flink.newest_snapshot(name) if resume else None
+        snapshot = flink.newest_snapshot(name)
         if snapshot:
             log.info("resuming %s from %s (state and read positions as of then, not the topics' start)", name,
                      snapshot)
-            job_args.append(f"--savepoint_path={snapshot.as_uri()}")
-        elif resume:
+            beam_args = [*beam_args, f"--savepoint_path={snapshot.as_uri()}"]
+        else:
             log.info("%s has no checkpoint or savepoint yet: reading the topics from their start", name)
-        restored = flink.given(job_args, "savepoint_path")
-        # Each submission reads with a new generation; a restored one drops the last generation's read state and
-        # starts at the stored offsets (what it reads again there passes once: transforms/offset_filter.py).
-        args.read_generation = time.time_ns() // 1_000_000
-        args.read_from = stored_offsets(args) if restored else None
-        if restored:
-            job_args.append("--allow_non_restored_state")
-        watch = flink.StartWatch(rest, name)
-        roll = flink.RollWatch(rest, name, int(args.roll_read_state_mb * 2**20)) if args.roll_read_state_mb else None
-        for thread in (watch, roll):
-            if thread:
-                thread.start()
+    for _ in range(START_ATTEMPTS):
+        watch = flink.StartWatch(rest, name) if not flink.given(beam_args, "savepoint_path") else None
+        if watch:
+            watch.start()
         try:
-            run_kafka_pipeline(build, args, job_args, streaming=True, job_name=name)
+            run_kafka_pipeline(build, args, beam_args, streaming=True, job_name=name)
         except KeyboardInterrupt:
             for job_id in rest.running_jobs(name):
                 location = rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
                 log.info("stopped %s with a savepoint at %s; a restart resumes from it", job_id, location)
             return 0
-        except RuntimeError:  # the job server may report a job cancelled or stopped under it as failed
-            if not (watch.cancelled or (roll and roll.savepoint)):
+        except RuntimeError:  # the job server may report a job cancelled under it as failed
+            if not (watch and watch.cancelled):
                 raise
         finally:
-            for thread in (watch, roll):
-                if thread:
-                    thread.stop()
-        if roll and roll.savepoint:
-            resume, failed_starts = True, 0
-            beam_args = [a for a in beam_args if not a.startswith("--savepoint_path")]
-            continue
-        if not watch.cancelled:
+            if watch:
+                watch.stop()
+        if not (watch and watch.cancelled):
             return 0
         # its checkpoints hold a source that never started: no restart may resume from them
         shutil.rmtree(flink.LocalCluster().state / "checkpoints" / name / watch.job_id, ignore_errors=True)
-        failed_starts += 1
-        if failed_starts == START_ATTEMPTS:
-            log.error("%s: its sources did not start in %d attempts", name, START_ATTEMPTS)
-            return 1
-
-
-def stored_offsets(args) -> dict:
-    """Where the warehouse's last commit ended, per partition: where a new read generation starts. For DuckDB from
-    the file itself, else (a worker of the stopped job may still hold it) from its published copy, which may be
-    older: a read that starts earlier only reads more again."""
-    from transforms.duckdb_warehouse import DuckDBWarehouse
-    from transforms.warehouse import open_warehouse
-
-    target = warehouse_target(args)
-    if not isinstance(target, str):
-        warehouse = open_warehouse(target)
-    else:
-        warehouse = None
-        for path in (Path(target), Path(target).with_suffix(".published.duckdb")):
-            try:
-                warehouse = DuckDBWarehouse(path, read_only=True) if path.exists() else None
-            except Exception as error:  # noqa: BLE001 - duckdb's lock error has no narrower type to name
-                log.info("%s cannot be read now (%s)", path, error)
-                continue
-            if warehouse:
-                break
-        if warehouse is None:
-            return {}
-    try:
-        return warehouse.offsets()
-    finally:
-        warehouse.close()
+    log.error("%s: its sources did not start in %d attempts", name, START_ATTEMPTS)
+    return 1
 
 
 if __name__ == "__main__":

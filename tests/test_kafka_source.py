@@ -229,17 +229,3 @@ def test_local_runners_decline_dynamic_splits():
 
     runner_args("PrismRunner")
     assert DataInputOperation.try_split(None, 0.5, 10, ()) is None
-
-
-def test_readers_share_the_partitions_and_one_of_them_discovers_new_ones():
-    from transforms.kafka_source import KafkaPartitionSource
-
-    partitions = tuple(((topic, p), 0) for topic in ("orders", "web_sessions") for p in range(3))
-    whole = KafkaPartitionSource(spec=None, start_offsets=partitions, discovers=True, readers=2)
-    splits = whole.split(desired_num_splits=20)
-    assert [len(s.start_offsets) for s in splits] == [3, 3]
-    assert sorted(o for s in splits for o in s.start_offsets) == sorted(partitions)
-    assert [s.discovers for s in splits] == [True, False]
-    assert all(s.split(20) == [s] for s in splits)  # a reader's share is split no further
-    per_partition = KafkaPartitionSource(spec=None, start_offsets=partitions, discovers=True).split(20)
-    assert len(per_partition) == 7  # the default: a reader per partition and one that discovers

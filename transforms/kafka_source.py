@@ -35,7 +35,6 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 from transforms.decode_events import DeadLetter, EventDecoder
 from transforms.kafka_connection import KafkaConnection
 from transforms.kafka_message import KafkaMessage
-from transforms.offset_filter import PassEachOffsetOnce
 
 log = logging.getLogger(__name__)
 
@@ -386,20 +385,12 @@ class _KafkaReader(UnboundedReader):
 class KafkaPartitionSource(UnboundedSource):
     """The partitions one reader reads; `discovers` marks the split that takes on new partitions."""
 
-    def __init__(self, spec: KafkaReadSpec, start_offsets: Offsets, discovers: bool = False,
-                 readers: int | None = None):
+    def __init__(self, spec: KafkaReadSpec, start_offsets: Offsets, discovers: bool = False):
         self.spec = spec
         self.start_offsets = start_offsets
         self.discovers = discovers
-        self.readers = readers  # None: a reader per partition
 
     def split(self, desired_num_splits, options=None):
-        if self.readers is not None:  # partitions dealt out round-robin, the first reader also discovers
-            groups = [self.start_offsets[i::self.readers] for i in range(min(self.readers, len(self.start_offsets)))]
-            if len(groups) <= 1:
-                return [self]
-            return [KafkaPartitionSource(self.spec, group, discovers=self.discovers and i == 0, readers=1)
-                    for i, group in enumerate(groups)]
         if len(self.start_offsets) + self.discovers <= 1:
             return [self]  # already one partition, or the discovery split itself
         splits = [KafkaPartitionSource(self.spec, (item,)) for item in self.start_offsets]
@@ -468,21 +459,14 @@ class ReadFromKafka(beam.PTransform):
     """Kafka topics → PCollection of KafkaMessage (with `decoded` set when timestamps come from event time).
 
     bounded=True reads up to the end offsets at launch (or `stop_offsets`) and finishes: a backfill.
-    readers: how many readers share the partitions (default: one each). Each polling reader leaves state behind on
-    Beam 2.62's Flink runner (apache/beam#27648), so a stream there reads with as many as it has slots.
-    generation: this read replaces an earlier one of the same stream (a number greater than any before it): each
-    offset passes once across generations. None: one read for the stream's life.
     """
 
     def __init__(self, connection: KafkaConnection, topics, *, start: StartAt = StartAt(), bounded: bool = False,
                  stop_offsets: dict[Partition, int] | None = None, event_time: EventDecoder | None = None,
                  group_id: str | None = None, isolation_level: str = "read_uncommitted",
                  max_out_of_orderness_s: float = 5.0, idle_after_s: float = 10.0, discovery_interval_s: float = 30.0,
-                 poll_interval_s: float = 0.5, max_records_per_bundle: int = 10000, max_bundle_seconds: float = 2.0,
-                 readers: int | None = None, generation: int | None = None):
+                 poll_interval_s: float = 0.5, max_records_per_bundle: int = 10000, max_bundle_seconds: float = 2.0):
         super().__init__()
-        self.readers = readers
-        self.generation = generation
         self.connection = connection
         self.topics = tuple(topics)
         self.start = start
@@ -499,15 +483,9 @@ class ReadFromKafka(beam.PTransform):
         start_offsets, stop, counts = resolve_launch(self.connection, self.topics, self.start, self.bounded,
                                                      self.stop_offsets, self.options["group_id"])
         spec = KafkaReadSpec(self.connection, self.topics, start_offsets, stop, counts, **self.options)
-        return KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded, readers=self.readers)
+        return KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded)
 
     def expand(self, pbegin):
-        if self.generation is not None:
-            # The read is named after its generation, so a job restored with a newer one drops this one's
-            # state (see transforms/offset_filter.py); what the newer one reads again passes once.
-            messages = (pbegin | f"ReadPartitions{self.generation}" >> ReadFromUnboundedSource(
-                self.launch_source(), **self.read_options))
-            return messages | "EachOffsetOnce" >> PassEachOffsetOnce()
         messages = pbegin | "ReadPartitions" >> ReadFromUnboundedSource(self.launch_source(), **self.read_options)
         if not self.bounded:
             return messages

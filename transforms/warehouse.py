@@ -228,15 +228,11 @@ def _key(row: dict, key: tuple[str, ...]) -> tuple:
 
 
 class WriteToWarehouse(beam.PTransform):
-    """{table name: rows} and the source's messages → periodic commits; outputs one summary per commit.
-
-    generation: names the ticker after the stream's read generation (see ReadFromKafka): on Flink the ticker's
-    polling leaves state behind like the read's, and goes with it."""
+    """{table name: rows} and the source's messages → periodic commits; outputs one summary per commit."""
 
     def __init__(self, target, commit_every_s: float = 10.0, hold_after_catch_up_s: float = 60.0,
-                 quality: QualityConfig = QualityConfig(), generation: int | None = None):
+                 quality: QualityConfig = QualityConfig()):
         super().__init__()
-        self.generation = generation
         self.target = target
         self.commit_every_s = commit_every_s
         self.hold_after_catch_up_s = hold_after_catch_up_s
@@ -249,7 +245,7 @@ class WriteToWarehouse(beam.PTransform):
                   | f"Unwindow{name}" >> beam.WindowInto(GlobalWindows()) for name, rows in tables.items()]
         positions = messages | "ReadPositions" >> beam.ParDo(_ReadPositions())
         ticks = (messages.pipeline
-                 | f"Ticker{self.generation or ''}" >> PeriodicImpulse(start_timestamp=Timestamp.now(), fire_interval=self.commit_every_s)
+                 | "Ticker" >> PeriodicImpulse(start_timestamp=Timestamp.now(), fire_interval=self.commit_every_s)
                  | "Tick" >> beam.Map(lambda _: (None, (TICK,)))
                  | "UnwindowTicks" >> beam.WindowInto(GlobalWindows()))
         return ((*tagged, positions, ticks) | "Gather" >> beam.Flatten()
