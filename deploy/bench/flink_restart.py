@@ -14,8 +14,8 @@ For each N of --events, on fresh topics of the local broker and a fresh DuckDB w
    (published `sum(next_offset)` == every record produced).
 
 The restart reads only the batch (its positions come from the savepoint), so what can grow with N is the state
-restored from the savepoint. That state also holds what apache/beam#27648 leaves behind (checkpoint_growth.py): it
-grows with the first run's uptime as well as with N, and a larger N runs longer first. Verdict: restart-to-caught-up
+restored from the savepoint (per-customer state; the read's own stays small since apache/beam#27648 is patched in the
+job server, see checkpoint_growth.py). Verdict: restart-to-caught-up
 at the largest N within --max-ratio of the smallest N's. Uses the Flink cluster of $JOURNEYS_FLINK_PORT and
 $JOURNEYS_LOCAL_DIR (as `journeys stream` does); each N's checkpoints and savepoints are deleted afterwards unless
 --keep-state.
