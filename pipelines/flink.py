@@ -29,6 +29,7 @@ SCRIPT = REPO / "deploy" / "flink" / "flink.sh"
 FLINK_VERSION = "1.19"
 RUNNER = "FlinkRunner"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
+STATE_CACHE_MB = 256  # per SDK worker
 log = logging.getLogger("journeys.flink")
 
 
@@ -98,6 +99,9 @@ def runner_args(beam_args: list[str], streaming: bool, job_name: str | None = No
         args.append(f"--flink_job_server_jar={cluster.fetch()}")
     if job_name and not given(beam_args, "job_name"):
         args.append(f"--job_name={job_name}")
+    if not given(beam_args, "max_cache_memory_usage_mb"):
+        # Python's SDK caches no keyed state by default: each read would cross gRPC to the TaskManager
+        args.append(f"--max_cache_memory_usage_mb={STATE_CACHE_MB}")
     if streaming:
         args.append("--streaming")
         defaults = {"checkpointing_interval": str(DEFAULT_CHECKPOINT_INTERVAL_MS), "state_backend": "rocksdb",

@@ -191,9 +191,11 @@ start_jobserver() {
 }
 
 start_workers() {
-  # The pool starts each SDK worker as `python` from PATH: the venv's first, or workers lack apache_beam.
+  # The pool starts each SDK worker through sdk_worker_boot.py (state cache, logs to the TaskManager), whose
+  # `python` comes from PATH: the venv's first, or workers lack apache_beam.
   PATH="$(dirname "$python"):$PATH" launch workers "$logs/workers.log" "$python" \
-    -m apache_beam.runners.worker.worker_pool_main --service_port=$worker_port
+    -m apache_beam.runners.worker.worker_pool_main --service_port=$worker_port \
+    --container_executable="$here/sdk_worker_boot.py"
 }
 
 ready() {
