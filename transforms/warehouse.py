@@ -118,6 +118,7 @@ class _CommitPeriodically(beam.DoFn):
         self.stored = self.warehouse.offsets()  # where the last run's commits ended
         self.stale_checked: set[str] = set()  # whole tables whose stored rows this job has reconciled
         self.committed = dict(self.stored)
+        self.landed: dict = {}  # the read positions of this worker's own last commit
         self.read_past_stored = False  # this worker has read past the stored offsets (at once when none are)
         if self.stored:
             log.info("resuming: the last run committed %d records; holding commits until the reads pass them",
@@ -155,15 +156,23 @@ class _CommitPeriodically(beam.DoFn):
             else:
                 order, row = rest
                 rows.setdefault(tag, []).append((order, row))
-        if not self.read_past_stored:
+        if any(read.get(p, 0) < offset for p, offset in self.landed.items()):
+            # State older than this worker's last commit: a task failed and its state was restored from a
+            # checkpoint, while this worker (and what it knew) lived on. Start over as after a restart.
+            log.info("state restored from a checkpoint behind this worker's last commit: holding commits until "
+                     "the reads pass the stored offsets again")
+            self.stored, self.landed, self.read_past_stored = self.warehouse.offsets(), {}, False
+            self.committed = dict(self.stored)
+        since = caught_up_at.read()
+        if not self.read_past_stored or since is None:
             if not all(read.get(p, 0) >= offset for p, offset in self.stored.items()):
                 return  # still reading what the warehouse holds: its rows would step back to older values
-            self.read_past_stored = True
-            if caught_up_at.read() is None:  # state rebuilt by a replay: let every whole table fire in full once
-                caught_up_at.write(now - (self.hold_after_catch_up_s if not self.stored else 0))
-            else:  # state restored from a checkpoint: the stored rows are this state's own, none is stale
+            if since is None:  # state rebuilt by a replay: let every whole table fire in full once
+                since = now - (self.hold_after_catch_up_s if not self.stored else 0)
+                caught_up_at.write(since)
+            elif not self.read_past_stored:  # state restored from a checkpoint: the stored rows are its own
                 self.stale_checked |= WHOLE_TABLES
-        since = caught_up_at.read()
+            self.read_past_stored = True
         if now - since < self.hold_after_catch_up_s:
             return  # still replaying what the warehouse holds: wait
         if not rows and not any(read.get(p, 0) > self.committed.get(p, 0) for p in read):
@@ -179,6 +188,7 @@ class _CommitPeriodically(beam.DoFn):
             raise
         where = landing.published or "not published: a block-severity expectation failed"
         self.committed = dict(read)
+        self.landed = dict(read)
         last_commit.write(time.time())  # the interval runs from the end of a commit, which may take seconds
         pending.clear()
         # Read positions are kept for the next commit: offsets are stored as "read up to", never backwards.
