@@ -10,6 +10,9 @@
 #   deploy/flink/flink.sh logs [PART] [N]   the tail of a part's log (jobmanager, taskmanager, jobserver, workers)
 #   deploy/flink/flink.sh start-taskmanager   start the TaskManager alone (after it died or was killed)
 #
+# A supervisor (part of `up`) starts the TaskManager again within seconds when it exits, as a cluster manager would:
+# a TaskManager shuts itself down on a fault it deems fatal, and jobs then wait for slots until one returns.
+#
 # Everything it writes is under $JOURNEYS_LOCAL_DIR/flink (default: <repo>/.local/flink, gitignored): jars,
 # config, logs, pid files, checkpoints and savepoints.
 # Ports: JOURNEYS_FLINK_PORT (web UI and REST, default 18081); the JobManager's RPC +1, blob server +2, the job
@@ -34,7 +37,7 @@ jar=$state/beam-flink-job-server.jar
 conf=$state/conf
 logs=$state/logs
 start_timeout=${JOURNEYS_FLINK_START_TIMEOUT:-120}
-parts=(jobmanager taskmanager jobserver workers)
+parts=(jobmanager taskmanager jobserver workers supervisor)
 
 say() { printf 'flink: %s\n' "$*" >&2; }
 
@@ -47,6 +50,7 @@ signature() {
     taskmanager) echo "TaskManagerRunner --configDir $conf" ;;
     jobserver) echo "FlinkJobServerDriver --flink-master=$host:$rest_port" ;;
     workers) echo "worker_pool_main --service_port=$worker_port" ;;
+    supervisor) echo "$here/flink.sh supervise $rest_port" ;;
   esac
 }
 
@@ -182,6 +186,22 @@ start_taskmanager() {
     org.apache.flink.runtime.taskexecutor.TaskManagerRunner --configDir "$conf" $dynamic
 }
 
+start_supervisor() {
+  launch supervisor "$logs/supervisor.log" bash "$here/flink.sh" supervise "$rest_port"
+}
+
+# Runs until the JobManager is gone (or `down` stops it): a TaskManager that exited is started again.
+supervise() {
+  while sleep 3; do
+    running_pid jobmanager >/dev/null || exit 0
+    if ! running_pid taskmanager >/dev/null; then
+      say "$(date '+%F %T') the TaskManager is gone (last lines of its log below): starting it again"
+      tail -n 5 "$logs/taskmanager.log" >&2 || true
+      (start_part taskmanager) || say "the TaskManager did not start; trying again"
+    fi
+  done
+}
+
 start_jobserver() {
   # shellcheck disable=SC2046
   launch jobserver "$logs/jobserver.log" java -Xmx1g $(java_log jobserver) -cp "$jar" \
@@ -204,12 +224,16 @@ ready() {
     taskmanager) curl -sf "http://$host:$rest_port/overview" | grep -q '"taskmanagers":[1-9]' ;;
     jobserver) port_open "$job_port" ;;
     workers) port_open "$worker_port" ;;
+    supervisor) true ;;
   esac
 }
 
 start_part() {
   local part=$1 started=$SECONDS
-  if running_pid "$part" >/dev/null; then return 0; fi
+  # one start at a time (the supervisor and `start-taskmanager` may both find the TaskManager gone)
+  exec 9>"$state/.$part.start.lock"
+  flock 9
+  if running_pid "$part" >/dev/null; then flock -u 9; return 0; fi
   rm -f "$state/$part.pid"
   "start_$part"
   until ready "$part"; do
@@ -221,6 +245,7 @@ start_part() {
     if ((SECONDS - started > start_timeout)); then say "$part not up after ${start_timeout}s; see $logs"; exit 1; fi
     sleep 0.5
   done
+  flock -u 9
   say "$part up (pid $(cat "$state/$part.pid"))"
 }
 
@@ -252,7 +277,7 @@ stop_part() {
 
 down() {
   local part
-  for part in jobserver taskmanager jobmanager workers; do stop_part "$part"; done
+  for part in supervisor jobserver taskmanager jobmanager workers; do stop_part "$part"; done
   say "stopped"
 }
 
@@ -271,6 +296,7 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   start-taskmanager) write_config; start_part taskmanager ;;
+  supervise) supervise ;;
   logs) part=${2:-jobmanager}; if [ -f "$logs/$part.log" ]; then tail -n "${3:-50}" "$logs/$part.log"; fi ;;
   *) echo "usage: $0 fetch|up|down|status|logs [PART] [N]|start-taskmanager" >&2; exit 2 ;;
 esac
