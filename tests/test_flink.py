@@ -3,7 +3,7 @@ and the real broker, into DuckDB:
 
 - SIGTERM stops the job with a savepoint; a restart resumes from it. The records the first run had read are deleted
   from the topics before the restart, so a job that replayed the topics from their start could not end right.
-- the TaskManager killed with SIGKILL three times mid-stream (and started again, as a supervisor would) and the
+- the TaskManager killed with SIGKILL three times mid-stream (the cluster's supervisor starts it again) and the
   launching process killed once: Flink restores the job from its checkpoints, the next launcher takes the running
   job over, and the tables end equal to an uninterrupted run, every record counted once.
 """
@@ -11,12 +11,10 @@ import datetime as dt
 import os
 import random
 import signal
-import subprocess
 import time
 
 import pytest
 
-from pipelines.flink import SCRIPT
 from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import admin_client, ensure_topics
@@ -85,8 +83,15 @@ def _taskmanager_pid(flink) -> int:
     return int((flink.state / "taskmanager.pid").read_text())
 
 
-def _restart_taskmanager():
-    subprocess.run([str(SCRIPT), "start-taskmanager"], check=True, timeout=120, capture_output=True)
+def _restarted_taskmanager(flink, killed: int) -> None:
+    """The cluster's supervisor starts a new TaskManager (deploy/flink/flink.sh supervise)."""
+    def new_one():
+        try:
+            pid = _taskmanager_pid(flink)
+        except (OSError, ValueError):
+            return False
+        return pid != killed and os.path.exists(f"/proc/{pid}")
+    wait_for(new_one, "the supervisor's new TaskManager", timeout_s=120)
 
 
 @pytest.mark.faults
@@ -108,9 +113,10 @@ def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterr
         checkpoints = _completed_checkpoints(flink_jobs)
         wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints, "a checkpoint", timeout_s=300)
         time.sleep(shuffle.uniform(0, 8))  # mid-stream: part of the chunk checkpointed, committed, or neither
-        os.kill(_taskmanager_pid(flink), signal.SIGKILL)
+        killed = _taskmanager_pid(flink)
+        os.kill(killed, signal.SIGKILL)
         checkpoints = _completed_checkpoints(flink_jobs)
-        _restart_taskmanager()
+        _restarted_taskmanager(flink, killed)
         wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints, "a checkpoint after the restore",
                  timeout_s=300)
 
