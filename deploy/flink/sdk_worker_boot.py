@@ -4,19 +4,21 @@
 Beam's worker pool (`worker_pool_main`) on its own starts each worker as a bare SdkHarness: no state cache (every
 keyed-state read crosses gRPC to the TaskManager) and no log handler (a worker's log lines, its errors included,
 are lost). Given as the pool's --container_executable, this is called with the worker's endpoints instead: it asks
-the job's provisioning service for the pipeline options and starts `sdk_worker_main`, which sizes the state cache
+the job's provisioning service for the pipeline options and runs `sdk_worker_main`, which sizes the state cache
 from them (--max_cache_memory_usage_mb) and sends the worker's log to the runner (the TaskManager's log).
 
     sdk_worker_boot.py --id=ID --provision_endpoint=HOST:PORT --control_endpoint=HOST:PORT
                        --logging_endpoint=HOST:PORT [--artifact_endpoint=HOST:PORT]
 """
 import argparse
+import faulthandler
 import os
 import sys
 import tempfile
 
 import grpc
 from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
+from apache_beam.runners.worker import sdk_worker_main
 from google.protobuf import json_format, text_format
 
 
@@ -32,16 +34,16 @@ def main(argv=None) -> None:
     with grpc.insecure_channel(args.provision_endpoint) as channel:
         info = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel).GetProvisionInfo(
             beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", args.id)]).info
-    environment = {
-        **os.environ,
+    os.environ.update({
         "WORKER_ID": args.id,
         "PIPELINE_OPTIONS": json_format.MessageToJson(info.pipeline_options),
         "CONTROL_API_SERVICE_DESCRIPTOR": descriptor(info.control_endpoint.url or args.control_endpoint),
         "LOGGING_API_SERVICE_DESCRIPTOR": descriptor(info.logging_endpoint.url or args.logging_endpoint),
         "SEMI_PERSISTENT_DIRECTORY": tempfile.mkdtemp(prefix=f"beam-worker-{args.id}-"),
         "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
-    }
-    os.execve(sys.executable, [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"], environment)
+    })
+    faulthandler.enable()  # a worker that dies in native code leaves its stack in the pool's log
+    sdk_worker_main.main(sys.argv)
 
 
 if __name__ == "__main__":
