@@ -2,9 +2,10 @@
 
     .venv/bin/python deploy/bench/checkpoint_growth.py --minutes 10 [--rate 50 --busy-s 30 --quiet-s 60] [--json FILE]
 
-apache/beam#27648: on Beam's portable Flink runner a splittable DoFn that polls with defer_remainder keeps every
-deferred residual in keyed state, so its checkpoints grow without bound. Our Kafka source defers while a partition
-has nothing new, and so does the writer's ticker (PeriodicImpulse). This starts `journeys stream` (FlinkRunner, the
+apache/beam#27648: on Beam 2.62's portable Flink runner a splittable DoFn that polls with defer_remainder kept every
+deferred residual in keyed state, so its checkpoints grew without bound; our job server is built with that patched
+(deploy/flink/patch_sdf_residuals.py). Our Kafka source defers while a partition has nothing new, and so does the
+writer's ticker (PeriodicImpulse). This starts `journeys stream` (FlinkRunner, the
 cluster of `journeys flink up`) on fresh topics and alternates busy spells (records produced at --rate for
 --busy-s) with quiet spells (nothing for --quiet-s) for --minutes, ending with a quiet one. Every completed
 checkpoint is read from Flink's REST API (/jobs/<jid>/checkpoints, and /checkpoints/details/<id> for each vertex):
