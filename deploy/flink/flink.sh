@@ -155,7 +155,7 @@ classpath() { echo "$dist/lib/*:$jar"; }
 launch() {
   local part=$1 out=$2
   shift 2
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$state/$part.pid" "$@" </dev/null >"$out" 2>&1 &
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$state/$part.pid" "$@" </dev/null >>"$out" 2>&1 &
   # until the pid is known and its process has become the command (running_pid matches the command line)
   for _ in $(seq 1 50); do
     [ -s "$state/$part.pid" ] && ! tr '\0' ' ' <"/proc/$(cat "$state/$part.pid")/cmdline" 2>/dev/null |
