@@ -107,7 +107,9 @@ taskmanager:
   bind-host: $host
   host: $host
   numberOfTaskSlots: 2
-  memory: {process: {size: 3072m}}
+  # Each SDK worker's data streams are Netty buffers in the TaskManager's direct memory; the default 0 bytes of task
+  # off-heap leaves them only what the network stack does not use.
+  memory: {process: {size: 4096m}, task: {off-heap: {size: 512m}}}
 rest: {port: $rest_port, address: $host, bind-address: $host}
 blob: {server: {port: '$blob_port'}}
 parallelism: {default: 2}
