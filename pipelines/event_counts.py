@@ -54,7 +54,9 @@ def build(pipeline, args, connection: KafkaConnection):
     start = StartAt.at_offsets(resume_offsets(args.landed)) if args.resume and args.landed else StartAt()
     messages = pipeline | "Read" >> ReadFromKafka(
         connection, [args.topic_prefix + t for t in schemas.TOPICS], start=start, bounded=not args.streaming,
-        event_time=decoder, idle_after_s=args.idle_after_seconds, group_id=args.group_id,
+        event_time=decoder, idle_after_s=args.idle_after_seconds,
+        # counts per window of arrival: a quiet partition is done up to now at once
+        flush_after_idle_s=args.idle_after_seconds, group_id=args.group_id,
         max_out_of_orderness_s=args.max_out_of_orderness_seconds, discovery_interval_s=args.discovery_interval_seconds)
     if args.landed:
         _ = (messages | "Coordinates" >> beam.ParDo(_Coordinates(decoder))

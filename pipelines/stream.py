@@ -46,7 +46,8 @@ def build(pipeline, args, connection: KafkaConnection):
     topics = [args.topic_prefix + t for t in schemas.TOPICS]
     # A consumer group only for lag monitoring: offsets are committed as Beam finalizes checkpoints, never read.
     messages = pipeline | "Read" >> ReadFromKafka(connection, topics, event_time=decoder, group_id=args.group_id,
-                                                  idle_after_s=args.idle_after_s)
+                                                  idle_after_s=args.idle_after_s,
+                                                  flush_after_idle_s=args.flush_after_idle_s)
     _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, None, args.log_every_s))
     tables = messages | "Tables" >> TablesFromMessages(decoder, TablesConfig(update_every_s=args.update_every_s))
     hold = args.hold_after_catch_up_s if args.hold_after_catch_up_s is not None else args.update_every_s
@@ -67,7 +68,12 @@ def parse_args(argv=None):
                         help="after a restart, how long commits wait once the replay has passed the stored offsets "
                              "(default: --update-every-s, so every table has been re-emitted in full)")
     parser.add_argument("--idle-after-s", type=float, default=10.0,
-                        help="a partition without records this long follows the wall clock (default: %(default)s)")
+                        help="a partition read to its end and quiet this long is idle: its event time goes on at the "
+                             "wall clock's pace from its newest record (default: %(default)s)")
+    parser.add_argument("--flush-after-idle-s", type=float,
+                        help="a partition idle this long is done up to the wall clock: replayed history completes "
+                             "(every order attributed, every window fitted), and records that come later with older "
+                             "event times count as late. Default: never (live equals batch however history arrives)")
     parser.add_argument("--log-every-s", type=float, default=30.0, help="progress log interval")
     parser.add_argument("--group-id", default="journeys-stream", help="consumer group, for lag monitoring only")
     parser.add_argument("--stalled-after-s", type=float, default=300.0,

@@ -81,6 +81,9 @@ class Contract:
     replace_group: tuple[str, ...] = ()
     row_rules: tuple[RowRule, ...] = ()
     table_rules: tuple[TableRule, ...] = ()
+    # The column each row of a group carries its group's row count in: a writer lands a group only when all its
+    # rows of one revision are in hand, however they were split on the way.
+    group_size: str | None = None
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -148,8 +151,8 @@ class Contract:
         if self.keep_on_update:
             layout.append(f"Kept as first written on an update: {', '.join(f'`{c}`' for c in self.keep_on_update)}.")
         if self.replace_group:
-            layout.append(f"Rows of one {', '.join(f'`{c}`' for c in self.replace_group)} are replaced as a whole "
-                          "by a newer `revision`.")
+            layout.append(f"Rows of one {', '.join(f'`{c}`' for c in self.replace_group)} land and are replaced as "
+                          f"a whole (`{self.group_size}` rows of one `revision`).")
         rows = [f"### `{self.table}`", "", self.doc, "", " ".join(layout), "",
                 "| column | type | null | description | checks |", "|---|---|---|---|---|"]
         for c in self.columns:
@@ -190,7 +193,8 @@ def _load(path: Path) -> Contract:
                         tuple(raw.get("cluster_by", ())), columns, tuple(raw.get("keep_on_update", ())),
                         tuple(raw.get("replace_group", ())),
                         tuple(RowRule(**rule) for rule in quality.get("row_rules", ())),
-                        tuple(TableRule(**rule) for rule in quality.get("table_rules", ())))
+                        tuple(TableRule(**rule) for rule in quality.get("table_rules", ())),
+                        raw.get("group_size"))
     _check(contract)
     return contract
 
@@ -214,6 +218,10 @@ def _check(contract: Contract) -> None:
             problems.append(f"{name} is not a column")
     if contract.replace_group and "revision" not in names:
         problems.append("replace_group needs a revision column: a group is replaced by a newer revision")
+    if bool(contract.replace_group) != bool(contract.group_size):
+        problems.append("replace_group and group_size go together: a group is replaced only whole")
+    if contract.group_size and contract.group_size not in names:
+        problems.append(f"group_size {contract.group_size} is not a column")
     for named in (*contract.columns, *contract.row_rules, *contract.table_rules):
         if named.severity not in SEVERITIES:
             problems.append(f"{named.name}: severity {named.severity} is not one of {', '.join(SEVERITIES)}")

@@ -146,7 +146,8 @@ ORDER_ATTRIBUTION = """
         select order_id, 'placed' as status, 1 as sign, amount from placed
         union all select order_id, status, -1, sum(amount) from orders where status <> 'placed' group by all)
     select c.order_id, c.model, c.step - 1 as touch_index, s.status, c.touch_id, c.customer_id, c.order_time,
-           c.touch_time, c.channel, c.credit, s.sign * s.amount::double * c.credit as revenue_credit, c.currency
+           c.touch_time, c.channel, c.credit, s.sign * s.amount::double * c.credit as revenue_credit, c.currency,
+           c.steps * 6 * count(*) over (partition by c.order_id, c.model, c.step) as group_rows
     from credits c join statuses s using (order_id)"""
 
 

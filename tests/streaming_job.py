@@ -22,16 +22,15 @@ from transforms.journey_tables import TABLES, CustomerJourneyTables
 from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.warehouse import latest_rows, open_warehouse
 
-# A partition follows the wall clock only after IDLE_AFTER_S without records: longer than the first run lives, so
-# records produced while the test runs are never late; once everything is read, the watermark passes every event
-# and the tables end as a backfill's.
-IDLE_AFTER_S = 75
-STREAM_OPTIONS = ["--commit-every-s", "3", "--update-every-s", "15", "--idle-after-s", str(IDLE_AFTER_S),
+# A partition jumps to the wall clock only after FLUSH_AFTER_S without records: longer than the first run lives,
+# so records produced while the test runs are never late; once everything is read, the watermark passes every
+# event and the tables end as a backfill's.
+FLUSH_AFTER_S = 75
+STREAM_OPTIONS = ["--commit-every-s", "3", "--update-every-s", "15", "--flush-after-idle-s", str(FLUSH_AFTER_S),
                   "--stalled-after-s", "120",
                   "--log-every-s", "5"]
-# Processing history, not results: when a job first saw a record, and how many corrections an order went through
-# (a replay after a restart reads in other bundles, so an order may be attributed once where it was corrected).
-VOLATILE = {"dead_letters": {"first_seen"}, "order_attribution": {"revision"}}
+# Processing history, not results: when a job first saw a record.
+VOLATILE = {"dead_letters": {"first_seen"}}
 
 
 class Sink:

@@ -68,5 +68,6 @@ def test_an_order_landed_again_with_a_shorter_path_replaces_its_rows_whole(wareh
 
     warehouse.commit({"order_attribution": _credit_rows("o1", 3) + _credit_rows("o2", 2)})
     warehouse.commit({"order_attribution": _credit_rows("o1", 2, revision=1)})
-    assert _query(warehouse, "SELECT order_id, count(*) FROM `{d}.order_attribution` GROUP BY 1 ORDER BY 1") == [
-        ("o1", 2), ("o2", 2)]
+    warehouse.commit({"order_attribution": _credit_rows("o1", 4, revision=0)})  # an older one, late: no effect
+    assert _query(warehouse, "SELECT order_id, count(*), max(revision) FROM `{d}.order_attribution` GROUP BY 1 "
+                             "ORDER BY 1") == [("o1", 4, 1), ("o2", 4, 0)]

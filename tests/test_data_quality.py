@@ -99,7 +99,7 @@ def attribution(order_id, credits=(0.5, 0.5), value="100.00", status="placed", m
                          "customer_id": "C1", "order_time": NOW, "touch_id": f"{order_id}-t{index}",
                          "touch_time": NOW - dt.timedelta(hours=index + 1), "channel": "Email",
                          "credit": credit, "revenue_credit": Decimal(value) * Decimal(str(credit)),
-                         "currency": "EUR", "revision": 0})
+                         "currency": "EUR", "revision": 0, "group_rows": len(credits) * len(models)})
     return rows
 
 
@@ -314,6 +314,7 @@ def test_validate_finds_a_hand_changed_column_type_and_revenue_kept_on_a_cancell
     placed = attribution("o5", models=("linear",))
     half_back = [{**row, "status": "cancelled", "credit": row["credit"],
                   "revenue_credit": -row["revenue_credit"] / 2} for row in placed]
+    placed, half_back = ([{**row, "group_rows": 2 * len(placed)} for row in rows] for rows in (placed, half_back))
     assert landing.land({"order_attribution": placed + half_back, "touchpoints": [touch("t1")]}).published is None
     [alert] = receiver.received
     assert [f["expectation"] for f in alert["failed"]] == ["no_revenue_from_cancelled_orders"]

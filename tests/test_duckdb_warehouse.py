@@ -130,31 +130,46 @@ def test_bi_views_answer_from_the_published_copy(warehouse):
                               ).fetchall() == [(4, 1.0, None, 0.25)]
 
 
-def _credit_rows(order_id, touches, revision=0, model="linear"):
+def _credit_rows(order_id, touches, revision=0, models=("linear", "first_touch")):
+    """One emission of an order's rows: every model over `touches` touches."""
     return [{"order_id": order_id, "model": model, "touch_index": i, "status": "placed", "customer_id": "C1",
-             "order_time": T0, "touch_id": f"t{i}", "touch_time": T0, "channel": "Email", "credit": 1 / touches,
-             "revenue_credit": 100.0 / touches, "currency": "EUR", "revision": revision} for i in range(touches)]
+             "order_time": T0, "touch_id": f"t{i}", "touch_time": T0, "channel": "Email",
+             "credit": 1 / touches if model == "linear" else float(i == 0), "revenue_credit": 100.0 / touches,
+             "currency": "EUR", "revision": revision, "group_rows": touches * len(models)}
+            for model in models for i in range(touches)]
 
 
 def test_an_order_landed_again_with_a_shorter_path_leaves_none_of_the_longer_one_behind(warehouse):
-    """A stream after a backfill may see fewer touches for an order: its rows replace the group (order, status,
-    model) whole, or the credits of the old path's extra touches would stay and sum past 1."""
-    warehouse.commit({"order_attribution": _credit_rows("o1", 3) + _credit_rows("o2", 2)
-                      + _credit_rows("o1", 3, model="first_touch")})
+    """A stream after a backfill may see fewer touches for an order: its rows replace the order's group
+    whole, or the credits of the old path's extra touches would stay and sum past 1; an older emission reaching the
+    warehouse after a newer one changes nothing."""
+    warehouse.commit({"order_attribution": _credit_rows("o1", 3) + _credit_rows("o2", 2)})
     warehouse.commit({"order_attribution": _credit_rows("o1", 2, revision=1)})
-    # An emission that reached the writer in two commits: its halves stay together.
-    warehouse.commit({"order_attribution": _credit_rows("o3", 2)[:1]})
-    warehouse.commit({"order_attribution": _credit_rows("o3", 2)[1:]})
-    rows = warehouse.connection.execute("SELECT order_id, model, count(*), sum(credit) FROM order_attribution "
-                                        "GROUP BY ALL ORDER BY ALL").fetchall()
-    assert rows == [("o1", "first_touch", 3, pytest.approx(1.0)), ("o1", "linear", 2, pytest.approx(1.0)),
-                    ("o2", "linear", 2, pytest.approx(1.0)), ("o3", "linear", 2, pytest.approx(1.0))]
+    warehouse.commit({"order_attribution": _credit_rows("o1", 4, revision=0)})  # an older one, late: no effect
+    rows = warehouse.connection.execute("SELECT order_id, model, count(*), sum(credit), max(revision) "
+                                        "FROM order_attribution GROUP BY ALL ORDER BY ALL").fetchall()
+    assert rows == [("o1", "first_touch", 2, 1.0, 1), ("o1", "linear", 2, pytest.approx(1.0), 1),
+                    ("o2", "first_touch", 2, 1.0, 0), ("o2", "linear", 2, pytest.approx(1.0), 0)]
+
+
+def test_a_group_waits_until_all_its_rows_are_in_and_an_older_fragment_is_dropped():
+    from transforms.warehouse import whole_groups
+
+    older, newer = _credit_rows("o1", 3, revision=1), _credit_rows("o1", 2, revision=2)
+    split = _credit_rows("o2", 2)
+    items = [((0,), row) for row in older[:2] + newer + split[:3]]
+    whole, waiting = whole_groups("order_attribution", items)
+    assert sorted((r["order_id"], r["revision"]) for _, r in whole) == [("o1", 2)] * 4
+    assert [r for _, r in waiting] == split[:3]  # o1's fragment of revision 1 is superseded: dropped
+    whole, waiting = whole_groups("order_attribution", waiting + [((1,), split[3])])
+    assert len(whole) == 4 and waiting == []
 
 
 def test_latest_rows_keeps_each_group_from_its_newest_emission_only():
     from transforms.warehouse import latest_rows
 
-    older, newer = _credit_rows("o1", 3, revision=1), _credit_rows("o1", 2, revision=2)
+    older, newer = _credit_rows("o1", 3, revision=1, models=("linear",)), _credit_rows("o1", 2, revision=2,
+                                                                                     models=("linear",))
     # (pane index, row): an emission's rows may come in different panes, and stay together
     rows = latest_rows("order_attribution", [((3,), older[0]), ((1,), newer[0]), ((2,), newer[1]),
                                              ((0,), older[2])])

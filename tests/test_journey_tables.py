@@ -36,6 +36,7 @@ from transforms.journey_tables import TABLES, CustomerJourneyTables, TablesConfi
 from transforms.kafka_source import ReadFromKafka
 
 from streaming_job import Sink, ends_as, expected_tables, start_job
+from transforms.warehouse import latest_rows
 from reference import (CHANNEL_ATTRIBUTION_DAILY, ORDER_ATTRIBUTION, query as _query, reference_connection,
                        retention_reference)
 
@@ -128,14 +129,9 @@ def _fail_on_dead_letter(dead_letter):
 
 
 def _latest(rows: list[dict], table: str) -> list[dict]:
-    """A stream re-emits rows as they change: per primary key, the one of the highest revision, else the last."""
-    key = contract(table).primary_key
-    latest = {}
-    for row in rows:
-        known = latest.get(tuple(row[k] for k in key))
-        if known is None or row.get("revision", 0) >= known.get("revision", 0):
-            latest[tuple(row[k] for k in key)] = row
-    return list(latest.values())
+    """A stream re-emits rows as they change: what its writer lands (per group the newest emission, per key the
+    newest row)."""
+    return latest_rows(table, [((position,), row) for position, row in enumerate(rows)])
 
 
 def _landed(request, mode, out) -> dict[str, list[dict]]:

@@ -11,7 +11,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from schemas.contracts import RETRACTED
 from transforms.channel_attribution import ChannelAttributionDaily
-from transforms.customer_journeys import DataDrivenAttribution
+from transforms.customer_journeys import DataDrivenAttribution, emission_revision
 from transforms.customer_profiles import AllProfiles, CustomerProfiles
 from transforms.retention import RetentionCohorts
 from transforms.social_impact import SocialImpact
@@ -146,3 +146,13 @@ def test_a_whole_table_retracts_the_keys_a_later_firing_no_longer_computes():
         rows = pipeline | beam.Create(firings) | beam.ParDo(_RetractVanished("retention_cohorts"))
         assert_that(rows | beam.Map(lambda r: (r["segment"], r["cohort_size"], RETRACTED in r)), equal_to([
             ("Direct", 1, False), ("Email", 1, False), ("Email", 2, False), ("Direct", 1, True)]))
+
+
+def test_an_emissions_revision_comes_from_its_facts_alone():
+    touches = {"t1": {}, "t2": {}, "t3": {}}
+    refund = {"status": "refunded", "amount": Decimal("10.00"), "event_time": T0}
+    assert emission_revision(touches, []) == emission_revision(dict(reversed(touches.items())), [])  # any order
+    assert emission_revision({**touches, "t4": {}}, []) > emission_revision(touches, [])  # a correction: newer
+    assert emission_revision(touches, [refund]) > emission_revision(touches, [])  # a reversal: newer
+    assert emission_revision({"t1": {}, "t2": {}, "t9": {}}, []) != emission_revision(touches, [])  # other facts
+    assert emission_revision(touches, [refund]) != emission_revision(touches, [{**refund, "amount": Decimal("5")}])

@@ -75,8 +75,10 @@ def test_late_touches_count_until_the_lateness_and_correct_after_it():
             ("Organic Search", 0.5), ("Email", 0.5),
             # corrected when the social session arrived after that: the same order, three touches
             ("Organic Social", 0.3333), ("Organic Search", 0.3333), ("Email", 0.3333),
+            # the refund re-emits the order whole (one group, every status): its placed rows unchanged
+            ("Organic Social", 0.3333), ("Organic Search", 0.3333), ("Email", 0.3333),
         ]))
-        # the refund takes back the whole order value over the corrected path, once, and re-emits nothing else
+        # the refund takes back the whole order value over the corrected path, once
         refunded = (rows | "Refunded" >> beam.Filter(lambda r: r["model"] == "linear" and r["status"] == "refunded")
                     | "RefundCredit" >> beam.Map(lambda r: (r["channel"], round(r["revenue_credit"], 2))))
         assert_that(refunded, equal_to([("Organic Social", -33.33), ("Organic Search", -33.33), ("Email", -33.33)]),

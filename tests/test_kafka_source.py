@@ -104,7 +104,11 @@ def test_start_positions_resolve_to_offsets_at_launch(kafka, topic_prefix):
         start(StartAt("committed"))
 
 
-def test_reader_watermark_holds_at_the_newest_event_then_follows_the_clock_when_idle(kafka, topic_prefix, sample_events):
+def test_reader_watermark_holds_at_the_newest_event_then_keeps_the_clocks_pace_when_idle(kafka, topic_prefix,
+                                                                                        sample_events):
+    """An idle partition's event time goes on at the wall clock's pace from its newest record: a record an hour old
+    leaves it an hour behind the clock (history replayed in parts does not find the watermark at today), and with
+    flush_after_idle_s it jumps to the clock."""
     from kafka import KafkaProducer
     from apache_beam.utils.timestamp import Timestamp
 
@@ -117,7 +121,7 @@ def test_reader_watermark_holds_at_the_newest_event_then_follows_the_clock_when_
     producer.close()
 
     source = ReadFromKafka(kafka, [topic], event_time=EventDecoder.for_prefix(topic_prefix), idle_after_s=3,
-                           max_out_of_orderness_s=1).launch_source()
+                           flush_after_idle_s=8, max_out_of_orderness_s=1).launch_source()
     partition_zero = [s for s in source.split(20) if [tp for tp, _ in s.start_offsets] == [(topic, 0)]][0]
     reader = partition_zero.create_reader(None, None)
     try:
@@ -133,7 +137,8 @@ def test_reader_watermark_holds_at_the_newest_event_then_follows_the_clock_when_
         deadline = time.monotonic() + 3.2
         while time.monotonic() < deadline:  # at its end for idle_after_s, from the first look that saw it there
             assert not reader.advance()
-        assert reader.get_watermark() >= Timestamp.now() - 2  # idle: follows the wall clock
+        idle = reader.get_watermark()  # idle: an hour old, plus the seconds it has been quiet
+        assert Timestamp.from_utc_datetime(hour_ago) + 1 <= idle < Timestamp.from_utc_datetime(hour_ago) + 10
         mark = reader.get_checkpoint_mark()
         assert dict(mark.next_offsets) == {(topic, 0): 1}
     finally:
@@ -143,6 +148,10 @@ def test_reader_watermark_holds_at_the_newest_event_then_follows_the_clock_when_
     rebuilt = partition_zero.create_reader(None, mark)
     try:
         assert not rebuilt.start()  # starts after the record it already delivered
+        assert idle <= rebuilt.get_watermark() < Timestamp.from_utc_datetime(hour_ago) + 10
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:  # idle past flush_after_idle_s: done up to now
+            assert not rebuilt.advance()
         assert rebuilt.get_watermark() >= Timestamp.now() - 2
     finally:
         rebuilt.close()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import duckdb
 import pytest
 
 from pipelines.generate import GeneratorConfig, generate
@@ -65,3 +66,34 @@ def test_a_job_killed_mid_stream_and_restarted_ends_as_an_uninterrupted_run(kafk
     assert len(restarted["touchpoints"]) > 0 and len(restarted["order_attribution"]) > 0
     malformed = [r for r in records if r.malformed]
     assert len(restarted["dead_letters"]) == len(malformed) > 0
+
+
+@pytest.mark.parametrize("runner", ["PrismRunner", pytest.param("FlinkRunner", marks=pytest.mark.flink)])
+def test_a_stream_after_a_backfill_publishes_every_commit_and_ends_as_one_backfill(kafka, topic_prefix, tmp_path,
+                                                                                   runner, request):
+    """The demo's sequence: a backfill of the history, then `journeys stream` on the same topics and warehouse while
+    the rest arrives. Every commit of the stream passes its block checks (publishes), and the tables end as one
+    backfill of all events."""
+    if runner == "FlinkRunner":
+        request.getfixturevalue("flink_jobs")  # the cluster, and the job cancelled afterwards
+    sink = Sink("duckdb", tmp_path, topic_prefix)
+    records = generate(CONFIG, b"k", malformed=0.02)
+    expected = expected_tables(sink, CONFIG)
+    history = len(records) * 2 // 3
+    ensure_topics(kafka, prefix=topic_prefix)
+    produce(records[:history], kafka, topic_prefix=topic_prefix)
+    backfill = subprocess.run([sys.executable, "-m", "pipelines.cli", "backfill", "--topic-prefix", topic_prefix,
+                               *sink.args("sequence"), "--max-event-age-hours", "1000000"],
+                              capture_output=True, text=True, timeout=600)
+    assert backfill.returncode == 0, backfill.stderr[-3000:]
+    with started_jobs(topic_prefix, sink, runner) as start:
+        job = start("sequence")
+        produce(records[history:], kafka, topic_prefix=topic_prefix)
+        ends_as(expected, sink, "sequence", job, len(records))
+        kill(job)
+    with duckdb.connect(str(sink.target("sequence")), read_only=True) as con:
+        runs = con.execute("SELECT run_kind, count(DISTINCT run_id) FROM dq_results GROUP BY ALL ORDER BY 1").fetchall()
+        failed = con.execute("SELECT DISTINCT table_name, expectation FROM dq_results WHERE NOT success AND "
+                             "severity = 'block' AND stage = 'checkpoint'").fetchall()
+    assert [kind for kind, _ in runs] == ["backfill", "stream"] and runs[1][1] > 1
+    assert failed == []

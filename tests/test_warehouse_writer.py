@@ -1,48 +1,11 @@
 """The stream's writer (transforms/warehouse.py) when a task fails and its state is restored from a checkpoint
 while the worker, and what it knew, lives on: it must neither fail on the older state nor commit before the reads
 pass what the warehouse already holds."""
-from types import SimpleNamespace
-
 from transforms.dq_suites import QualityConfig
 from transforms.warehouse import READ, TICK, _CommitPeriodically
+from writer_stubs import Bag, Landing, Value
 
 PARTITION = ("orders", 0)
-
-
-class Value:
-    def __init__(self, value=None):
-        self.value = value
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
-
-
-class Bag:
-    def __init__(self, items=()):
-        self.items = list(items)
-
-    def read(self):
-        return list(self.items)
-
-    def add(self, item):
-        self.items.append(item)
-
-    def clear(self):
-        self.items = []
-
-
-class Landing:
-    """The data-quality landing reduced to the commit (its checks have tests of their own)."""
-
-    def __init__(self, warehouse):
-        self.warehouse = warehouse
-
-    def land(self, rows, offsets):
-        self.warehouse.commit(rows, offsets)
-        return SimpleNamespace(published="here", quarantined=0)
 
 
 def test_state_restored_behind_the_last_commit_waits_for_the_reads_to_pass_the_stored_offsets(tmp_path):
@@ -68,4 +31,44 @@ def test_state_restored_behind_the_last_commit_waits_for_the_reads_to_pass_the_s
     deliver((READ, PARTITION, 7), restored)
     assert deliver((TICK,), restored)[0]["read"] == {PARTITION: 7}
     assert writer.warehouse.offsets() == {PARTITION: 7}
+    writer.teardown()
+
+
+def _emission(order_id: str, touches: int, revision: int) -> list[dict]:
+    import datetime as dt
+
+    when = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
+    return [{"order_id": order_id, "model": model, "touch_index": i, "status": "placed", "customer_id": "C1",
+             "order_time": when, "touch_id": f"t{i}", "touch_time": when, "channel": "Email",
+             "credit": 1 / touches if model == "linear" else float(i == touches - 1), "revenue_credit": 10.0 / touches,
+             "currency": "EUR", "revision": revision, "group_rows": 2 * touches}
+            for model in ("linear", "last_touch") for i in range(touches)]
+
+
+def test_an_emission_split_between_commits_lands_only_whole(tmp_path):
+    """An order's rows reach the writer in two bundles with a commit due between them: the first commit lands
+    none of them, the next lands them all, and a newer emission replaces the stored one whole."""
+    writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
+                                 quality=QualityConfig())
+    writer.setup()
+    writer.quality = Landing(writer.warehouse)
+    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
+    deliver = lambda item: list(writer.process((None, item), **state))
+    stored = lambda: writer.warehouse.connection.execute(
+        "SELECT model, count(*), sum(credit), max(revision) FROM order_attribution GROUP BY ALL ORDER BY ALL").fetchall()
+
+    deliver((READ, PARTITION, 1))
+    first, second = _emission("o1", 3, revision=1), _emission("o1", 2, revision=2)
+    for row in first[:4]:
+        deliver(("order_attribution", (0,), row))
+    deliver((TICK,))  # commits the read position, not the partial group
+    assert stored() == []
+    for row in first[4:] + second[:1]:
+        deliver(("order_attribution", (0,), row))
+    deliver((TICK,))
+    assert stored() == [("last_touch", 3, 1.0, 1), ("linear", 3, 1.0, 1)]
+    for row in second[1:]:
+        deliver(("order_attribution", (0,), row))
+    deliver((TICK,))
+    assert stored() == [("last_touch", 2, 1.0, 2), ("linear", 2, 1.0, 2)]
     writer.teardown()

@@ -19,6 +19,7 @@ touch within one lookback window of it; the next path starts at the next unused 
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from dataclasses import dataclass, field
 
 import apache_beam as beam
@@ -194,8 +195,7 @@ class _Attribute(beam.DoFn):
             journey.reversals.append(payload)
             for order in (o for o in journey.done if o["order_id"] == payload["order_id"]):
                 # already attributed: take its credit back now
-                order["revision"] += 1
-                yield from self._rows(customer_id, order, order["touches"], journey.reversals, placed=False)
+                yield from self._rows(customer_id, order, order["touches"], journey.reversals)
         elif kind == "order":
             journey.pending.append(payload)
         else:
@@ -204,7 +204,6 @@ class _Attribute(beam.DoFn):
             for order in journey.done:
                 if order["event_time"] - self.config.lookback <= payload["time"] <= order["event_time"]:
                     order["touches"].append(payload)
-                    order["revision"] += 1
                     yield from self._attributed(customer_id, order, journey)
         self._save(state, due, journey)
 
@@ -240,7 +239,6 @@ class _Attribute(beam.DoFn):
         journey = _load(state)
         ready = sorted((o for o in journey.pending if o["event_time"] <= cutoff), key=lambda o: o["event_time"])
         for order in ready:
-            order["revision"] = 0
             # An attributed order keeps its own candidate touches: a correction or a reversal may come after
             # some of them have left the customer's state.
             order["touches"] = [t for t in journey.touches
@@ -271,17 +269,22 @@ class _Attribute(beam.DoFn):
             unused=unused)
         self._save(state, due, journey)
 
-    def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict], placed: bool = True):
-        """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status)."""
+    def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict]):
+        """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status):
+        every status in each emission, so that the order's rows land as one group and net out whatever order the
+        emissions reach the warehouse in."""
         taken_back = {}
-        for reversal in (r for r in reversals if r["order_id"] == order["order_id"]):
+        own_reversals = [r for r in reversals if r["order_id"] == order["order_id"]]
+        for reversal in own_reversals:
             taken_back[reversal["status"]] = taken_back.get(reversal["status"], 0) + reversal["amount"]
-        statuses = [("placed", 1, order["amount"])] if placed else []
+        statuses = [("placed", 1, order["amount"])]
         statuses += [(status, -1, amount) for status, amount in sorted(taken_back.items())]
         config = self.config.attribution
         by_id = {t["touch_id"]: t for t in touches}
         path = prepare_path([Touch(t["time"], t["channel"], t["touch_id"]) for t in by_id.values()],
                             order["event_time"], config)
+        revision = emission_revision(by_id, own_reversals)
+        group_rows = len(path) * len(HEURISTIC_MODELS) * len(statuses)
         for model in HEURISTIC_MODELS:
             for index, credit in enumerate(heuristic_credits(model, path, order["event_time"], config)):
                 for status, sign, value in statuses:
@@ -289,13 +292,22 @@ class _Attribute(beam.DoFn):
                            "touch_id": path[index].touch_id, "customer_id": customer_id, "order_time": order["event_time"],
                            "touch_time": path[index].time, "channel": path[index].channel, "credit": credit,
                            "revenue_credit": sign * float(value) * credit, "currency": order["currency"],
-                           "revision": order["revision"]}
+                           "revision": revision, "group_rows": group_rows}
+
+
+def emission_revision(touches: dict, reversals: list[dict]) -> int:
+    """The revision of an order's rows, from the facts they were computed from (its candidate touches by id, its
+    cancellations and refunds): the count of facts in the high bits, so an emission that knows more is newer, and
+    a checksum of them in the low 32, so two emissions from different facts never share a number — whichever job,
+    runner or restart computed them, and in whatever order the facts arrived."""
+    facts = (sorted(touches), sorted((r["status"], str(r["amount"]), r["event_time"].isoformat()) for r in reversals))
+    return (len(touches) + len(reversals)) << 32 | zlib.crc32(repr(facts).encode())
 
 
 def _path(customer_id: str, order: dict, rows: list[dict], rates: ExchangeRates) -> dict:
     """A converting path for the data-driven models, from the order's linear rows (one per path step)."""
     steps = sorted(rows, key=lambda r: r["touch_index"])
-    return {"customer_id": customer_id, "order_id": order["order_id"], "revision": order["revision"],
+    return {"customer_id": customer_id, "order_id": order["order_id"], "revision": steps[0]["revision"],
             "converted": True, "time": order["event_time"],
             "channels": [r["channel"] for r in steps], "touch_ids": [r["touch_id"] for r in steps],
             "revenue": float(rates.convert(order["amount"], order["currency"]))}
@@ -323,8 +335,9 @@ class AttributeOrders(beam.PTransform):
     "paths": converting paths (at attribution) and non-converting ones (when their touches expire unused)}.
 
     A cancelled or refunded order keeps its placed rows and gains the same rows with that status and negative
-    revenue credit, so sums over all statuses are net. Each emission of an order's rows carries a higher
-    `revision`: downstream, per primary key, the highest revision is the current row. `replay`: as in
+    revenue credit, so sums over all statuses are net. Each emission of an order's rows is one group (all statuses
+    and models, `group_rows` rows) with a `revision` derived from the facts behind it (emission_revision):
+    downstream, the group of the highest revision is current, and it replaces the stored group whole. `replay`: as in
     StitchIdentities.
     """
 

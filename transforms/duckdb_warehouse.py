@@ -49,14 +49,16 @@ class DuckDBWarehouse:
             for table, rows in rows_by_table.items():
                 retracted = [row for row in rows if row.get(RETRACTED)]
                 landing = [row for row in rows if not row.get(RETRACTED)]
-                replaced = landing if contract(table).replace_group else []
-                for sql, batch_rows in ((_delete_sql(table), retracted), (_delete_groups_sql(table), replaced),
-                                        (_upsert_sql(table), landing)):
+                if landing and contract(table).replace_group:
+                    landing = self._newer_groups(table, landing)
+                for statements, batch_rows in (((_delete_sql(table),), retracted),
+                                               ((*_replace_groups_sql(table), _upsert_sql(table)), landing)):
                     if batch_rows:
                         # One columnar batch per table: executemany would insert row by row (10 ms each).
                         con.register("batch", _arrow_batch(table, batch_rows))
                         try:
-                            con.execute(sql)
+                            for sql in statements:
+                                con.execute(sql)
                         finally:
                             con.unregister("batch")
             for (topic, partition), next_offset in (offsets or {}).items():
@@ -71,6 +73,20 @@ class DuckDBWarehouse:
             except duckdb.Error:
                 pass  # a COMMIT that failed has ended the transaction already; its own error is the one to tell
             raise
+
+    def _newer_groups(self, table: str, rows: list[dict]) -> list[dict]:
+        """The rows of groups whose stored revision is not higher: an emission that reaches the warehouse after a
+        newer one of its group (another bundle, another worker, a replay) leaves the newer one standing."""
+        group = [f'"{g}"' for g in contract(table).replace_group]
+        self.connection.register("incoming", _arrow_batch(table, rows))
+        try:
+            stored = {tuple(key): revision for *key, revision in self.connection.execute(
+                f'SELECT {", ".join(group)}, max(revision) FROM "{table}" '
+                f'SEMI JOIN incoming USING ({", ".join(group)}) GROUP BY ALL').fetchall()}
+        finally:
+            self.connection.unregister("incoming")
+        return [row for row in rows
+                if row["revision"] >= stored.get(tuple(row[g] for g in contract(table).replace_group), -1)]
 
     def offsets(self) -> dict[tuple[str, int], int]:
         """Where each partition's next unprocessed record is, as of the last commit."""
@@ -124,13 +140,14 @@ def _delete_sql(table: str) -> str:
             + " AND ".join(f'"{table}"."{k}" = batch."{k}"' for k in key))
 
 
-def _delete_groups_sql(table: str) -> str:
-    """The stored rows of another revision of every group the batch brings: the batch's revision replaces them.
-    Rows of the same revision stay, in case an emission reached the writer in two commits."""
+def _replace_groups_sql(table: str) -> tuple[str, ...]:
+    """The stored rows of every group the batch brings: a group comes whole (warehouse.whole_groups) and replaces
+    the stored one, so no row of an older path stays beside it."""
     group = contract(table).replace_group
+    if not group:
+        return ()
     return (f'DELETE FROM "{table}" WHERE EXISTS (SELECT 1 FROM batch WHERE '
-            + " AND ".join(f'"{table}"."{g}" = batch."{g}"' for g in group)
-            + f' AND "{table}"."revision" <> batch."revision")')
+            + " AND ".join(f'"{table}"."{g}" = batch."{g}"' for g in group) + ")",)
 
 
 def _upsert_sql(table: str) -> str:

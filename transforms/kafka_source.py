@@ -8,11 +8,16 @@ Works on every runner that runs Python SDFs (DirectRunner, Prism, Flink, Dataflo
 - Start: earliest, latest, explicit offsets (e.g. stored with the results), a timestamp (offsets_for_times), or
   the group's committed offsets. All are resolved to explicit offsets once, at launch.
 - Element timestamps: the payload's event time (decoded once, in the reader) or the Kafka timestamp.
-  Watermark per partition = newest timestamp seen − max_out_of_orderness; a partition that every look for
-  idle_after_s found read to its end (no record read in between) follows the wall clock instead, so an idle
-  partition never holds the pipeline back. Only a partition read to its end can be idle: a reader the runner did
-  not schedule for a while, or one still replaying a backlog, must not push the watermark past records it has not
-  read yet. How often the runner schedules a quiet split does not matter: unread records show at the next look.
+  Watermark per partition = newest timestamp seen − max_out_of_orderness. A partition that every look for
+  idle_after_s found read to its end (no record read in between) is idle: its event time goes on at the pace of
+  the wall clock from its newest record, up to the wall clock itself. Live records (event time ≈ now) thus never
+  hold the pipeline back, and a replayed history whose next part comes minutes later does not find the watermark
+  weeks past it (a live job would stitch and attribute that part as late data, unlike a backfill). With
+  flush_after_idle_s, a partition idle that long jumps to the wall clock: replayed history completes (windows,
+  attributions), and records with older event times that come later count as late. Only a partition read to its
+  end can be idle: a reader the runner did not schedule for a while, or one still replaying a backlog, must not
+  push the watermark past records it has not read yet. How often the runner schedules a quiet split does not
+  matter: unread records show at the next look.
 - group_id: offsets are committed when Beam finalizes a checkpoint, for lag monitoring only; the pipeline never
   reads them back unless asked to start from them.
 """
@@ -71,6 +76,7 @@ class KafkaReadSpec:
     isolation_level: str = "read_uncommitted"
     max_out_of_orderness_s: float = 5.0
     idle_after_s: float = 10.0
+    flush_after_idle_s: float | None = None  # idle this long: the watermark jumps to the wall clock
     discovery_interval_s: float = 30.0
     poll_timeout_ms: int = 200
 
@@ -176,6 +182,7 @@ class _PartitionClock:
     watermark: int = _MIN_MICROS
     at_end_since: float | None = None  # wall time since which every poll found the partition read to its end
     checked_at: float = 0.0  # wall time of the last such look
+    idle_logged: str = ""  # how its idleness was last logged: "", "paced" or "wall"
 
 
 class _KafkaReader(UnboundedReader):
@@ -362,10 +369,18 @@ class _KafkaReader(UnboundedReader):
             candidate = clock.newest - lag if clock.newest > _MIN_MICROS else _MIN_MICROS
             if (self.stop is None and clock.at_end_since is not None and now - clock.checked_at <= self._look_fresh_s
                     and now - clock.at_end_since >= self.spec.idle_after_s):
-                if clock.watermark < int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6):  # just turned idle
-                    log.info("%s/%d idle (read to its end, quiet for %.0f s): its watermark follows the wall clock",
-                             *partition, self.spec.idle_after_s)
-                candidate = max(candidate, int(now * 1e6) - lag)
+                idle_for = now - clock.at_end_since
+                flush = self.spec.flush_after_idle_s is not None and idle_for >= self.spec.flush_after_idle_s
+                # event time goes on at the wall clock's pace since the partition ran dry, never past the wall clock
+                paced = clock.newest + int(idle_for * 1e6) if clock.newest > _MIN_MICROS and not flush else None
+                follows = int(now * 1e6) if paced is None else min(paced, int(now * 1e6))
+                if not clock.idle_logged or (flush and clock.idle_logged == "paced"):
+                    log.info("%s/%d idle (read to its end, quiet for %.0f s): its watermark %s", *partition, idle_for,
+                             "follows the wall clock" if paced is None else "goes on at the wall clock's pace")
+                    clock.idle_logged = "paced" if paced is not None else "wall"
+                candidate = max(candidate, follows - lag)
+            else:
+                clock.idle_logged = ""
             if candidate > clock.watermark:
                 clock.watermark = candidate
                 PARTITION_WATERMARKS[partition] = candidate
@@ -464,7 +479,8 @@ class ReadFromKafka(beam.PTransform):
     def __init__(self, connection: KafkaConnection, topics, *, start: StartAt = StartAt(), bounded: bool = False,
                  stop_offsets: dict[Partition, int] | None = None, event_time: EventDecoder | None = None,
                  group_id: str | None = None, isolation_level: str = "read_uncommitted",
-                 max_out_of_orderness_s: float = 5.0, idle_after_s: float = 10.0, discovery_interval_s: float = 30.0,
+                 max_out_of_orderness_s: float = 5.0, idle_after_s: float = 10.0,
+                 flush_after_idle_s: float | None = None, discovery_interval_s: float = 30.0,
                  poll_interval_s: float = 0.5, max_records_per_bundle: int = 10000, max_bundle_seconds: float = 2.0):
         super().__init__()
         self.connection = connection
@@ -474,7 +490,7 @@ class ReadFromKafka(beam.PTransform):
         self.stop_offsets = stop_offsets
         self.options = dict(event_time=event_time, group_id=group_id, isolation_level=isolation_level,
                             max_out_of_orderness_s=max_out_of_orderness_s, idle_after_s=idle_after_s,
-                            discovery_interval_s=discovery_interval_s)
+                            flush_after_idle_s=flush_after_idle_s, discovery_interval_s=discovery_interval_s)
         self.read_options = dict(poll_interval=poll_interval_s, max_records_per_bundle=max_records_per_bundle,
                                  max_read_time_seconds=max_bundle_seconds)
 

@@ -13,7 +13,10 @@ twice.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -65,6 +68,33 @@ def latest_rows(table: str, rows) -> list[dict]:
         if known is None or rank >= known[0]:
             latest[tuple(row[k] for k in key)] = (rank, row)
     return [row for _, row in latest.values()]
+
+
+def whole_groups(table: str, items: list) -> tuple[list, list]:
+    """(order, row) items of `table` → (those of groups whose rows of a revision are all here, those still waiting
+    for rows of their group). A table without replace_group has no groups: everything is whole. Rows of one emission
+    can reach a writer in different bundles; a group landed in part would replace the stored one with a fragment."""
+    table_contract = contract(table)
+    if not table_contract.group_size:
+        return items, []
+    key, group = table_contract.primary_key, table_contract.replace_group
+    emissions: dict = {}
+    for item in items:
+        row = item[1]
+        emission = (tuple(row[g] for g in group), row["revision"])
+        emissions.setdefault(emission, {})[tuple(row[k] for k in key)] = item
+    complete = {emission for emission, rows in emissions.items()
+                if len(rows) >= next(iter(rows.values()))[1][table_contract.group_size]}
+    newest_whole: dict = {}
+    for group_key, revision in complete:
+        newest_whole[group_key] = max(newest_whole.get(group_key, revision), revision)
+    whole, waiting = [], []
+    for (group_key, revision), rows in emissions.items():
+        if (group_key, revision) in complete:
+            whole.extend(rows.values())
+        elif revision > newest_whole.get(group_key, -1):  # older than a whole one: superseded, never needed
+            waiting.extend(rows.values())
+    return whole, waiting
 
 
 class _TagRows(beam.DoFn):
@@ -132,7 +162,7 @@ class _CommitPeriodically(beam.DoFn):
                 last_commit=beam.DoFn.StateParam(LAST_COMMIT), caught_up_at=beam.DoFn.StateParam(CAUGHT_UP_AT)):
         liveness.beat()
         # The arriving item goes to the next commit, not this one: the other rows of its emission (an order's
-        # credits) follow it, and a group landed in halves would replace itself with its second half.
+        # credits) most likely follow it (whole_groups holds a group back until they have).
         yield from self._commit_if_due(pending, last_commit, caught_up_at)
         if element[1][0] != TICK:
             pending.add(element[1])
@@ -175,9 +205,14 @@ class _CommitPeriodically(beam.DoFn):
             self.read_past_stored = True
         if now - since < self.hold_after_catch_up_s:
             return  # still replaying what the warehouse holds: wait
-        if not rows and not any(read.get(p, 0) > self.committed.get(p, 0) for p in read):
+        latest, waiting = {}, []
+        for table, table_rows in rows.items():
+            whole, incomplete = whole_groups(table, table_rows)
+            latest[table] = latest_rows(table, whole)
+            waiting += [(table, order, row) for order, row in incomplete]
+        latest = {table: table_rows for table, table_rows in latest.items() if table_rows}
+        if not latest and not any(read.get(p, 0) > self.committed.get(p, 0) for p in read):
             return  # nothing new since the last commit
-        latest = {table: latest_rows(table, table_rows) for table, table_rows in rows.items()}
         if self.stored:
             self._retract_stale(latest)
         started = time.perf_counter()
@@ -194,8 +229,12 @@ class _CommitPeriodically(beam.DoFn):
         # Read positions are kept for the next commit: offsets are stored as "read up to", never backwards.
         for partition, next_offset in read.items():
             pending.add((READ, partition, next_offset))
-        log.info("committed %d rows of %d tables and offsets of %d partitions in %.2f s → %s",
-                 sum(map(len, latest.values())), len(latest), len(read), time.perf_counter() - started, where)
+        for item in waiting:  # the rest of their group comes with the next items
+            pending.add(item)
+        log.info("committed %d rows of %d tables and offsets of %d partitions (%d records read) in %.2f s → %s",
+                 sum(map(len, latest.values())), len(latest), len(read), sum(read.values()),
+                 time.perf_counter() - started, where)
+        write_status(self.target, read, landing)
         yield {"rows": {table: len(table_rows) for table, table_rows in latest.items()}, "read": read,
                "quarantined": landing.quarantined, "published": landing.published is not None}
 
@@ -230,6 +269,26 @@ class _CommitPeriodically(beam.DoFn):
                     f"({sum(stored.values()):,} records)")
         log.error("warehouse write failed at %s: %s: %s. %s. The job stops; restart it once the warehouse is "
                   "writable.", self.target, type(error).__name__, error, what)
+
+
+def status_path(target) -> Path | None:
+    """Where a stream's writer reports its last commit, beside a DuckDB warehouse (a BigQuery one is queried)."""
+    return None if isinstance(target, BigQueryTarget) else Path(target).with_suffix(".status.json")
+
+
+def write_status(target, read: dict, landing) -> None:
+    """The last commit as an operator (or `make demo`) reads it while the warehouse file is the writer's: records
+    read and committed, whether readers got a copy, and what held it back. Replaced whole, never half written."""
+    path = status_path(target)
+    if path is None:
+        return
+    status = {"committed_at": dt.datetime.now(dt.timezone.utc).isoformat(), "records": sum(read.values()),
+              "published": landing.published is not None, "quarantined": landing.quarantined,
+              "blocked": sorted({f"{o.table}: {o.expectation}" for o in landing.blocked}),
+              "warned": sorted({f"{o.table}: {o.expectation}" for o in landing.warned})}
+    aside = path.with_name(f".{path.name}.{os.getpid()}")
+    aside.write_text(json.dumps(status, indent=1) + "\n")
+    os.replace(aside, path)
 
 
 def _key(row: dict, key: tuple[str, ...]) -> tuple:

@@ -18,6 +18,10 @@ live_rate=${JOURNEYS_DEMO_RATE:-10}  # live events per second
 mkdir -p "$demo"
 sql() { "$bin/journeys" sql --warehouse "$published" "$1"; }
 offsets() { sql "SELECT coalesce(sum(next_offset), 0) FROM source_offsets" 2>/dev/null | tail -n 1 | tr -d ' '; }
+# The stream's own progress: its writer replaces this file at every commit (records read, published or not, why).
+status=.local/warehouse/journeys.status.json
+stream_status() { "$bin/python" -c "import json, sys; s = json.load(open(sys.argv[1])); print(s['records'], s['published'],
+  s['committed_at'], '; '.join(s['blocked']) or '-')" "$status" 2>/dev/null || echo "0 False - -"; }
 records() { "$bin/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['records'])" "$1"; }
 
 echo "1. A history: $history_customers customers over 60 days, 5% out of order, 1% malformed, into topics ${prefix}*"
@@ -35,8 +39,9 @@ grep -E "journeys\.(progress|backfill)" "$demo/backfill.log" | tail -n 2 || true
 echo; echo "3. Streaming: journeys stream on Flink on the same topics (log: $demo/stream.log; Flink's web UI:"
 echo "   http://localhost:${JOURNEYS_FLINK_PORT:-18081}); meanwhile 100 new customers' next two weeks arrive live at"
 echo "   $live_rate events/s"
+# --flush-after-idle-s: once the live events stop, the last orders are attributed after 20 quiet seconds
 setsid "$bin/journeys" stream --topic-prefix "$prefix" --warehouse "$warehouse" "${quality[@]}" \
-  --commit-every-s 5 --update-every-s 20 --log-every-s 10 >"$demo/stream.log" 2>&1 &
+  --commit-every-s 5 --update-every-s 20 --flush-after-idle-s 20 --log-every-s 10 >"$demo/stream.log" 2>&1 &
 stream=$!
 # SIGTERM: the job stops with a savepoint (a restart would resume from it)
 stop_stream() { kill -TERM -- "-$stream" 2>/dev/null || true; for _ in $(seq 1 120); do
@@ -46,10 +51,27 @@ trap stop_stream EXIT
   --format mixed --topic-prefix "$prefix" --no-create-topics --out-of-order 0.05 --malformed 0.01 \
   --rate "$live_rate" --manifest "$demo/live_manifest.json"
 total=$(( $(records "$demo/manifest.json") + $(records "$demo/live_manifest.json") ))
-echo "   waiting until the stream has committed all $total records..."
-for _ in $(seq 1 120); do [ "$(offsets)" = "$total" ] && break; sleep 5; done
-[ "$(offsets)" = "$total" ] || echo "   the stream has not caught up within 10 minutes; the summary shows what it committed so far"
-sleep 30  # one more table update after the last records
+echo "   waiting until the stream has committed all $total records (its status: $status)..."
+read_all=""
+for _ in $(seq 1 60); do
+  read -r records published committed_at blocked <<<"$(stream_status)"
+  if ! kill -0 "$stream" 2>/dev/null; then echo "   the stream stopped: see $demo/stream.log"; break; fi
+  if [ "$records" = "$total" ] && [ -z "$read_all" ]; then
+    read_all=$(date +%s); echo "   all $total records committed; the last orders settle after 20 quiet seconds"
+  fi
+  # Done: every record read, and a published commit after the flush and one more table update.
+  if [ -n "$read_all" ] && [ "$published" = "True" ] && \
+     [ "$(date -d "$committed_at" +%s 2>/dev/null || echo 0)" -ge $((read_all + 45)) ]; then break; fi
+  sleep 3
+done
+read -r records published committed_at blocked <<<"$(stream_status)"
+if [ "$records" != "$total" ]; then
+  echo "   FAILED: the stream committed $records of $total records within 3 minutes (log: $demo/stream.log)"
+elif [ "$published" != "True" ]; then
+  echo "   FAILED: the last commit was not published; block-severity checks failed: $blocked"
+else
+  echo "   caught up: the last commit ($committed_at) was validated and published"
+fi
 stop_stream; trap - EXIT
 grep -E "journeys\.stream" "$demo/stream.log" | tail -n 2 | cut -c1-400
 
