@@ -54,23 +54,23 @@ total=$(( $(records "$demo/manifest.json") + $(records "$demo/live_manifest.json
 echo "   waiting until the stream has committed all $total records (its status: $status)..."
 read_all=""
 for _ in $(seq 1 60); do
-  read -r records published committed_at blocked <<<"$(stream_status)"
+  read -r s_records s_published s_committed_at s_blocked <<<"$(stream_status)"
   if ! kill -0 "$stream" 2>/dev/null; then echo "   the stream stopped: see $demo/stream.log"; break; fi
-  if [ "$records" = "$total" ] && [ -z "$read_all" ]; then
+  if [ "$s_records" = "$total" ] && [ -z "$read_all" ]; then
     read_all=$(date +%s); echo "   all $total records committed; the last orders settle after 20 quiet seconds"
   fi
   # Done: every record read, and a published commit after the flush and one more table update.
-  if [ -n "$read_all" ] && [ "$published" = "True" ] && \
-     [ "$(date -d "$committed_at" +%s 2>/dev/null || echo 0)" -ge $((read_all + 45)) ]; then break; fi
+  if [ -n "$read_all" ] && [ "$s_published" = "True" ] && \
+     [ "$(date -d "$s_committed_at" +%s 2>/dev/null || echo 0)" -ge $((read_all + 45)) ]; then break; fi
   sleep 3
 done
-read -r records published committed_at blocked <<<"$(stream_status)"
-if [ "$records" != "$total" ]; then
-  echo "   FAILED: the stream committed $records of $total records within 3 minutes (log: $demo/stream.log)"
-elif [ "$published" != "True" ]; then
-  echo "   FAILED: the last commit was not published; block-severity checks failed: $blocked"
+read -r s_records s_published s_committed_at s_blocked <<<"$(stream_status)"
+if [ "$s_records" != "$total" ]; then
+  echo "   FAILED: the stream committed $s_records of $total records within 3 minutes (log: $demo/stream.log)"
+elif [ "$s_published" != "True" ]; then
+  echo "   FAILED: the last commit was not published; block-severity checks failed: $s_blocked"
 else
-  echo "   caught up: the last commit ($committed_at) was validated and published"
+  echo "   caught up: the last commit ($s_committed_at) was validated and published"
 fi
 stop_stream; trap - EXIT
 grep -E "journeys\.stream" "$demo/stream.log" | tail -n 2 | cut -c1-400
