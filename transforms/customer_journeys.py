@@ -409,13 +409,18 @@ def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
     shapley = shapley_values(fitted, config.shapley_exact_max_channels, config.shapley_samples, config.seed)
     models = {"markov": (markov.removal_effects, markov.shares(), {}),
               "shapley": (shapley.values, shapley.shares(), shapley.standard_errors)}
+    # The window's rows are one group: a refit on other paths replaces them whole (a channel may drop out).
+    facts = [(p["order_id"], p["customer_id"], p["touch_ids"], p.get("revision", 0)) for p in window_paths]
+    revision = len(window_paths) << 32 | zlib.crc32(repr(facts).encode())
+    group_rows = sum(len(values) for values, _, _ in models.values())
     for model, (values, shares, errors) in models.items():
         conversions, revenue = _credited(window_paths, shares)
         for channel in sorted(values):
             yield {"window_start": start, "window_end": start + window,
                    "model": model, "channel": channel, "value": values[channel], "share": shares[channel],
                    "standard_error": errors.get(channel, 0.0), "conversions": conversions[channel],
-                   "revenue": round(revenue[channel], 2), "paths": len(window_paths)}
+                   "revenue": round(revenue[channel], 2), "paths": len(window_paths), "revision": revision,
+                   "group_rows": group_rows}
 
 
 def _credited(paths: list[dict], shares: dict) -> tuple[dict, dict]:
