@@ -84,6 +84,9 @@ class Contract:
     # The column each row of a group carries its group's row count in: a writer lands a group only when all its
     # rows of one revision are in hand, however they were split on the way.
     group_size: str | None = None
+    # Whether a stored group is replaced only by a revision at least as high (revisions that order emissions: an
+    # order's facts only grow), or by whatever lands last (a window's refit on other paths).
+    newer_revision_only: bool = False
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -152,7 +155,8 @@ class Contract:
             layout.append(f"Kept as first written on an update: {', '.join(f'`{c}`' for c in self.keep_on_update)}.")
         if self.replace_group:
             layout.append(f"Rows of one {', '.join(f'`{c}`' for c in self.replace_group)} land and are replaced as "
-                          f"a whole (`{self.group_size}` rows of one `revision`).")
+                          f"a whole (`{self.group_size}` rows of one `revision`)"
+                          + (", never by a lower revision." if self.newer_revision_only else "."))
         rows = [f"### `{self.table}`", "", self.doc, "", " ".join(layout), "",
                 "| column | type | null | description | checks |", "|---|---|---|---|---|"]
         for c in self.columns:
@@ -194,7 +198,7 @@ def _load(path: Path) -> Contract:
                         tuple(raw.get("replace_group", ())),
                         tuple(RowRule(**rule) for rule in quality.get("row_rules", ())),
                         tuple(TableRule(**rule) for rule in quality.get("table_rules", ())),
-                        raw.get("group_size"))
+                        raw.get("group_size"), raw.get("newer_revision_only", False))
     _check(contract)
     return contract
 

@@ -125,12 +125,13 @@ class BigQueryWarehouse:
                                           source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON)
             self.client.load_table_from_json([{n: json_value(row.get(n)) for n in names} for row in rows],
                                              staging_id, job_config=load).result()
-            if group:  # the groups the batch brings (whole) replace their stored rows, unless a stored one has a
-                # higher revision: an older emission arriving late leaves the newer standing. (Not atomic with the
+            if group:  # the groups the batch brings (whole) replace their stored rows, unless (newer_revision_only)
+                # a stored one has a higher revision: an older emission arriving late leaves the newer standing. (Not atomic with the
                 # MERGE: a crash between them leaves the group to the replay, which lands it before offsets move.)
                 on = " AND ".join(f"S.`{g}` = T.`{g}`" for g in group)
-                self.client.query(f"DELETE FROM `{staging_id}` S WHERE EXISTS (SELECT 1 FROM `{self.dataset}.{table}` "
-                                  f"T WHERE {on} AND T.`revision` > S.`revision`)").result()
+                if contract(table).newer_revision_only:
+                    self.client.query(f"DELETE FROM `{staging_id}` S WHERE EXISTS (SELECT 1 FROM "
+                                      f"`{self.dataset}.{table}` T WHERE {on} AND T.`revision` > S.`revision`)").result()
                 self.client.query(f"DELETE FROM `{self.dataset}.{table}` T WHERE EXISTS (SELECT 1 FROM `{staging_id}` S "
                                   f"WHERE NOT COALESCE(S.`{RETRACTED}`, FALSE) AND {on})").result()
             self.client.query(_merge_sql(f"{self.dataset}.{table}", staging_id, columns, key, updated)).result()

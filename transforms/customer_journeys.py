@@ -410,7 +410,7 @@ def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
     models = {"markov": (markov.removal_effects, markov.shares(), {}),
               "shapley": (shapley.values, shapley.shares(), shapley.standard_errors)}
     # The window's rows are one group: a refit on other paths replaces them whole (a channel may drop out).
-    facts = [(p["order_id"], p["customer_id"], p["touch_ids"], p.get("revision", 0)) for p in window_paths]
+    facts = [(p["order_id"], p["customer_id"], p["touch_ids"], p["channels"]) for p in window_paths]
     revision = len(window_paths) << 32 | zlib.crc32(repr(facts).encode())
     group_rows = sum(len(values) for values, _, _ in models.values())
     for model, (values, shares, errors) in models.items():

@@ -49,7 +49,7 @@ class DuckDBWarehouse:
             for table, rows in rows_by_table.items():
                 retracted = [row for row in rows if row.get(RETRACTED)]
                 landing = [row for row in rows if not row.get(RETRACTED)]
-                if landing and contract(table).replace_group:
+                if landing and contract(table).newer_revision_only:
                     landing = self._newer_groups(table, landing)
                 for statements, batch_rows in (((_delete_sql(table),), retracted),
                                                ((*_replace_groups_sql(table), _upsert_sql(table)), landing)):
