@@ -373,6 +373,10 @@ class _KafkaReader(UnboundedReader):
                 flush = self.spec.flush_after_idle_s is not None and idle_for >= self.spec.flush_after_idle_s
                 # event time goes on at the wall clock's pace since the partition ran dry, never past the wall clock
                 paced = clock.newest + int(idle_for * 1e6) if clock.newest > _MIN_MICROS and not flush else None
+                if paced is None and not flush and self.spec.flush_after_idle_s is not None:
+                    # never had a record: nothing to pace from, and with a flush set it waits for that too (a
+                    # split whose reads have not begun must not let the stage's watermark leap to today)
+                    paced = clock.newest
                 follows = int(now * 1e6) if paced is None else min(paced, int(now * 1e6))
                 if not clock.idle_logged or (flush and clock.idle_logged == "paced"):
                     log.info("%s/%d idle (read to its end, quiet for %.0f s): its watermark %s", *partition, idle_for,
