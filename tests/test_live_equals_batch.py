@@ -32,7 +32,6 @@ from writer_stubs import Bag, Landing, Value
 pytestmark = [pytest.mark.slow]
 WORLD = GeneratorConfig(customers=40, days=50, seed=53)
 RUNS = int(os.environ.get("JOURNEYS_PROPERTY_RUNS", "3"))
-LATENESS = dt.timedelta(hours=1)  # JourneyConfig's allowed lateness: no event arrives behind it
 _lock = threading.Lock()
 
 

@@ -296,12 +296,17 @@ class _Attribute(beam.DoFn):
 
 
 def emission_revision(touches: dict, reversals: list[dict]) -> int:
-    """The revision of an order's rows, from the facts they were computed from (its candidate touches by id, its
-    cancellations and refunds): the count of facts in the high bits, so an emission that knows more is newer, and
-    a checksum of them in the low 32, so two emissions from different facts never share a number — whichever job,
-    runner or restart computed them, and in whatever order the facts arrived."""
-    facts = (sorted(touches), sorted((r["status"], str(r["amount"]), r["event_time"].isoformat()) for r in reversals))
-    return (len(touches) + len(reversals)) << 32 | zlib.crc32(repr(facts).encode())
+    """The revision of an order's rows, from the facts they were computed from: its candidate touches by id, its
+    cancellations and refunds."""
+    return facts_revision(sorted(touches) + sorted((r["status"], str(r["amount"]), r["event_time"].isoformat())
+                                                   for r in reversals))
+
+
+def facts_revision(facts: list) -> int:
+    """A revision from the facts behind an emission: their count in the high bits, so an emission that knows more
+    is newer, and a checksum of them in the low 32, so two emissions from different facts never share a number —
+    whichever job, runner or restart computed them, and in whatever order the facts arrived."""
+    return len(facts) << 32 | zlib.crc32(repr(facts).encode())
 
 
 def _path(customer_id: str, order: dict, rows: list[dict], rates: ExchangeRates) -> dict:
@@ -410,8 +415,8 @@ def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
     models = {"markov": (markov.removal_effects, markov.shares(), {}),
               "shapley": (shapley.values, shapley.shares(), shapley.standard_errors)}
     # The window's rows are one group: a refit on other paths replaces them whole (a channel may drop out).
-    facts = [(p["order_id"], p["customer_id"], p["touch_ids"], p["channels"]) for p in window_paths]
-    revision = len(window_paths) << 32 | zlib.crc32(repr(facts).encode())
+    revision = facts_revision([(p["order_id"], p["customer_id"], p["touch_ids"], p["channels"])
+                               for p in window_paths])
     group_rows = sum(len(values) for values, _, _ in models.values())
     for model, (values, shares, errors) in models.items():
         conversions, revenue = _credited(window_paths, shares)

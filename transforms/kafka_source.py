@@ -182,7 +182,7 @@ class _PartitionClock:
     watermark: int = _MIN_MICROS
     at_end_since: float | None = None  # wall time since which every poll found the partition read to its end
     checked_at: float = 0.0  # wall time of the last such look
-    idle_logged: str = ""  # how its idleness was last logged: "", "paced" or "wall"
+    idle_logged: str = ""  # how its idleness was last logged: "", "paced", "held" or "wall"
 
 
 class _KafkaReader(UnboundedReader):
@@ -371,18 +371,23 @@ class _KafkaReader(UnboundedReader):
                     and now - clock.at_end_since >= self.spec.idle_after_s):
                 idle_for = now - clock.at_end_since
                 flush = self.spec.flush_after_idle_s is not None and idle_for >= self.spec.flush_after_idle_s
-                # event time goes on at the wall clock's pace since the partition ran dry, never past the wall clock
-                paced = clock.newest + int(idle_for * 1e6) if clock.newest > _MIN_MICROS and not flush else None
-                if paced is None and not flush and self.spec.flush_after_idle_s is not None:
-                    # never had a record: nothing to pace from, and with a flush set it waits for that too (a
-                    # split whose reads have not begun must not let the stage's watermark leap to today)
-                    paced = clock.newest
-                follows = int(now * 1e6) if paced is None else min(paced, int(now * 1e6))
-                if not clock.idle_logged or (flush and clock.idle_logged == "paced"):
+                wall = int(now * 1e6)
+                if flush:
+                    follows = wall
+                elif clock.newest > _MIN_MICROS:  # event time goes on at the wall clock's pace, never past it
+                    follows = min(clock.newest + int(idle_for * 1e6), wall)
+                elif self.spec.flush_after_idle_s is None:  # never had a record: nothing to pace from
+                    follows = wall
+                else:  # ...and with a flush set it waits for that (a split whose reads have not begun must not
+                    follows = None  # let the stage's watermark leap to today)
+                how = "wall" if follows == wall else "paced" if follows else "held"
+                if clock.idle_logged != how:
                     log.info("%s/%d idle (read to its end, quiet for %.0f s): its watermark %s", *partition, idle_for,
-                             "follows the wall clock" if paced is None else "goes on at the wall clock's pace")
-                    clock.idle_logged = "paced" if paced is not None else "wall"
-                candidate = max(candidate, follows - lag)
+                             {"wall": "follows the wall clock", "paced": "goes on at the wall clock's pace",
+                              "held": "waits for the flush"}[how])
+                    clock.idle_logged = how
+                if follows is not None:
+                    candidate = max(candidate, follows - lag)
             else:
                 clock.idle_logged = ""
             if candidate > clock.watermark:
