@@ -125,6 +125,10 @@ def newest_snapshot(job_name: str, cluster: LocalCluster | None = None) -> Path 
     return max(found, key=lambda p: (p / "_metadata").stat().st_mtime, default=None)
 
 
+class StopFellBack(Exception):
+    """A job was cancelled, not stopped with a savepoint."""
+
+
 class Rest:
     """The few calls of Flink's REST API a launcher needs."""
 
@@ -161,6 +165,21 @@ class Rest:
                 return operation["location"]
             time.sleep(0.5)
         raise TimeoutError(f"no savepoint of {job_id} within {timeout_s} s")
+
+    def stop(self, job_id: str, job_name: str, savepoint_timeout_s: float) -> str:
+        """Stop a job with a savepoint, where the next start of `job_name` resumes: its location. When the savepoint
+        fails or does not complete within savepoint_timeout_s (its barrier stuck behind a backlog), cancel the job
+        instead: its retained checkpoints stay, and the next start resumes from the newest. Raises StopFellBack,
+        after the cancel, to say so."""
+        try:
+            return self.stop_with_savepoint(job_id, savepoint_dir(job_name), savepoint_timeout_s)
+        except (TimeoutError, RuntimeError) as error:
+            self.cancel(job_id)
+            deadline = time.time() + 120
+            while job_id in self.running_jobs(job_name) and time.time() < deadline:
+                time.sleep(0.5)
+            raise StopFellBack(f"{error}: cancelled it instead; a restart resumes from its newest retained "
+                               f"checkpoint, {newest_snapshot(job_name) or 'none yet'}") from error
 
     def checkpoints(self, job_id: str) -> dict:
         return self._call(f"/jobs/{job_id}/checkpoints")

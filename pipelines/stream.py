@@ -79,6 +79,10 @@ def parse_args(argv=None):
     parser.add_argument("--stalled-after-s", type=float, default=300.0,
                         help="exit with code 4 when the commit step has not run this long (workers in this process "
                              "only: Prism); a supervisor restarts the job. 0: never (default: %(default)s)")
+    parser.add_argument("--savepoint-timeout-s", type=float, default=300.0,
+                        help="on Flink: how long a stop (SIGTERM, or a launcher taking a running job over) waits for "
+                             "its savepoint; after that the job is cancelled and the next start resumes from its "
+                             "newest retained checkpoint (default: %(default)s)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="on Flink: ignore this job's checkpoints and savepoints and replay the topics")
     return parser.parse_known_args(argv)
@@ -120,7 +124,7 @@ def run_on_flink(args, beam_args) -> int:
     if not flink.given(beam_args, "savepoint_path") and not args.from_scratch:
         for job_id in rest.running_jobs(name):
             log.info("job %s (%s) is still running: taking it over with a savepoint", job_id, name)
-            rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
+            _stop_job(rest, job_id, name, args.savepoint_timeout_s)
         snapshot = flink.newest_snapshot(name)
         if snapshot:
             log.info("resuming %s from %s (state and read positions as of then, not the topics' start)", name,
@@ -136,8 +140,7 @@ def run_on_flink(args, beam_args) -> int:
             run_kafka_pipeline(build, args, beam_args, streaming=True, job_name=name)
         except KeyboardInterrupt:
             for job_id in rest.running_jobs(name):
-                location = rest.stop_with_savepoint(job_id, flink.savepoint_dir(name))
-                log.info("stopped %s with a savepoint at %s; a restart resumes from it", job_id, location)
+                _stop_job(rest, job_id, name, args.savepoint_timeout_s)
             return 0
         except RuntimeError:  # the job server may report a job cancelled under it as failed
             if not (watch and watch.cancelled):
@@ -151,6 +154,15 @@ def run_on_flink(args, beam_args) -> int:
         shutil.rmtree(flink.LocalCluster().state / "checkpoints" / name / watch.job_id, ignore_errors=True)
     log.error("%s: its sources did not start in %d attempts", name, START_ATTEMPTS)
     return 1
+
+
+def _stop_job(rest: flink.Rest, job_id: str, name: str, savepoint_timeout_s: float) -> None:
+    try:
+        location = rest.stop(job_id, name, savepoint_timeout_s)
+    except flink.StopFellBack as fallback:
+        log.warning("%s", fallback)
+    else:
+        log.info("stopped %s with a savepoint at %s; a restart resumes from it", job_id, location)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ NOT_ON_DATAFLOW = {
     "bigquery_endpoint": "the BigQuery emulator",
     "stalled_after_s": "a watchdog for workers in the launching process (Prism)",
     "from_scratch": "Flink's checkpoints and savepoints",
+    "savepoint_timeout_s": "Flink's stop with a savepoint (Dataflow drains or updates a job instead)",
 }
 # Values for parameters without a default, each matching the parameter's regexes.
 EXAMPLES = {

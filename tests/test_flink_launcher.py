@@ -89,3 +89,35 @@ def test_a_fresh_job_whose_sources_never_start_is_cancelled_for_the_launcher_to_
     watch.join(timeout=10)
     assert not watch.is_alive()
     assert rest.cancelled == cancelled and watch.cancelled == unstarted and watch.job_id == (cancelled or [None])[0]
+
+
+class StuckSavepoint(flink.Rest):
+    """Flink's REST answers for a running job whose savepoint never completes (its barrier behind a backlog)."""
+
+    def __init__(self):
+        super().__init__("http://flink")
+        self.calls = []
+
+    def _call(self, path, body=None, method=None):
+        self.calls.append((method or ("POST" if body is not None else "GET"), path))
+        if path == "/jobs/job1/stop":
+            return {"request-id": "r1"}
+        if path == "/jobs/job1/savepoints/r1":
+            return {"status": {"id": "IN_PROGRESS"}}
+        if path == "/jobs/overview":
+            state = "CANCELED" if ("PATCH", "/jobs/job1?mode=cancel") in self.calls else "RUNNING"
+            return {"jobs": [{"jid": "job1", "name": "journeys-stream-x", "state": state}]}
+        return {}
+
+
+def test_a_stop_whose_savepoint_does_not_come_cancels_the_job_and_names_the_checkpoint_a_restart_takes(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("JOURNEYS_LOCAL_DIR", str(tmp_path))
+    checkpoint = tmp_path / "flink" / "checkpoints" / "journeys-stream-x" / "job1" / "chk-7"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "_metadata").write_bytes(b"x")
+    rest = StuckSavepoint()
+    with pytest.raises(flink.StopFellBack, match=f"within 0.3 s: cancelled it instead.*{checkpoint}"):
+        rest.stop("job1", "journeys-stream-x", savepoint_timeout_s=0.3)
+    assert ("PATCH", "/jobs/job1?mode=cancel") in rest.calls
+    assert rest.running_jobs("journeys-stream-x") == []

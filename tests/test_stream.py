@@ -91,7 +91,8 @@ def test_a_stream_after_a_backfill_publishes_every_commit_and_ends_as_one_backfi
         produce(records[history:], kafka, topic_prefix=topic_prefix)
         ends_as(expected, sink, "sequence", job, len(records))
         kill(job)
-    with duckdb.connect(str(sink.target("sequence")), read_only=True) as con:
+    # the published copy, as readers see it: on Flink the writer lives in the cluster's worker after the launcher
+    with duckdb.connect(str(sink.published("sequence")), read_only=True) as con:
         runs = con.execute("SELECT run_kind, count(DISTINCT run_id) FROM dq_results GROUP BY ALL ORDER BY 1").fetchall()
         failed = con.execute("SELECT DISTINCT table_name, expectation FROM dq_results WHERE NOT success AND "
                              "severity = 'block' AND stage = 'checkpoint'").fetchall()

@@ -7,7 +7,9 @@ For each N of --events, on fresh topics of the local broker and a fresh DuckDB w
 2. `journeys stream` (FlinkRunner, the cluster of `journeys flink up`) reads them; when the published copy's
    `sum(next_offset)` equals the records produced and a checkpoint completed after that, the checkpoint's sizes are
    taken from Flink's REST API (/jobs/<jid>/checkpoints: state_size, checkpointed_size);
-3. SIGTERM to the launcher: it stops the job with a savepoint (timed; its size on disk is measured);
+3. SIGTERM to the launcher: it stops the job with a savepoint (timed; its size on disk is measured). When the
+   savepoint does not complete within --savepoint-timeout-s, the launcher cancels the job and the restart resumes
+   from its newest retained checkpoint (reported as `stopped_with: checkpoint`);
 4. a small fixed batch of new customers (--batch-customers, ids past the history's) is produced;
 5. the same `journeys stream` command again, timed from the launcher's start to: the job submitted, the job RUNNING
    (/jobs/overview), every task RUNNING (state restored; /jobs/<jid>), and the warehouse having committed the batch
@@ -46,7 +48,7 @@ JOURNEYS = [sys.executable, "-m", "pipelines.cli"]
 # Measured: 6.1 records per customer at 200 customers, 6.4 at 1,000 (30 simulated days, seed 11)
 RECORDS_PER_CUSTOMER_30_DAYS = 6.4
 HISTORY_START = "2026-09-01"  # the generator's default first day
-STOP_TIMEOUT_S = 360  # the launcher's stop-with-savepoint waits up to 300 s for the savepoint itself
+STOP_TIMEOUT_S = 360  # the launcher's stop-with-savepoint waits up to 300 s (its default) for the savepoint itself
 
 
 # --- helpers the other Flink bench scripts import ---------------------------------------------------------------
@@ -206,7 +208,9 @@ def one_history(n: int, args, work: Path) -> dict:
     published = warehouse.with_suffix(".published.duckdb")
     log = work / f"n{n}.log"
     stream_args = ["--runner", "FlinkRunner", "--topic-prefix", prefix, "--warehouse", str(warehouse),
-                   "--commit-every-s", str(args.commit_every_s), "--log-every-s", "30", *args.stream_arg]
+                   "--commit-every-s", str(args.commit_every_s), "--log-every-s", "30",
+                   "--savepoint-timeout-s", str(args.savepoint_timeout_s), *args.stream_arg]
+    stop_timeout_s = args.savepoint_timeout_s + 180  # and the cancel after it
     name = stream_job_name(stream_args)
     customers = max(1, round(n / RECORDS_PER_CUSTOMER_30_DAYS))
     result = {"events_requested": n, "customers": customers, "topic_prefix": prefix, "job_name": name,
@@ -233,14 +237,18 @@ def one_history(n: int, args, work: Path) -> dict:
                                                 "checkpointed_mib": mib(checkpoint["checkpointed_size"]),
                                                 "duration_s": checkpoint["end_to_end_duration"] / 1000}
     finally:
-        result["stop_with_savepoint_s"] = stop_stream(first)
+        result["stop_s"] = stop_stream(first, stop_timeout_s)
         result["left_running_cancelled"] = cancel_jobs(name)
-    where = re.findall(r"with a savepoint at (file:[^;\s]+)", log.read_text(errors="replace"))
-    if not where:
-        raise SystemExit(f"N={n}: the launcher logged no savepoint; see {log}")
-    savepoint = Path(where[-1].removeprefix("file:"))
-    result["savepoint"] = str(savepoint)
-    result["savepoint_mib"] = mib(folder_bytes(savepoint))
+    stopped = log.read_text(errors="replace")
+    where = re.findall(r"with a savepoint at (file:[^;\s]+)", stopped)
+    fallback = re.findall(r"cancelled it instead; a restart resumes from its newest retained checkpoint, (/\S+)",
+                          stopped)
+    if not (where or fallback):
+        raise SystemExit(f"N={n}: the launcher logged neither a savepoint nor a checkpoint to resume from; see {log}")
+    result["stopped_with"] = "savepoint" if where else "checkpoint"
+    snapshot = Path(where[-1].removeprefix("file:")) if where else Path(fallback[-1])
+    result["resumes_from"] = str(snapshot)
+    result["snapshot_mib"] = mib(folder_bytes(snapshot))
 
     # new customers, after the history's last day: the restart has them, and only them, to read
     generate(prefix, args.batch_customers, args.seed + 1, args.days, _after(HISTORY_START, args.days), log,
@@ -271,11 +279,11 @@ def one_history(n: int, args, work: Path) -> dict:
             result["restored_from"] = restored.get("external_path")
             result["restored_from_savepoint"] = restored.get("is_savepoint")
     finally:
-        result["second_stop_s"] = stop_stream(second)
+        result["second_stop_s"] = stop_stream(second, stop_timeout_s)
         result["left_running_cancelled"] += cancel_jobs(name)
     for mark in ("submitted", "running", "tasks_running", "caught_up"):
         result[f"restart_to_{mark}_s"] = round(marks[mark] - restarted, 2) if mark in marks else None
-    # the restart's launcher names what it resumed from: the savepoint just taken, not the topics' start
+    # the restart's launcher names what it resumed from: the snapshot just taken, not the topics' start
     resumed = re.findall(rf"resuming {name} from (\S+)", log.read_text(errors="replace"))
     result["launcher_resumed_from"] = resumed[-1] if resumed else None
     if not args.keep_state:
@@ -302,6 +310,9 @@ def main() -> None:
     parser.add_argument("--catch-up-timeout-s", type=float, default=4 * 3600,
                         help="longest wait for the first run to commit the history")
     parser.add_argument("--restart-timeout-s", type=float, default=900)
+    parser.add_argument("--savepoint-timeout-s", type=float, default=900,
+                        help="`journeys stream --savepoint-timeout-s`: then it cancels the job, and the restart resumes "
+                             "from the newest retained checkpoint (default: %(default)s)")
     parser.add_argument("--max-ratio", type=float, default=1.5,
                         help="verdict: 'does not grow' when the largest history's restart-to-caught-up is at most "
                              "this times the smallest's (default: %(default)s)")
@@ -318,8 +329,8 @@ def main() -> None:
         raise SystemExit("the Flink cluster is not running: journeys flink up (with the same JOURNEYS_FLINK_PORT)")
     work = Path(tempfile.mkdtemp(prefix="flink-restart-"))
     runs = [one_history(n, args, work) for n in sizes]
-    rows = [(r["records"], r["customers"], r["first_run_caught_up_s"], r["stop_with_savepoint_s"],
-             r["savepoint_mib"], (r.get("checkpoint_before_stop") or {}).get("state_mib"), r["restart_to_submitted_s"],
+    rows = [(r["records"], r["customers"], r["first_run_caught_up_s"], r["stop_s"], r["stopped_with"],
+             r["snapshot_mib"], (r.get("checkpoint_before_stop") or {}).get("state_mib"), r["restart_to_submitted_s"],
              r["restart_to_running_s"], r["restart_to_tasks_running_s"], r["restart_to_caught_up_s"]) for r in runs]
     small, large = runs[0], runs[-1]
     verdict = {}
@@ -332,8 +343,8 @@ def main() -> None:
                           "restart time grows with history")
     report({"benchmark": "flink_restart", "work_dir": str(work), "flink": cluster().rest,
             "batch_customers": args.batch_customers, "runs": runs, **verdict}, args.json)
-    print_table(("records", "customers", "1st run s", "stop s", "savepoint MiB", "checkpoint MiB", "to submitted s",
-                 "to RUNNING s", "to tasks s", "to caught up s"), rows)
+    print_table(("records", "customers", "1st run s", "stop s", "stopped with", "snapshot MiB", "checkpoint MiB",
+                 "to submitted s", "to RUNNING s", "to tasks s", "to caught up s"), rows)
     print(f"{verdict['verdict']}: {small['records']:,} → {large['records']:,} records, "
           f"restart to caught up x{grows}, to RUNNING x{verdict.get('restart_to_running_ratio')} "
           f"(threshold x{args.max_ratio})")
