@@ -14,7 +14,10 @@ Two keyed, stateful steps:
 
 Touches no order used form non-converting paths for the data-driven models, defined in event time so that a
 backfill and a stream cut them alike: starting at a customer's earliest unused touch, a path takes every unused
-touch within one lookback window of it; the next path starts at the next unused touch after that.
+touch within one lookback window of it; the next path starts at the next unused touch after that. A touch that
+reaches the step after its path left (late data; or on Flink, a stitched touch overtaken by the watermark) cuts
+the customer's paths again: the ones that changed leave again with a higher revision, and one that no longer
+exists leaves as a retraction, so the data-driven fits end as a backfill's.
 """
 from __future__ import annotations
 
@@ -175,6 +178,13 @@ class _Journey:
     done: list = field(default_factory=list)  # attributed orders that may still be corrected or reversed
     reversals: list = field(default_factory=list)  # cancellations and refunds
     unused: list = field(default_factory=list)  # expired touches no order used, until their path is complete
+    paths: list = field(default_factory=list)  # non-converting paths that left (touch lists), while correctable
+    emissions: int = 0  # non-converting paths and retractions sent: each one's revision
+    settled: dt.datetime | None = None  # the latest cutoff a timer reached: event time up to it is complete
+
+    def __setstate__(self, stored: dict) -> None:
+        # State written before a field existed (a savepoint of an older job) gets its default.
+        self.__dict__.update({**_Journey().__dict__, **stored})
 
 
 class _Attribute(beam.DoFn):
@@ -225,7 +235,8 @@ class _Attribute(beam.DoFn):
                    + [t["time"] + self.config.lookback for t in journey.touches]
                    + [o["event_time"] + self.horizon for o in journey.done]
                    + [r["event_time"] + self.horizon for r in journey.reversals]
-                   + [t["time"] + 2 * self.config.lookback for t in journey.unused[:1]])  # kept sorted
+                   + [t["time"] + 2 * self.config.lookback for t in journey.unused[:1]]  # kept sorted
+                   + [p[0]["time"] + 2 * self.config.lookback + self.horizon for p in journey.paths[:1]])
         if not moments:
             state.clear()
             return
@@ -246,19 +257,11 @@ class _Attribute(beam.DoFn):
             yield from self._attributed(key, order, journey)
         # A touch no order can use any more leaves state; an unused one waits for its non-converting path.
         lookback = self.config.lookback
-        unused = journey.unused + [t for t in journey.touches
-                                   if t["time"] + lookback <= cutoff and t["touch_id"] not in journey.used]
-        unused.sort(key=lambda t: (t["time"], t["touch_id"]))
-        # A path starting at t0 is complete once every touch up to t0 + lookback has expired: t0 + 2 lookbacks.
-        while unused and unused[0]["time"] + 2 * lookback <= cutoff:
-            end = unused[0]["time"] + lookback
-            steps = [t for t in unused if t["time"] <= end]
-            unused = unused[len(steps):]
-            yield beam.pvalue.TaggedOutput(PATHS, {"customer_id": key, "order_id": None, "converted": False,
-                                                   "time": steps[-1]["time"],
-                                                   "channels": [t["channel"] for t in steps],
-                                                   "touch_ids": [t["touch_id"] for t in steps],
-                                                   "revenue": 0.0})
+        expired = [t for t in journey.touches if t["time"] + lookback <= cutoff and t["touch_id"] not in journey.used]
+        # A timer's own time may lag behind one that fired before (a late touch sets one in the past): the paths
+        # are cut as of the latest cutoff reached, which the watermark has passed.
+        settled = max(cutoff, journey.settled or cutoff)
+        yield from self._cut_paths(key, journey, journey.unused + expired, settled)
         touches = [t for t in journey.touches if t["time"] + lookback > cutoff]
         journey = _Journey(
             touches=touches,
@@ -266,8 +269,32 @@ class _Attribute(beam.DoFn):
             pending=[o for o in journey.pending if o["event_time"] > cutoff],
             done=[o for o in journey.done + ready if o["event_time"] + self.horizon > cutoff],
             reversals=[r for r in journey.reversals if r["event_time"] + self.horizon > cutoff],
-            unused=unused)
+            unused=journey.unused, paths=journey.paths, emissions=journey.emissions, settled=settled)
         self._save(state, due, journey)
+
+    def _cut_paths(self, key: str, journey: _Journey, unused: list[dict], settled: dt.datetime):
+        """Cut the unused touches and those of the paths that left into paths (non_converting_paths); send the
+        complete ones that are new or changed, and a retraction for each path that left and is no longer one.
+        Updates journey.unused (touches of incomplete paths) and journey.paths (complete paths still correctable:
+        until their start + 2 lookbacks + the horizon)."""
+        lookback = self.config.lookback
+        sent = {p[0]["touch_id"]: p for p in journey.paths}
+        cut = non_converting_paths(unused + [t for p in journey.paths for t in p], lookback)
+        # A path starting at t0 is complete once every touch up to t0 + lookback has expired: t0 + 2 lookbacks.
+        complete = [p for p in cut if p[0]["time"] + 2 * lookback <= settled]
+        journey.unused = [t for p in cut[len(complete):] for t in p]
+        for path in complete:
+            before = sent.pop(path[0]["touch_id"], None)
+            if before is not None and [t["touch_id"] for t in before] == [t["touch_id"] for t in path]:
+                continue
+            journey.emissions += 2
+            if before is not None:  # its time may be another window's: that window drops the old one
+                yield beam.pvalue.TaggedOutput(PATHS, _retraction(key, before, journey.emissions - 1))
+            yield beam.pvalue.TaggedOutput(PATHS, _non_converting(key, path, journey.emissions))
+        for gone in sent.values():  # no longer a path's start
+            journey.emissions += 1
+            yield beam.pvalue.TaggedOutput(PATHS, _retraction(key, gone, journey.emissions))
+        journey.paths = [p for p in complete if p[0]["time"] + 2 * lookback + self.horizon > settled]
 
     def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict]):
         """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status):
@@ -293,6 +320,30 @@ class _Attribute(beam.DoFn):
                            "touch_time": path[index].time, "channel": path[index].channel, "credit": credit,
                            "revenue_credit": sign * float(value) * credit, "currency": order["currency"],
                            "revision": revision, "group_rows": group_rows}
+
+
+def non_converting_paths(touches: list[dict], lookback: dt.timedelta) -> list[list[dict]]:
+    """Unused touches cut into paths: each starts at the earliest touch left and takes every touch within one
+    lookback of it."""
+    rest = sorted(touches, key=lambda t: (t["time"], t["touch_id"]))
+    paths = []
+    while rest:
+        end = rest[0]["time"] + lookback
+        path = [t for t in rest if t["time"] <= end]
+        paths.append(path)
+        rest = rest[len(path):]
+    return paths
+
+
+def _non_converting(customer_id: str, steps: list[dict], revision: int) -> dict:
+    return {"customer_id": customer_id, "order_id": None, "converted": False, "time": steps[-1]["time"],
+            "channels": [t["channel"] for t in steps], "touch_ids": [t["touch_id"] for t in steps],
+            "revenue": 0.0, "revision": revision}
+
+
+def _retraction(customer_id: str, steps: list[dict], revision: int) -> dict:
+    """A path that left and is no longer one, at its old time: the window that counted it drops it."""
+    return {**_non_converting(customer_id, steps, revision), "retracted": True}
 
 
 def emission_revision(touches: dict, reversals: list[dict]) -> int:
@@ -367,24 +418,32 @@ class DataDrivenAttribution(beam.PTransform):
     converting and non-converting paths, with the conversions and revenue each model credits to each channel
     (every converting path split by data_driven_credits).
 
-    A window is fitted once, when it is complete: its last non-converting path is known two lookbacks (plus the
-    allowed lateness) after its end. Each path is stamped with that moment (never earlier than it was emitted)
-    and grouped in a window shifted by it, so the watermark fires the fit then, in a stream as in a backfill.
+    A window is fitted when it is complete: its last non-converting path is known two lookbacks (plus the
+    allowed lateness) after its end. Each path is stamped with that moment and grouped in a window shifted by
+    it, so the watermark fires the fit then, in a stream as in a backfill. A path that comes after that (corrected
+    or retracted by AttributeOrders) fits the window again, with every path it had (late firings, accumulating),
+    for `retention_days` after the window completed; the latest fit replaces the window's rows.
     """
 
-    def __init__(self, window_days: float = 7.0, config: JourneyConfig = JourneyConfig()):
+    def __init__(self, window_days: float = 7.0, config: JourneyConfig = JourneyConfig(),
+                 retention_days: float = 400.0):
         super().__init__()
         self.window = dt.timedelta(days=window_days)
         self.config = config
+        self.retention = dt.timedelta(days=retention_days)
 
     def expand(self, paths):
+        from apache_beam.transforms.trigger import AccumulationMode, AfterCount, AfterWatermark
         from apache_beam.transforms.window import FixedWindows
 
         settle = 2 * self.config.lookback + dt.timedelta(seconds=self.config.allowed_lateness_s)
         size = self.window.total_seconds()
         return (paths
                 | "StampComplete" >> beam.Map(_stamp_complete, self.window, settle)
-                | "Window" >> beam.WindowInto(FixedWindows(size, offset=settle.total_seconds() % size))
+                | "Window" >> beam.WindowInto(FixedWindows(size, offset=settle.total_seconds() % size),
+                                              trigger=AfterWatermark(late=AfterCount(1)),
+                                              accumulation_mode=AccumulationMode.ACCUMULATING,
+                                              allowed_lateness=Duration(seconds=self.retention.total_seconds()))
                 | "Gather" >> beam.GroupByKey()
                 | "Fit" >> beam.FlatMap(_fit_window, self.window, self.config.attribution))
 
@@ -400,15 +459,17 @@ def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
     from transforms.attribution import markov_removal_effects, shapley_values
 
     start = dt.datetime.fromisoformat(element[0])
-    # A corrected order's path comes again with a higher revision: keep the latest. Then a fixed order, so that
-    # sums of floats come out the same however the paths arrived.
+    # A corrected path comes again with a higher revision: keep the latest, unless that is its retraction. Then
+    # a fixed order, so that sums of floats come out the same however the paths arrived.
     latest = {}
     for path in element[1]:
         key = path["order_id"] or (path["customer_id"], path["touch_ids"][0])
         if key not in latest or path.get("revision", 0) > latest[key].get("revision", 0):
             latest[key] = path
-    window_paths = sorted(latest.values(),
+    window_paths = sorted((p for p in latest.values() if not p.get("retracted")),
                           key=lambda p: (p["time"], p["customer_id"], [i or "" for i in p["touch_ids"]]))
+    if not window_paths:
+        return
     fitted = [(p["channels"], p["converted"]) for p in window_paths]
     markov = markov_removal_effects(fitted, order=config.markov_order)
     shapley = shapley_values(fitted, config.shapley_exact_max_channels, config.shapley_samples, config.seed)
