@@ -56,7 +56,8 @@ def _attribute_and_fit(touches, path: str) -> None:
 def _stream(path: str) -> None:
     stream = (TestStream()
               .add_elements([TimestampedValue(t, _at(t[1]["time"])) for t in ON_TIME])
-              .advance_watermark_to(_at(MAY + dt.timedelta(days=120)))  # C1's first path and its window are done
+              # C1's first path and its window are done; months on, as a flush moves a replayed history on
+              .advance_watermark_to(_at(dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)))
               .add_elements([TimestampedValue(t, _at(t[1]["time"])) for t in LATE])
               .advance_watermark_to_infinity())
     with TestPipeline(options=PipelineOptions(runner_args("PrismRunner", streaming=True))) as pipeline:

@@ -46,6 +46,10 @@ class JourneyConfig:
     attribution: AttributionConfig = AttributionConfig()
     allowed_lateness_s: float = 3600.0
     reversal_horizon_days: float = 120.0  # how long an attributed order waits for a cancellation or refund
+    # How long a non-converting path and its data-driven window stay correctable by a touch that comes late, in
+    # event time after they are complete. Long, because a flush (--flush-after-idle-s) moves a replayed history's
+    # event time on by months in one step.
+    correction_days: float = 400.0
     touch_interactions: frozenset = CLICK_THROUGH | VIEW_THROUGH  # which social interactions count as touches
     channels: ChannelRules = ChannelRules()
     rates: ExchangeRates = ExchangeRates()  # the data-driven models add up orders of different currencies
@@ -53,6 +57,10 @@ class JourneyConfig:
     @property
     def lookback(self) -> dt.timedelta:
         return dt.timedelta(days=self.attribution.lookback_days)
+
+    @property
+    def correction(self) -> dt.timedelta:
+        return dt.timedelta(days=self.correction_days)
 
 
 def _add(bag, record) -> None:
@@ -178,7 +186,7 @@ class _Journey:
     done: list = field(default_factory=list)  # attributed orders that may still be corrected or reversed
     reversals: list = field(default_factory=list)  # cancellations and refunds
     unused: list = field(default_factory=list)  # expired touches no order used, until their path is complete
-    paths: list = field(default_factory=list)  # non-converting paths that left (touch lists), while correctable
+    paths: list = field(default_factory=list)  # non-converting paths that left (their steps), while correctable
     emissions: int = 0  # non-converting paths and retractions sent: each one's revision
     settled: dt.datetime | None = None  # the latest cutoff a timer reached: event time up to it is complete
 
@@ -236,7 +244,7 @@ class _Attribute(beam.DoFn):
                    + [o["event_time"] + self.horizon for o in journey.done]
                    + [r["event_time"] + self.horizon for r in journey.reversals]
                    + [t["time"] + 2 * self.config.lookback for t in journey.unused[:1]]  # kept sorted
-                   + [p[0]["time"] + 2 * self.config.lookback + self.horizon for p in journey.paths[:1]])
+                   + [p[0]["time"] + 2 * self.config.lookback + self.config.correction for p in journey.paths[:1]])
         if not moments:
             state.clear()
             return
@@ -275,8 +283,8 @@ class _Attribute(beam.DoFn):
     def _cut_paths(self, key: str, journey: _Journey, unused: list[dict], settled: dt.datetime):
         """Cut the unused touches and those of the paths that left into paths (non_converting_paths); send the
         complete ones that are new or changed, and a retraction for each path that left and is no longer one.
-        Updates journey.unused (touches of incomplete paths) and journey.paths (complete paths still correctable:
-        until their start + 2 lookbacks + the horizon)."""
+        Updates journey.unused (touches of incomplete paths) and journey.paths (the steps of complete paths while
+        they can be corrected: until their start + 2 lookbacks + the correction time)."""
         lookback = self.config.lookback
         sent = {p[0]["touch_id"]: p for p in journey.paths}
         cut = non_converting_paths(unused + [t for p in journey.paths for t in p], lookback)
@@ -294,7 +302,8 @@ class _Attribute(beam.DoFn):
         for gone in sent.values():  # no longer a path's start
             journey.emissions += 1
             yield beam.pvalue.TaggedOutput(PATHS, _retraction(key, gone, journey.emissions))
-        journey.paths = [p for p in complete if p[0]["time"] + 2 * lookback + self.horizon > settled]
+        journey.paths = [[_step(t) for t in p] for p in complete
+                         if p[0]["time"] + 2 * lookback + self.config.correction > settled]
 
     def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict]):
         """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status):
@@ -333,6 +342,11 @@ def non_converting_paths(touches: list[dict], lookback: dt.timedelta) -> list[li
         paths.append(path)
         rest = rest[len(path):]
     return paths
+
+
+def _step(touch: dict) -> dict:
+    """What a non-converting path keeps of a touch while it can be corrected."""
+    return {"touch_id": touch["touch_id"], "time": touch["time"], "channel": touch["channel"]}
 
 
 def _non_converting(customer_id: str, steps: list[dict], revision: int) -> dict:
@@ -422,15 +436,13 @@ class DataDrivenAttribution(beam.PTransform):
     allowed lateness) after its end. Each path is stamped with that moment and grouped in a window shifted by
     it, so the watermark fires the fit then, in a stream as in a backfill. A path that comes after that (corrected
     or retracted by AttributeOrders) fits the window again, with every path it had (late firings, accumulating),
-    for `retention_days` after the window completed; the latest fit replaces the window's rows.
+    for the config's correction time after the window completed; the latest fit replaces the window's rows.
     """
 
-    def __init__(self, window_days: float = 7.0, config: JourneyConfig = JourneyConfig(),
-                 retention_days: float = 400.0):
+    def __init__(self, window_days: float = 7.0, config: JourneyConfig = JourneyConfig()):
         super().__init__()
         self.window = dt.timedelta(days=window_days)
         self.config = config
-        self.retention = dt.timedelta(days=retention_days)
 
     def expand(self, paths):
         from apache_beam.transforms.trigger import AccumulationMode, AfterCount, AfterWatermark
@@ -443,7 +455,8 @@ class DataDrivenAttribution(beam.PTransform):
                 | "Window" >> beam.WindowInto(FixedWindows(size, offset=settle.total_seconds() % size),
                                               trigger=AfterWatermark(late=AfterCount(1)),
                                               accumulation_mode=AccumulationMode.ACCUMULATING,
-                                              allowed_lateness=Duration(seconds=self.retention.total_seconds()))
+                                              allowed_lateness=Duration(
+                                                  seconds=self.config.correction.total_seconds()))
                 | "Gather" >> beam.GroupByKey()
                 | "Fit" >> beam.FlatMap(_fit_window, self.window, self.config.attribution))
 
