@@ -286,8 +286,12 @@ class _Attribute(beam.DoFn):
         Updates journey.unused (touches of incomplete paths) and journey.paths (the steps of complete paths while
         they can be corrected: until their start + 2 lookbacks + the correction time)."""
         lookback = self.config.lookback
-        sent = {p[0]["touch_id"]: p for p in journey.paths}
-        cut = non_converting_paths(unused + [t for p in journey.paths for t in p], lookback)
+        # Paths that end before the earliest touch to cut are cut alike whatever follows: only a late touch reopens
+        # the ones it reaches, so on time nothing that left is cut again.
+        earliest = min((t["time"] for t in unused), default=None)
+        kept = [p for p in journey.paths if earliest is None or p[0]["time"] + lookback < earliest]
+        sent = {p[0]["touch_id"]: p for p in journey.paths[len(kept):]}
+        cut = non_converting_paths(unused + [t for p in sent.values() for t in p], lookback)
         # A path starting at t0 is complete once every touch up to t0 + lookback has expired: t0 + 2 lookbacks.
         complete = [p for p in cut if p[0]["time"] + 2 * lookback <= settled]
         journey.unused = [t for p in cut[len(complete):] for t in p]
@@ -302,7 +306,7 @@ class _Attribute(beam.DoFn):
         for gone in sent.values():  # no longer a path's start
             journey.emissions += 1
             yield beam.pvalue.TaggedOutput(PATHS, _retraction(key, gone, journey.emissions))
-        journey.paths = [[_step(t) for t in p] for p in complete
+        journey.paths = [[_step(t) for t in p] for p in kept + complete
                          if p[0]["time"] + 2 * lookback + self.config.correction > settled]
 
     def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict]):
