@@ -81,9 +81,10 @@ def _rows(table, result) -> list[tuple]:
     return sorted(tuple(str(v) for k, v in sorted(row.items()) if k not in skip) for row in rows)
 
 
-def start_job(prefix, sink, run, env: dict | None = None, runner: str = "PrismRunner"):
+def start_job(prefix, sink, run, env: dict | None = None, runner: str = "PrismRunner", options=()):
+    """`journeys stream` with STREAM_OPTIONS; `options` come after them, so they override."""
     command = [sys.executable, "-m", "pipelines.cli", "stream", "--runner", runner, "--topic-prefix", prefix,
-               *sink.args(run), *STREAM_OPTIONS]
+               *sink.args(run), *STREAM_OPTIONS, *options]
     log = open(sink.tmp_path / f"{run}.log", "ab")
     # Its own session: SIGKILL to the group takes the job's Prism runner with it, as a crashed host would (a job on
     # a Flink cluster runs on: the next launcher takes it over).
@@ -93,12 +94,12 @@ def start_job(prefix, sink, run, env: dict | None = None, runner: str = "PrismRu
 
 @contextlib.contextmanager
 def started_jobs(prefix, sink, runner: str = "PrismRunner"):
-    """start(run, env=None) → a streaming job; every job started is killed on the way out, also when a test fails
-    half-way (a job on a Flink cluster runs on: cancel it too, see the flink_jobs fixture)."""
+    """start(run, env=None, options=()) → a streaming job; every job started is killed on the way out, also when a
+    test fails half-way (a job on a Flink cluster runs on: cancel it too, see the flink_jobs fixture)."""
     started = []
 
-    def start(run: str, env: dict | None = None):
-        started.append(start_job(prefix, sink, run, env, runner))
+    def start(run: str, env: dict | None = None, options=()):
+        started.append(start_job(prefix, sink, run, env, runner, options))
         return started[-1]
 
     try:

@@ -184,7 +184,9 @@ def test_a_schema_changed_compatibly_mid_stream_loses_nothing(kafka, topic_prefi
     half = len(records) // 2
     produce(records[:half], kafka, topic_prefix=topic_prefix)
     env = {REGISTERED_DIR_ENV: str(registered)}
-    job = jobs("evolving", env=env)
+    # The second half must come before a flush makes it late (late records stitch otherwise), and on a loaded
+    # machine the first half's commit can come later than FLUSH_AFTER_S after its partitions were read to the end.
+    job = jobs("evolving", env=env, options=["--flush-after-idle-s", "300"])
     wait_for(lambda: committed(sink.snapshot("evolving")) == half, "the first half committed")
     time.sleep(15)  # every partition read to its end and quiet past --idle-after-s (10 s): idle
 
