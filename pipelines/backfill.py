@@ -2,9 +2,10 @@
 
     journeys backfill [--runner FnApiRunner] --warehouse .local/warehouse/journeys.duckdb
 
-Reads every topic from its earliest offset to the end offsets seen at launch, computes every table and lands them
-through the data-quality gate (rows breaking a row rule go to `quarantine`) with those end offsets and the dead
-letters in one commit, validates the landed tables (results in `dq_results`, alerts) and publishes a copy for BI
+Reads every topic from its earliest offset to the end offsets seen at launch, computes every table (each bundle
+stages its rows in Parquet files, transforms/staging.py: no step gathers the rows) and lands them through the
+data-quality gate (rows breaking a row rule go to `quarantine`) with those end offsets and the dead letters in one
+commit, validates the landed tables (results in `dq_results`, alerts) and publishes a copy for BI
 readers unless a block-severity expectation failed: then it exits 2. Running it again recomputes the same rows
 and upserts them: nothing is counted twice.
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindows
 
 import schemas
 from pipelines.runners import (BATCH_RUNNER, add_kafka_pipeline_args, add_quality_args, add_warehouse_args,
@@ -27,32 +29,47 @@ from transforms.kafka_connection import KafkaConnection
 from transforms.kafka_source import ReadFromKafka, StartAt, resolve_launch
 from transforms.progress import LogProgress
 from transforms.data_quality import ValidatedLanding, new_run_id
-from transforms.warehouse import latest_rows, open_warehouse
+from transforms.staging import StageTables
+from transforms.warehouse import open_warehouse
 
 log = logging.getLogger("journeys.backfill")
 
 
-class _CommitAll(beam.DoFn):
-    """Every table's rows, gathered under one key, landed through the quality gate with the end offsets."""
+class _CommitStaged(beam.DoFn):
+    """Every table's staging files (a handful of paths per bundle) landed through the quality gate with the end
+    offsets, in one commit; the run's staging directory is removed after."""
 
-    def __init__(self, target, offsets: dict, quality, run_id: str):
+    def __init__(self, target, offsets: dict, quality, run_id: str, directory: str):
         self.target = target
         self.offsets = offsets
         self.quality = quality
         self.run_id = run_id
+        self.directory = directory
 
     def process(self, element):
-        by_table: dict[str, list] = {}
-        for table, row in element[1]:
-            by_table.setdefault(table, []).append(row)
-        rows = {table: latest_rows(table, by_table.get(table, [])) for table in (*TABLES, "dead_letters")}
+        files: dict[str, list[str]] = {}
+        for table, path in element[1]:
+            files.setdefault(table, []).append(path)
         warehouse = open_warehouse(self.target)
         try:
-            landing = ValidatedLanding(warehouse, self.quality, "backfill").land(rows, self.offsets, self.run_id)
+            landing = ValidatedLanding(warehouse, self.quality, "backfill").land_staged(
+                files, self.offsets, self.run_id, spill_dir=str(Path(self.directory) / "spill"))
         finally:
             warehouse.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+            try:
+                Path(self.directory).parent.rmdir()  # the staging directory, once no other run stages there
+            except OSError:
+                pass
         yield {"published": str(landing.published), "quarantined": landing.quarantined,
-               **{table: len(table_rows) for table, table_rows in rows.items()}}
+               **{table: landing.landed.get(table, 0) for table in (*TABLES, "dead_letters")}}
+
+
+def staging_directory(args) -> str:
+    """Where this run's bundles stage their rows (default: beside the DuckDB file). Every worker and the committing
+    one must see it: a shared mount on a cluster of several hosts."""
+    base = Path(args.staging_dir) if args.staging_dir else Path(args.warehouse).with_suffix(".staging")
+    return str((base / args.run_id).absolute())
 
 
 def build(pipeline, args, connection: KafkaConnection):
@@ -70,14 +87,13 @@ def build(pipeline, args, connection: KafkaConnection):
     replay = args.runner == BATCH_RUNNER
     tables = messages | "Tables" >> TablesFromMessages(
         decoder, TablesConfig(update_every_s=None, replay_keyed_state=replay))
-    # data_driven_attribution comes out of event-time windows: all tables into one window before they meet
-    tagged = [rows | f"Unwindow{name}" >> beam.WindowInto(GlobalWindows())
-              | f"Tag{name}" >> beam.Map(lambda row, name=name: (name, row)) for name, rows in tables.items()]
-    return (tagged | "AllTables" >> beam.Flatten()
-            | "OneWriter" >> beam.Map(lambda table_row: (None, table_row))
+    directory = staging_directory(args)
+    return (tables | "Stage" >> StageTables(directory)
+            | "OneCommit" >> beam.Map(lambda staged: (None, staged))
             | "WhenAllIn" >> updating_global_window(messages, None)
             | "Gather" >> beam.GroupByKey()
-            | "Commit" >> beam.ParDo(_CommitAll(warehouse_target(args), end_offsets, quality_config(args), args.run_id))
+            | "Commit" >> beam.ParDo(_CommitStaged(warehouse_target(args), end_offsets, quality_config(args),
+                                                   args.run_id, directory))
             | "Report" >> beam.Map(lambda summary: print(summary, flush=True)))
 
 
@@ -88,6 +104,9 @@ def parse_args(argv=None):
     add_warehouse_args(parser)
     add_quality_args(parser)
     parser.add_argument("--log-every-s", type=float, default=10.0, help="progress log interval")
+    parser.add_argument("--staging-dir", help="where bundles stage table rows before the one commit (default: "
+                                              "beside the DuckDB file); on a cluster of several hosts, a directory "
+                                              "every worker shares")
     return parser.parse_known_args(argv)
 
 

@@ -72,3 +72,35 @@ def test_an_emission_split_between_commits_lands_only_whole(tmp_path):
     deliver((TICK,))
     assert stored() == [("last_touch", 2, 1.0, 2), ("linear", 2, 1.0, 2)]
     writer.teardown()
+
+
+def test_a_failed_commit_of_rows_alone_is_reported_as_landing_nothing(tmp_path, caplog, monkeypatch):
+    """A commit that carries rows but no new read position (the rest of an emission, a table update) stores the
+    offsets the warehouse already holds: which step failed, not the offsets, says whether its rows landed."""
+    import pytest
+
+    from test_data_quality import touch
+
+    writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
+                                 quality=QualityConfig())
+    writer.setup()
+    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
+    deliver = lambda item: list(writer.process((None, item), **state))
+    deliver((READ, PARTITION, 5))
+    assert deliver((TICK,))[0]["read"] == {PARTITION: 5}
+
+    def refuse(*args, **kwargs):
+        raise OSError("Operation not permitted")
+
+    deliver(("touchpoints", (0,), touch("t1")))  # pending: the next tick commits it
+    for step, told in (("commit", "nothing of this commit landed: no offset advanced past the last good commit "
+                                  "(5 records)"),
+                       ("publish", "this commit's rows landed with their offsets (5 records), but the publish "
+                                   "after it failed")):
+        monkeypatch.setattr(writer.warehouse, step, refuse)
+        caplog.clear()
+        with pytest.raises(OSError):
+            deliver((TICK,))
+        assert told in caplog.text
+        monkeypatch.undo()
+    writer.teardown()

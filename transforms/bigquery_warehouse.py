@@ -138,9 +138,12 @@ class BigQueryWarehouse:
         finally:
             self.client.delete_table(staging_id, not_found_ok=True)
 
-    def commit(self, rows_by_table: dict[str, list[dict]], offsets: dict[tuple[str, int], int] | None = None) -> None:
-        """MERGE the rows by primary key, then the offsets (never backwards): a retry or a replay is harmless."""
+    def commit(self, rows_by_table: dict, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """MERGE the rows by primary key, then the offsets (never backwards): a retry or a replay is harmless. A
+        table's rows come as dicts, or as an Arrow table of its contract's columns (and RETRACTED)."""
         for table, rows in rows_by_table.items():
+            if not isinstance(rows, list):  # Arrow: its RETRACTED column says False where a dict leaves it out
+                rows = [{k: v for k, v in row.items() if k != RETRACTED or v} for row in rows.to_pylist()]
             if rows:
                 self.unpublished.add(table)
                 table_contract = contract(table)

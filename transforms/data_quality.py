@@ -15,7 +15,10 @@ import datetime as dt
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from schemas.contracts import contract, contracts
 from transforms.dq_alerts import Alerter, failing_now
@@ -25,6 +28,8 @@ from transforms.dq_suites import CHECKPOINT, Outcome, QualityConfig, build_data_
 
 log = logging.getLogger("journeys.quality")
 NOT_VALIDATED = ("quarantine", "dq_results", "channel_spend")  # written by the gate itself, or by the user
+GATE_CHUNK_ROWS = 200_000  # staged rows gated at once: the landing's memory grows with this, not with a table
+SCRATCH_MEMORY = "1GB"  # DuckDB's working memory for choosing the newest staged rows; it spills beyond
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Landing:
     published: object | None  # where readers find it; None when a block failure held it back
     data_docs: str | None
     seconds: dict
+    landed: dict = field(default_factory=dict)  # {table: rows landed}
 
     @property
     def blocked(self) -> list[Outcome]:
@@ -48,6 +54,22 @@ class Landing:
 def blocking(outcomes) -> list[Outcome]:
     """Failed block-severity expectations of the checkpoint: they hold publishing back."""
     return [o for o in outcomes if o.stage == CHECKPOINT and not o.success and o.severity == "block"]
+
+
+def merged(outcomes: list[Outcome]) -> list[Outcome]:
+    """One outcome per table and expectation from those of a table's chunks: passed only where every chunk passed."""
+    by_rule: dict = {}
+    for outcome in outcomes:
+        by_rule.setdefault((outcome.table, outcome.stage, outcome.expectation), []).append(outcome)
+    combined = []
+    for parts in by_rule.values():
+        shown = next((o for o in parts if not o.success), parts[0])
+        total = lambda name: (None if any(getattr(o, name) is None for o in parts)
+                              else sum(getattr(o, name) for o in parts))
+        combined.append(parts[0] if len(parts) == 1 else dataclasses.replace(
+            shown, success=all(o.success for o in parts), unexpected_count=total("unexpected_count"),
+            element_count=total("element_count"), unexpected_index=()))
+    return combined
 
 
 def new_run_id(kind: str) -> str:
@@ -65,31 +87,68 @@ class ValidatedLanding:
         self.run_kind = run_kind
         self.record = record  # False: a read-only warehouse, results are returned but not stored
         self.alerter = Alerter(config, failing_now(warehouse))
+        self.step = "commit"  # the landing's step under way: commit, checkpoint or publish (what an error stopped)
 
     def land(self, rows_by_table: dict[str, list[dict]], offsets: dict | None = None,
              run_id: str | None = None) -> Landing:
+        return self._land({table: [rows] for table, rows in rows_by_table.items()}, offsets, run_id, as_arrow=False)
+
+    def land_staged(self, files_by_table: dict[str, list[str]], offsets: dict | None = None,
+                    run_id: str | None = None, spill_dir: str | None = None) -> Landing:
+        """As land(), from staging files (transforms/staging.py): per table the newest row of each primary key,
+        chosen by DuckDB (spilling to `spill_dir`), gated in chunks of GATE_CHUNK_ROWS and committed as Arrow."""
+        import duckdb
+
+        from transforms.staging import latest_staged_sql
+
+        scratch = duckdb.connect()
+        scratch.execute("SET TimeZone = 'UTC'")
+        scratch.execute(f"SET memory_limit = '{SCRATCH_MEMORY}'")
+        if spill_dir:
+            scratch.execute("SET temp_directory = ?", [spill_dir])
+
+        def chunks(table: str, files: list[str]):
+            for batch in scratch.execute(latest_staged_sql(table, files)).fetch_record_batch(GATE_CHUNK_ROWS):
+                yield batch.to_pylist()
+
+        try:
+            return self._land({table: chunks(table, files) for table, files in files_by_table.items()}, offsets,
+                              run_id, as_arrow=True)
+        finally:
+            scratch.close()
+
+    def _land(self, chunks_by_table: dict, offsets: dict | None, run_id: str | None, as_arrow: bool) -> Landing:
+        from transforms.staging import retractable_batch
+
         run_id = run_id or new_run_id(self.run_kind)
         now = dt.datetime.now(dt.timezone.utc)
         seconds = {}
         started = time.perf_counter()
-        landing: dict[str, list[dict]] = {}
+        landing: dict[str, list] = {}
         quarantined: list[dict] = []
         gate_outcomes: list[Outcome] = []
-        for table, rows in rows_by_table.items():
-            if table in NOT_VALIDATED or not rows:
-                landing[table] = rows
-                continue
-            gated = gate(table, rows, run_id, now, self.config)
-            landing[table] = gated.passed
-            quarantined += gated.quarantined
-            gate_outcomes += gated.outcomes
+        for table, chunks in chunks_by_table.items():
+            parts = []
+            for rows in chunks:
+                if table not in NOT_VALIDATED and rows:
+                    gated = gate(table, rows, run_id, now, self.config)
+                    rows = gated.passed
+                    quarantined += gated.quarantined
+                    gate_outcomes += gated.outcomes
+                parts.append(retractable_batch(table, rows) if as_arrow else rows)
+            landing[table] = (pa.concat_tables(parts) if as_arrow and parts
+                              else [row for part in parts for row in part])
+        gate_outcomes = merged(gate_outcomes)
         seconds["row_gate"] = time.perf_counter() - started
         # The gate records failures, and the first pass after one (so the latest result says what fails now).
         recorded = [o for o in gate_outcomes if not o.success or (o.table, o.stage, o.expectation) in self.alerter.failing]
+        self.step = "commit"
         self.warehouse.commit({**landing, "quarantine": quarantined,
                                "dq_results": result_rows(recorded, run_id, self.run_kind, now)}, offsets)
-        return self._check(run_id, now, gate_outcomes, len(quarantined), [t for t, r in landing.items() if r
-                                                                           and t not in NOT_VALIDATED], seconds)
+        landed = {table: len(rows) for table, rows in landing.items()}
+        return dataclasses.replace(
+            self._check(run_id, now, gate_outcomes, len(quarantined),
+                        [t for t, n in landed.items() if n and t not in NOT_VALIDATED], seconds), landed=landed)
 
     def validate(self, tables: list[str], run_id: str | None = None) -> Landing:
         """The checkpoint alone, on what the warehouse holds now (journeys validate)."""
@@ -97,6 +156,7 @@ class ValidatedLanding:
         return self._check(run_id, dt.datetime.now(dt.timezone.utc), [], 0, tables, {}, after_landing=False)
 
     def _check(self, run_id, now, gate_outcomes, quarantined, touched, seconds, after_landing=True) -> Landing:
+        self.step = "checkpoint"
         started = time.perf_counter()
         scope = "after_gate" if after_landing and self.run_kind == "stream" else "all"
         outcomes = checkpoint(self.warehouse, touched, self.config, scope)
@@ -113,6 +173,7 @@ class ValidatedLanding:
             docs = build_data_docs(self.config.data_docs_dir).as_uri()
         self.alerter.alert(incidents, run_id, docs)
         blocked = blocking(outcomes)
+        self.step = "publish"
         published = None if blocked or self.run_kind == "validate" else self.warehouse.publish()
         if blocked and self.run_kind != "validate":
             log.error("run %s: block-severity expectations failed; not published (readers keep the last good "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.contracts import RETRACTED, contract, contracts, views
 
@@ -40,22 +41,22 @@ class DuckDBWarehouse:
         for name, query in views().items():
             self.connection.execute(f'CREATE OR REPLACE VIEW "{name}" AS {query.format(tables="")}')
 
-    def commit(self, rows_by_table: dict[str, list[dict]], offsets: dict[tuple[str, int], int] | None = None) -> None:
+    def commit(self, rows_by_table: dict[str, list[dict] | pa.Table],
+               offsets: dict[tuple[str, int], int] | None = None) -> None:
         """Upsert the rows (delete the retracted ones) and advance the offsets, all or nothing. Offsets never move
-        backwards."""
+        backwards. A table's rows come as dicts, or as an Arrow table of its contract's columns (and RETRACTED)."""
         con = self.connection
         con.execute("BEGIN TRANSACTION")
         try:
             for table, rows in rows_by_table.items():
-                retracted = [row for row in rows if row.get(RETRACTED)]
-                landing = [row for row in rows if not row.get(RETRACTED)]
-                if landing and contract(table).newer_revision_only:
+                retracted, landing = _retracted_and_landing(table, rows)
+                if landing is not None and contract(table).newer_revision_only:
                     landing = self._newer_groups(table, landing)
-                for statements, batch_rows in (((_delete_sql(table),), retracted),
-                                               ((*_replace_groups_sql(table), _upsert_sql(table)), landing)):
-                    if batch_rows:
+                for statements, batch in (((_delete_sql(table),), retracted),
+                                          ((*_replace_groups_sql(table), _upsert_sql(table)), landing)):
+                    if batch is not None and batch.num_rows:
                         # One columnar batch per table: executemany would insert row by row (10 ms each).
-                        con.register("batch", _arrow_batch(table, batch_rows))
+                        con.register("batch", batch)
                         try:
                             for sql in statements:
                                 con.execute(sql)
@@ -74,19 +75,18 @@ class DuckDBWarehouse:
                 pass  # a COMMIT that failed has ended the transaction already; its own error is the one to tell
             raise
 
-    def _newer_groups(self, table: str, rows: list[dict]) -> list[dict]:
+    def _newer_groups(self, table: str, batch: pa.Table) -> pa.Table:
         """The rows of groups whose stored revision is not higher: an emission that reaches the warehouse after a
         newer one of its group (another bundle, another worker, a replay) leaves the newer one standing."""
-        group = [f'"{g}"' for g in contract(table).replace_group]
-        self.connection.register("incoming", _arrow_batch(table, rows))
+        group = ", ".join(f'"{g}"' for g in contract(table).replace_group)
+        self.connection.register("incoming", batch)
         try:
-            stored = {tuple(key): revision for *key, revision in self.connection.execute(
-                f'SELECT {", ".join(group)}, max(revision) FROM "{table}" '
-                f'SEMI JOIN incoming USING ({", ".join(group)}) GROUP BY ALL').fetchall()}
+            return self.connection.execute(
+                f'SELECT incoming.* FROM incoming LEFT JOIN (SELECT {group}, max(revision) AS stored_revision '
+                f'FROM "{table}" GROUP BY ALL) AS stored USING ({group}) '
+                f'WHERE stored_revision IS NULL OR incoming.revision >= stored_revision').fetch_arrow_table()
         finally:
             self.connection.unregister("incoming")
-        return [row for row in rows
-                if row["revision"] >= stored.get(tuple(row[g] for g in contract(table).replace_group), -1)]
 
     def offsets(self) -> dict[tuple[str, int], int]:
         """Where each partition's next unprocessed record is, as of the last commit."""
@@ -123,7 +123,19 @@ class DuckDBWarehouse:
         self.connection.close()
 
 
-def _arrow_batch(table: str, rows: list[dict]) -> pa.Table:
+def _retracted_and_landing(table: str, rows) -> tuple[pa.Table | None, pa.Table | None]:
+    if isinstance(rows, pa.Table):
+        if RETRACTED not in rows.column_names:
+            return None, rows
+        flags = rows.column(RETRACTED).fill_null(False)
+        return (rows.filter(flags).drop_columns([RETRACTED]),
+                rows.filter(pc.invert(flags)).drop_columns([RETRACTED]))
+    retracted = [row for row in rows if row.get(RETRACTED)]
+    landing = [row for row in rows if not row.get(RETRACTED)]
+    return (arrow_batch(table, retracted) if retracted else None), (arrow_batch(table, landing) if landing else None)
+
+
+def arrow_batch(table: str, rows: list[dict]) -> pa.Table:
     """The rows as an Arrow table of the contract's types; money given as a float becomes an exact decimal."""
     table_contract = contract(table)
     decimals = {c.name: Decimal(1).scaleb(-c.decimal[1]) for c in table_contract.columns if c.decimal}
