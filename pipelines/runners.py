@@ -94,10 +94,8 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms.compact_coder import use_compact_coders
     from transforms.kafka_connection import KafkaConnection
 
-    use_compact_coders()
     options = PipelineOptions(runner_args(args.runner, streaming, beam_args, job_name) + beam_args)
     if args.runner == BATCH_RUNNER:
         refuse_several_workers(options)
