@@ -174,3 +174,28 @@ def test_latest_rows_keeps_each_group_from_its_newest_emission_only():
     rows = latest_rows("order_attribution", [((3,), older[0]), ((1,), newer[0]), ((2,), newer[1]),
                                              ((0,), older[2])])
     assert sorted((r["touch_index"], r["revision"]) for r in rows) == [(0, 2), (1, 2)]
+
+
+def _window_fit(channels, revision: int, retracted: bool = False) -> list[dict]:
+    start = dt.datetime(2026, 5, 7, tzinfo=dt.timezone.utc)
+    return [{"window_start": start, "window_end": start + dt.timedelta(days=7), "model": model, "channel": channel,
+             "value": 0.5, "share": 1 / len(channels), "standard_error": 0.0, "conversions": 1.0, "revenue": 10.0,
+             "paths": 2, "revision": revision, "group_rows": 2 * len(channels), "currency": "EUR",
+             **({RETRACTED: True} if retracted else {})}
+            for model in ("markov", "shapley") for channel in channels]
+
+
+def test_a_later_firing_of_a_window_supersedes_an_earlier_one_in_the_same_commit(warehouse):
+    """A refit after a retraction holds fewer paths, so its revision is lower; its firing is the later one, and
+    it replaces the window's rows (here it empties the window), also when both reach one commit."""
+    from transforms.warehouse import latest_rows, whole_groups
+
+    fit, emptied = _window_fit(["Direct", "Email"], revision=2 << 32), _window_fit(["Direct", "Email"], 1, True)
+    warehouse.commit({"data_driven_attribution": fit})
+    items = [((0,), row) for row in fit] + [((1,), row) for row in emptied[:3]]
+    whole, waiting = whole_groups("data_driven_attribution", items)
+    assert (len(whole), waiting) == (len(fit), [((1,), row) for row in emptied[:3]])  # the later one, not yet whole
+    whole, waiting = whole_groups("data_driven_attribution", items + [((1,), emptied[3])])
+    assert waiting == []
+    warehouse.commit({"data_driven_attribution": latest_rows("data_driven_attribution", whole)})
+    assert warehouse.connection.execute("SELECT count(*) FROM data_driven_attribution").fetchone() == (0,)

@@ -130,8 +130,13 @@ def _fail_on_dead_letter(dead_letter):
 
 def _latest(rows: list[dict], table: str) -> list[dict]:
     """A stream re-emits rows as they change: what its writer lands (per group the newest emission, per key the
-    newest row)."""
-    return latest_rows(table, [((position,), row) for position, row in enumerate(rows)])
+    newest row). An emission's rows share their firing, as the writer knows it from their pane: here the position
+    of its first row."""
+    group = contract(table).replace_group
+    firings: dict = {}
+    emission = lambda position, row: firings.setdefault((*(row[g] for g in group), row.get("revision")), position)
+    return latest_rows(table, [((emission(position, row) if group else position,), row)
+                               for position, row in enumerate(rows)])
 
 
 def _landed(request, mode, out) -> dict[str, list[dict]]:

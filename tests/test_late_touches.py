@@ -14,11 +14,15 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.runners import runner_args
+from schemas.contracts import RETRACTED
+from transforms.duckdb_warehouse import DuckDBWarehouse
+from transforms.warehouse import latest_rows
 from transforms.customer_journeys import AttributeOrders, DataDrivenAttribution, JourneyConfig, non_converting_paths
 
 pytestmark = [pytest.mark.slow]
 CONFIG = JourneyConfig()
 MAY = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _touch(customer: str, touch_id: str, day: float, channel: str):
@@ -49,13 +53,14 @@ def _attribute_and_fit(touches, path: str) -> None:
     paths = (touches, orders) | AttributeOrders(CONFIG)
     _ = paths["paths"] | "CollectPaths" >> beam.ParDo(_Collect(path, "path"))
     _ = (paths["paths"] | DataDrivenAttribution(7.0, CONFIG)
+         | "Firing" >> beam.Map(lambda row, pane=beam.DoFn.PaneInfoParam: {**row, "pane": pane.index})
          | "Global" >> beam.WindowInto(beam.window.GlobalWindows())
          | "CollectFits" >> beam.ParDo(_Collect(path, "fit")))
 
 
-def _stream(path: str) -> None:
+def _stream(path: str, on_time=ON_TIME) -> None:
     stream = (TestStream()
-              .add_elements([TimestampedValue(t, _at(t[1]["time"])) for t in ON_TIME])
+              .add_elements([TimestampedValue(t, _at(t[1]["time"])) for t in on_time])
               # C1's first path and its window are done; months on, as a flush moves a replayed history on
               .advance_watermark_to(_at(dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)))
               .add_elements([TimestampedValue(t, _at(t[1]["time"])) for t in LATE])
@@ -64,9 +69,9 @@ def _stream(path: str) -> None:
         _attribute_and_fit(pipeline | stream, path)
 
 
-def _backfill(path: str) -> None:
+def _backfill(path: str, on_time=ON_TIME) -> None:
     with TestPipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as pipeline:
-        touches = (pipeline | beam.Create(ON_TIME + LATE)
+        touches = (pipeline | beam.Create(on_time + LATE)
                    | beam.Map(lambda t: TimestampedValue(t, _at(t[1]["time"]))))
         _attribute_and_fit(touches, path)
 
@@ -116,6 +121,42 @@ def test_a_late_touch_joins_its_path_and_the_fits_end_as_a_backfills(tmp_path):
     # The first window was fitted again without it: every window's last fit is the backfill's.
     assert _last_fits(streamed_fits) == _last_fits(batch_fits)
     assert len(_last_fits(batch_fits)) == 2
+
+
+def _landed(fits: list, path) -> list:
+    """The fits as a stream's writer lands them: the first fit alone, then every later one in one commit (after a
+    restart, a replay's first commit holds all of them), each ranked by its firing. The table BI reads."""
+    parse = lambda row: ((row.pop("pane"),), {**row, "currency": CONFIG.rates.reporting_currency,  # as journey_tables
+                                             **{c: dt.datetime.fromisoformat(row[c])
+                                                for c in ("window_start", "window_end")}})
+    items = [parse(dict(row)) for row in fits]
+    first = [item for item in items if (item[1]["window_start"], item[0]) == (items[0][1]["window_start"], items[0][0])]
+    warehouse = DuckDBWarehouse(path)
+    try:
+        for commit in (first, items):
+            warehouse.commit({"data_driven_attribution": latest_rows("data_driven_attribution", commit)})
+        return sorted(map(str, warehouse.connection.execute(
+            "SELECT * FROM data_driven_attribution").fetchall()))
+    finally:
+        warehouse.close()
+
+
+def test_a_window_whose_only_path_a_late_touch_moved_away_is_retracted(tmp_path):
+    """Without C2 the first path's window is left with no path at all: the rows its first fit landed go."""
+    alone = [t for t in ON_TIME if t[0] == "C1"]
+    _stream(str(tmp_path / "stream.jsonl"), alone)
+    _backfill(str(tmp_path / "backfill.jsonl"), alone)
+    _, streamed_fits = _read(str(tmp_path / "stream.jsonl"))
+    _, batch_fits = _read(str(tmp_path / "backfill.jsonl"))
+
+    week = dt.timedelta(days=7)
+    first_window = str(EPOCH + (MAY + dt.timedelta(days=9) - EPOCH) // week * week)  # the path [a, b] ends on day 9
+    fitted = {row["window_start"] for row in streamed_fits if not row.get(RETRACTED)}
+    assert fitted == {row["window_start"] for row in batch_fits} | {first_window}
+    gone = [row for row in streamed_fits if row.get(RETRACTED)]
+    assert {(row["window_start"], row["model"], row["channel"]) for row in gone} == {
+        (first_window, model, channel) for model in ("markov", "shapley") for channel in ("Direct", "Email")}
+    assert _landed(streamed_fits, tmp_path / "stream.duckdb") == _landed(batch_fits, tmp_path / "batch.duckdb")
 
 
 def test_a_late_touch_before_a_path_that_left_starts_it_again_and_retracts_the_old_one():

@@ -42,14 +42,16 @@ class _Collect(beam.DoFn):
         self.path = path
 
     def process(self, item):
-        table, row = item
+        table, pane, row = item
         with _lock, open(self.path, "a") as out:
-            out.write(json.dumps([table, row], default=str) + "\n")
+            out.write(json.dumps([table, pane, row], default=str) + "\n")
 
 
 def _tables(topics, path):
+    """Each row with its firing (pane index), read where the writer reads it: before the rows leave their windows."""
     tables = topics | CustomerJourneyTables(TablesConfig(update_every_s=None))
-    tagged = [rows | f"Tag{name}" >> beam.Map(lambda row, name=name: (name, row))
+    tagged = [rows | f"Tag{name}" >> beam.Map(lambda row, table, pane=beam.DoFn.PaneInfoParam:
+                                              (table, pane.index, row), name)
               | f"Global{name}" >> beam.WindowInto(beam.window.GlobalWindows()) for name, rows in tables.items()]
     _ = tagged | beam.Flatten() | beam.ParDo(_Collect(str(path)))
 
@@ -106,7 +108,7 @@ def _read(path) -> list:
     from streaming_job import _typed
 
     with open(path) as lines:
-        return [(table, _typed(table, row)) for table, row in map(json.loads, lines)]
+        return [(table, pane, _typed(table, row)) for table, pane, row in map(json.loads, lines)]
 
 
 def _rules_broken(con) -> list[str]:
@@ -142,8 +144,8 @@ def _land_at_random_commits(items: list, target, seed: int) -> list[str]:
 
     deliver = lambda item: list(writer.process((None, item), **state))
     deliver((READ, ("orders", 0), 1))
-    for position, (table, row) in enumerate(items):
-        deliver((table, (position,), row))
+    for position, (table, pane, row) in enumerate(items):
+        deliver((table, (pane,), row))
         if rng.random() < 0.01:
             commit()
     commit()
@@ -167,8 +169,8 @@ def batch(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("batch")
     rows = _backfill(world, out / "rows.jsonl")
     by_table: dict = {}
-    for table, row in rows:
-        by_table.setdefault(table, []).append(row)
+    for table, pane, row in rows:
+        by_table.setdefault(table, []).append(((pane,), row))
     from transforms.warehouse import open_warehouse
 
     warehouse = open_warehouse(out / "batch.duckdb")

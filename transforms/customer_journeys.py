@@ -32,11 +32,13 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from schemas.contracts import RETRACTED
 from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, heuristic_credits, prepare_path
 from transforms.channel_grouping import ChannelRules, social_channel
 from transforms.currency import ExchangeRates
 from transforms.keyed_replay import from_state, stateful_step, to_state
 
+DATA_DRIVEN_MODELS = ("markov", "shapley")
 CLICK_THROUGH = frozenset({"ad_click", "link_click"})
 VIEW_THROUGH = frozenset({"impression", "video_view"})
 
@@ -486,6 +488,9 @@ def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
     window_paths = sorted((p for p in latest.values() if not p.get("retracted")),
                           key=lambda p: (p["time"], p["customer_id"], [i or "" for i in p["touch_ids"]]))
     if not window_paths:
+        # Every path of the window was retracted after a fit landed (a late touch joined them to an order): the
+        # fit's rows go too. Its channels are among those of every path the window ever had.
+        yield from _emptied_window(start, window, element[1])
         return
     fitted = [(p["channels"], p["converted"]) for p in window_paths]
     markov = markov_removal_effects(fitted, order=config.markov_order)
@@ -504,6 +509,17 @@ def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
                    "standard_error": errors.get(channel, 0.0), "conversions": conversions[channel],
                    "revenue": round(revenue[channel], 2), "paths": len(window_paths), "revision": revision,
                    "group_rows": group_rows}
+
+
+def _emptied_window(start: dt.datetime, window: dt.timedelta, paths: list[dict]):
+    """Retractions of every row an earlier fit of the window may have landed: one group, by its own revision."""
+    channels = sorted({channel for path in paths for channel in path["channels"]})
+    revision = facts_revision([("retracted", p["order_id"], p["customer_id"], p["touch_ids"]) for p in paths])
+    for model in DATA_DRIVEN_MODELS:
+        for channel in channels:
+            yield {"window_start": start, "window_end": start + window, "model": model, "channel": channel,
+                   "value": 0.0, "share": 0.0, "standard_error": 0.0, "conversions": 0.0, "revenue": 0.0,
+                   "paths": 0, "revision": revision, "group_rows": len(DATA_DRIVEN_MODELS) * len(channels), RETRACTED: True}
 
 
 def _credited(paths: list[dict], shares: dict) -> tuple[dict, dict]:

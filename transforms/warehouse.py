@@ -46,22 +46,27 @@ def open_warehouse(target: str | Path | BigQueryTarget):
 
 
 def latest_rows(table: str, rows) -> list[dict]:
-    """One row per primary key: the highest revision where a table has one, else the last (a correction or a later
-    update supersedes). `rows` are rows, or (order, row) pairs where order is what "later" means. In a table with a
-    replace_group, a group's rows come from its highest revision only."""
+    """One row per primary key: the last (a correction or a later update supersedes). `rows` are rows, or (order,
+    row) pairs where order is what "later" means. In a newer_revision_only table the highest revision is the last
+    whatever the order (its emissions come from many keys, whose panes say nothing about each other); elsewhere a
+    revision only breaks ties, as a later firing of a window knows more even when it holds fewer paths. In a table
+    with a replace_group, a group's rows come from its newest emission only."""
     table_contract = contract(table)
     key = table_contract.primary_key
     ranked = []
     for item in rows:
         order, row = item if isinstance(item, tuple) else ((), item)
-        ranked.append(((row.get("revision", 0), *order), row))
+        revision = row.get("revision", 0)
+        ranked.append(((revision, *order) if table_contract.newer_revision_only else (*order, revision), row))
     if table_contract.replace_group:
-        # An emission is one revision of the group; its rows may reach the writer in different panes.
+        # In a newer_revision_only table an emission is one revision of the group, its rows perhaps in different
+        # panes; elsewhere it is one firing.
+        emission = (lambda rank: rank[0]) if table_contract.newer_revision_only else (lambda rank: rank)
         group = lambda row: tuple(row[g] for g in table_contract.replace_group)
         newest: dict = {}
         for rank, row in ranked:
-            newest[group(row)] = max(newest.get(group(row), rank[0]), rank[0])
-        ranked = [(rank, row) for rank, row in ranked if rank[0] == newest[group(row)]]
+            newest[group(row)] = max(newest.get(group(row), emission(rank)), emission(rank))
+        ranked = [(rank, row) for rank, row in ranked if emission(rank) == newest[group(row)]]
     latest: dict = {}
     for rank, row in ranked:
         known = latest.get(tuple(row[k] for k in key))
@@ -79,20 +84,19 @@ def whole_groups(table: str, items: list) -> tuple[list, list]:
         return items, []
     key, group = table_contract.primary_key, table_contract.replace_group
     emissions: dict = {}
-    for item in items:
-        row = item[1]
-        emission = (tuple(row[g] for g in group), row["revision"])
-        emissions.setdefault(emission, {})[tuple(row[k] for k in key)] = item
+    for order, row in items:  # as latest_rows ranks them: by revision, or by firing
+        rank = row["revision"] if table_contract.newer_revision_only else (*order, row["revision"])
+        emissions.setdefault((tuple(row[g] for g in group), rank), {})[tuple(row[k] for k in key)] = (order, row)
     complete = {emission for emission, rows in emissions.items()
                 if len(rows) >= next(iter(rows.values()))[1][table_contract.group_size]}
     newest_whole: dict = {}
-    for group_key, revision in complete:
-        newest_whole[group_key] = max(newest_whole.get(group_key, revision), revision)
+    for group_key, rank in complete:
+        newest_whole[group_key] = max(newest_whole.get(group_key, rank), rank)
     whole, waiting = [], []
-    for (group_key, revision), rows in emissions.items():
-        if (group_key, revision) in complete:
+    for (group_key, rank), rows in emissions.items():
+        if (group_key, rank) in complete:
             whole.extend(rows.values())
-        elif revision > newest_whole.get(group_key, -1):  # older than a whole one: superseded, never needed
+        elif group_key not in newest_whole or rank > newest_whole[group_key]:  # else superseded by a whole one
             waiting.extend(rows.values())
     return whole, waiting
 
