@@ -94,11 +94,14 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from transforms.compact_coder import use_compact_coders
     from transforms.kafka_connection import KafkaConnection
 
     options = PipelineOptions(runner_args(args.runner, streaming, beam_args, job_name) + beam_args)
     if args.runner == BATCH_RUNNER:
         refuse_several_workers(options)
+        # Batch only: a stream's state and checkpoints keep the coders they were written with.
+        use_compact_coders()
     connection = KafkaConnection.from_env(env_file=args.kafka_env_file)
     with beam.Pipeline(options=options) as pipeline:
         build(pipeline, args, connection)

@@ -3,6 +3,7 @@ import datetime as dt
 from decimal import Decimal
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -12,7 +13,7 @@ from apache_beam.utils.timestamp import Timestamp
 from schemas.contracts import RETRACTED
 from transforms.channel_attribution import ChannelAttributionDaily
 from transforms.customer_journeys import DataDrivenAttribution, emission_revision
-from transforms.customer_profiles import AllProfiles, CustomerProfiles
+from transforms.customer_profiles import AllProfiles, CustomerProfiles, updating_global_window
 from transforms.retention import RetentionCohorts
 from transforms.social_impact import SocialImpact
 from transforms.whole_table import _RetractVanished
@@ -156,3 +157,19 @@ def test_an_emissions_revision_comes_from_its_facts_alone():
     assert emission_revision(touches, [refund]) > emission_revision(touches, [])  # a reversal: newer
     assert emission_revision({"t1": {}, "t2": {}, "t9": {}}, []) != emission_revision(touches, [])  # other facts
     assert emission_revision(touches, [refund]) != emission_revision(touches, [{**refund, "amount": Decimal("5")}])
+
+
+def test_a_collection_already_in_the_window_is_not_windowed_again():
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        rows = pipeline | beam.Create([("c1", 1), ("c1", 2)])  # bounded, in the global window
+        again = updating_global_window(rows, None)
+        assert isinstance(again, beam.PTransform) and not isinstance(again, beam.WindowInto)
+        stamped = rows | beam.Map(lambda kv: TimestampedValue(kv, 10)) | beam.WindowInto(
+            beam.window.FixedWindows(60))
+        assert isinstance(updating_global_window(stamped, None), beam.WindowInto)
+        grouped = (rows | "Same" >> again | beam.GroupByKey()
+                   | beam.MapTuple(lambda key, values: (key, sorted(values))))
+        assert_that(grouped, equal_to([("c1", [1, 2])]))
+    # a stream windows again whatever it is in: that starts its elements' panes afresh, as the writer expects
+    streaming = beam.Pipeline(options=PipelineOptions(["--streaming"]))
+    assert isinstance(updating_global_window(streaming | beam.Create([("c1", 1)]), None), beam.WindowInto)

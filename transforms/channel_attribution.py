@@ -18,7 +18,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from schemas.contracts import RETRACTED
 from transforms.currency import to_cents
-from transforms.customer_profiles import updating_global_window
+from transforms.customer_profiles import updating_global_window, windowed_as
 from transforms.keyed_replay import from_state, stateful_step, to_state
 
 ROW_KEY = ("order_id", "model", "touch_index", "status")
@@ -77,7 +77,7 @@ class ChannelAttributionDaily(beam.PTransform):
 
     def expand(self, rows):
         deltas = (rows
-                  | "AllTime" >> beam.WindowInto(window.GlobalWindows())
+                  | "AllTime" >> windowed_as(rows, beam.WindowInto(window.GlobalWindows()))
                   | "ByRowKey" >> beam.Map(lambda row: (tuple(row[k] for k in ROW_KEY), row))
                   | "Deltas" >> stateful_step(_Deltas(), self.replay))
         return (deltas

@@ -36,6 +36,7 @@ from schemas.contracts import RETRACTED
 from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, heuristic_credits, prepare_path
 from transforms.channel_grouping import ChannelRules, social_channel
 from transforms.currency import ExchangeRates
+from transforms.event_time import timestamp_of
 from transforms.keyed_replay import from_state, stateful_step, to_state
 
 DATA_DRIVEN_MODELS = ("markov", "shapley")
@@ -75,10 +76,6 @@ def _items(bag) -> list:
 
 def _load(state) -> "_Journey":
     return from_state(state, state.read()) or _Journey()
-
-
-def _ts(when: dt.datetime) -> Timestamp:
-    return Timestamp.from_utc_datetime(when)
 
 
 def session_touch(session: dict, rules: ChannelRules) -> dict:
@@ -134,7 +131,7 @@ class _Stitch(beam.DoFn):
         else:
             waiting = _items(pending)
             _add(pending, touch)
-            expiry.set(_ts(min(t["time"] for t in waiting + [touch]) + self.wait))
+            expiry.set(timestamp_of(min(t["time"] for t in waiting + [touch]) + self.wait))
 
     def _covers(self, link: tuple[str, dt.datetime], touch: dict) -> bool:
         return link[1] <= touch["time"] + self.wait
@@ -144,15 +141,15 @@ class _Stitch(beam.DoFn):
         for touch in waiting:
             _add(pending, touch)
         if waiting:
-            expiry.set(_ts(min(touch["time"] for touch in waiting) + self.wait))
+            expiry.set(timestamp_of(min(touch["time"] for touch in waiting) + self.wait))
 
     @on_timer(EXPIRY)
     def expire(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam,
                pending=beam.DoFn.StateParam(PENDING), expiry=beam.DoFn.TimerParam(EXPIRY)):
         # Never linked while any order could still have used them: an anonymous visitor's own journey.
         waiting = _items(pending)
-        yield from ((f"anon:{key}", touch) for touch in waiting if _ts(touch["time"] + self.wait) <= fired_at)
-        self._keep(pending, expiry, [touch for touch in waiting if _ts(touch["time"] + self.wait) > fired_at])
+        yield from ((f"anon:{key}", touch) for touch in waiting if timestamp_of(touch["time"] + self.wait) <= fired_at)
+        self._keep(pending, expiry, [touch for touch in waiting if timestamp_of(touch["time"] + self.wait) > fired_at])
 
 
 class StitchIdentities(beam.PTransform):
@@ -236,7 +233,7 @@ class _Attribute(beam.DoFn):
         yield beam.pvalue.TaggedOutput(PATHS, _path(customer_id, order, steps, self.config.rates))
 
     def _due(self, order_time: dt.datetime) -> Timestamp:
-        return _ts(order_time + self.lateness)
+        return timestamp_of(order_time + self.lateness)
 
     def _save(self, state, due, journey: _Journey) -> None:
         """Store the journey and wake up at the next moment anything happens: an order falls due, or a touch,
@@ -470,7 +467,7 @@ class DataDrivenAttribution(beam.PTransform):
 def _stamp_complete(path: dict, window: dt.timedelta, settle: dt.timedelta):
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
     start = epoch + (path["time"] - epoch) // window * window  # aligned to the epoch, like FixedWindows
-    complete = _ts(start + window + settle) - Duration(micros=1)
+    complete = timestamp_of(start + window + settle) - Duration(micros=1)
     return TimestampedValue((start.isoformat(), path), complete)
 
 

@@ -117,18 +117,33 @@ def latest_profiles(profiles) -> list[CustomerProfile]:
     return [latest[c] for c in sorted(latest)]
 
 
-def updating_global_window(pcoll, update_every_s: int | None) -> beam.WindowInto:
+def updating_global_window(pcoll, update_every_s: int | None) -> beam.PTransform:
     """All of history in one window. A stream re-emits it (accumulated) every `update_every_s` of processing time
     and the tables take each emission as an upsert; a backfill, or a stream with update_every_s None, emits once,
     at the end of its input. (Prism 2.77 panics when such an update falls due after a bounded input ended.)"""
     if update_every_s is None and pcoll.is_bounded:
-        return beam.WindowInto(window.GlobalWindows())  # the default trigger: once, and batch runners' fast path
+        into = beam.WindowInto(window.GlobalWindows())  # the default trigger: once, and batch runners' fast path
+    else:
+        streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
+        early = trigger.AfterProcessingTime(update_every_s) if streaming and update_every_s is not None else None
+        # AfterWatermark spelled out even without early firings: Beam refuses the default trigger on an unbounded
+        # input (a stream, or a backfill from Kafka), and it means the same: once, when all input is in.
+        into = beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(early=early),
+                               accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+    return windowed_as(pcoll, into)
+
+
+def windowed_as(pcoll, into: beam.WindowInto) -> beam.PTransform:
+    """`into`, or nothing where a batch pipeline's `pcoll` is windowed so already: Beam assigns windows element by
+    element even when they do not change (a backfill's input is in the global window from its read on; 3 % of its
+    time went there). A stream always windows again: that also starts its elements' panes afresh."""
     streaming = pcoll.pipeline.options.view_as(StandardOptions).streaming
-    early = trigger.AfterProcessingTime(update_every_s) if streaming and update_every_s is not None else None
-    # AfterWatermark spelled out even without early firings: Beam refuses the default trigger on an unbounded
-    # input (a stream, or a backfill from Kafka), and it means the same: once, when all input is in.
-    return beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(early=early),
-                           accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+    return _Unchanged() if not streaming and pcoll.windowing == into.windowing else into
+
+
+class _Unchanged(beam.PTransform):
+    def expand(self, pcoll):
+        return pcoll
 
 
 class CustomerProfiles(beam.PTransform):

@@ -38,6 +38,7 @@ from apache_beam.io.unbounded_source import CheckpointMark, ReadFromUnboundedSou
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
 from transforms.decode_events import DeadLetter, EventDecoder
+from transforms.event_time import timestamp_of
 from transforms.kafka_connection import KafkaConnection
 from transforms.kafka_message import KafkaMessage
 
@@ -167,8 +168,6 @@ class _ConsumerPool:
 
 
 _MIN_MICROS = MIN_TIMESTAMP.micros
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_MICROSECOND = dt.timedelta(microseconds=1)
 
 
 # The newest watermark each partition's reader reported in this process, for progress logs (transforms/progress.py).
@@ -341,7 +340,7 @@ class _KafkaReader(UnboundedReader):
         if self.spec.event_time is not None:
             message.decoded = self.spec.event_time(message)
             if isinstance(message.decoded, dict):
-                return Timestamp(micros=(message.decoded["event_time"] - _EPOCH) // _MICROSECOND)
+                return timestamp_of(message.decoded["event_time"])
         if message.timestamp_ms is not None and message.timestamp_ms >= 0:
             return Timestamp(micros=message.timestamp_ms * 1000)
         return Timestamp.now()
