@@ -7,6 +7,7 @@ from collections import Counter
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
@@ -238,3 +239,29 @@ def test_local_runners_decline_dynamic_splits():
 
     runner_args("PrismRunner")
     assert DataInputOperation.try_split(None, 0.5, 10, ()) is None
+
+
+def test_the_discovery_split_never_runs_ahead_of_the_partitions_read_beside_it(monkeypatch):
+    """A discovery split has nothing to read, so its own event time is the wall clock's; alone it would take a
+    stage's watermark to today whenever the runner lost sight of the partitions' holds. It follows the lowest
+    fresh watermark of its topics' partitions in this process, and holds until one reports (not for ever)."""
+    from transforms import kafka_source
+    from transforms.kafka_source import KafkaPartitionSource, KafkaReadSpec
+
+    for table in ("PARTITION_WATERMARKS", "_REPORTED_AT", "_DISCOVERY_FIRST_ASKED"):
+        monkeypatch.setattr(kafka_source, table, {})
+    spec = KafkaReadSpec(connection=None, topics=("p_orders",), start_offsets=(), stop_offsets=None,
+                         known_partitions=(("p_orders", 2),), event_time=None)
+    discovery = KafkaPartitionSource(spec, (), discovers=True).create_reader(None, None)
+    now = time.time()
+    monkeypatch.setattr(kafka_source.time, "time", lambda: now)
+    assert discovery.get_watermark() == kafka_source.MIN_TIMESTAMP  # no partition has reported yet: held
+    june = Timestamp.from_utc_datetime(dt.datetime(2026, 6, 20, tzinfo=dt.timezone.utc))
+    kafka_source.PARTITION_WATERMARKS.update({("p_orders", 0): june.micros, ("p_orders", 1): june.micros + 10,
+                                              ("other_topic", 0): 0})
+    kafka_source._REPORTED_AT.update({("p_orders", 0): now - 5, ("p_orders", 1): now, ("other_topic", 0): now})
+    assert discovery.get_watermark() == june  # the lowest of its topics' fresh reports
+    kafka_source._REPORTED_AT[("p_orders", 0)] = now - kafka_source.FRESH_REPORT_S - 1  # a split gone elsewhere
+    assert discovery.get_watermark() == june + Duration(micros=10)
+    monkeypatch.setattr(kafka_source.time, "time", lambda: now + 2 * kafka_source.FRESH_REPORT_S)
+    assert discovery.get_watermark() > Timestamp.now() - 30  # none fresh, and it has waited: the wall clock

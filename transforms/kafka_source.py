@@ -170,8 +170,14 @@ class _ConsumerPool:
 _MIN_MICROS = MIN_TIMESTAMP.micros
 
 
-# The newest watermark each partition's reader reported in this process, for progress logs (transforms/progress.py).
+# The newest watermark each partition's reader reported in this process, for progress logs (transforms/progress.py),
+# and when it last reported it: the bound of the discovery split's own watermark.
 PARTITION_WATERMARKS: dict = {}
+_REPORTED_AT: dict = {}
+# A partition's report counts for the discovery split this long; a discovery split that has seen none waits this
+# long before it follows the wall clock (its topics' partitions may be read by other workers).
+FRESH_REPORT_S = 60.0
+_DISCOVERY_FIRST_ASKED: dict = {}  # the discovery split's topics → wall time it was first asked for a watermark
 
 
 @dataclass
@@ -361,8 +367,8 @@ class _KafkaReader(UnboundedReader):
             return MAX_TIMESTAMP
         lag = int(self.spec.max_out_of_orderness_s * 1e6)
         now = time.time()
-        if not self.clocks:  # a discovery split with nothing to read yet follows the wall clock
-            return Timestamp(micros=int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6))
+        if not self.clocks:
+            return Timestamp(micros=self._discovery_watermark(now, lag))
         lowest = None
         for partition, clock in self.clocks.items():
             candidate = clock.newest - lag if clock.newest > _MIN_MICROS else _MIN_MICROS
@@ -389,11 +395,25 @@ class _KafkaReader(UnboundedReader):
                     candidate = max(candidate, follows - lag)
             else:
                 clock.idle_logged = ""
-            if candidate > clock.watermark:
-                clock.watermark = candidate
-                PARTITION_WATERMARKS[partition] = candidate
+            clock.watermark = max(clock.watermark, candidate)
+            PARTITION_WATERMARKS[partition], _REPORTED_AT[partition] = clock.watermark, now
             lowest = clock.watermark if lowest is None else min(lowest, clock.watermark)
         return Timestamp(micros=lowest)
+
+    def _discovery_watermark(self, now: float, lag: int) -> int:
+        """A discovery split with nothing to read yet has the wall clock's event time, but never runs ahead of the
+        partitions of its topics read in this process: a runner that lost sight of their splits' holds for a moment
+        would otherwise take the stage's watermark to today from this split alone (a stream that had read a
+        month's second half stitched its identity links and fitted windows as if weeks had passed). Until one of
+        them has reported, it holds the watermark back, for at most FRESH_REPORT_S."""
+        wall = int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6)
+        topics = frozenset(topic for topic, _ in self.spec.known_partitions)
+        fresh = [PARTITION_WATERMARKS[partition] for partition, at in list(_REPORTED_AT.items())
+                 if partition[0] in topics and now - at <= FRESH_REPORT_S]
+        if fresh:
+            return min(wall, *fresh)
+        first_asked = _DISCOVERY_FIRST_ASKED.setdefault(topics, now)
+        return _MIN_MICROS if now - first_asked < FRESH_REPORT_S else wall
 
     def get_checkpoint_mark(self) -> KafkaCheckpointMark:
         # Beam asks at the end of each bundle; the split's next bundle may run on another processor.
