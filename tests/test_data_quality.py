@@ -13,7 +13,7 @@ import pytest
 
 from schemas.contracts import contract
 from transforms.data_quality import ValidatedLanding
-from transforms.dq_gate import gate
+from transforms.dq_gate import gate, gate_arrow
 from transforms.dq_suites import QualityConfig, checks
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -148,6 +148,22 @@ def test_the_row_gate_quarantines_each_broken_rule_with_its_reason():
     assert "active_customers=5" in by_rule[(1, "active_within_cohort")]["reason"]
     assert "1.7" in by_rule[(2, "range:retention_rate")]["reason"]
     assert json.loads(by_rule[(4, "accepted_values:cohort_grain")]["row"])["cohort_grain"] == "fortnight"
+
+
+def test_an_arrow_batch_is_gated_as_its_rows_would_be():
+    from schemas.contracts import RETRACTED
+    from transforms.staging import retractable_batch
+
+    rows = [cohort(0, 2), cohort(1, 5), cohort(2, 1, rate=1.7), cohort(4, 1, grain="fortnight"),
+            {**cohort(5, 9), RETRACTED: True}, cohort(6, 3)]
+    as_dicts = gate("retention_cohorts", rows, "run-1", NOW)
+    as_arrow = gate_arrow("retention_cohorts", retractable_batch("retention_cohorts", rows), "run-1", NOW)
+    assert [(o.expectation, o.success, o.unexpected_count) for o in as_arrow.outcomes] == [
+        (o.expectation, o.success, o.unexpected_count) for o in as_dicts.outcomes]
+    assert [(q["rule"], q["row_key"], q["reason"]) for q in as_arrow.quarantined] == [
+        (q["rule"], q["row_key"], q["reason"]) for q in as_dicts.quarantined]
+    landed = lambda passed: sorted((r["period_index"], bool(r.get(RETRACTED))) for r in passed)
+    assert landed(as_arrow.passed.to_pylist()) == landed(as_dicts.passed) == [(0, False), (5, True), (6, False)]
 
 
 def test_good_data_lands_published_with_passing_results_and_no_alert(warehouse, receiver, tmp_path):

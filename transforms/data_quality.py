@@ -23,7 +23,7 @@ import pyarrow as pa
 from schemas.contracts import contract, contracts
 from transforms.dq_alerts import Alerter, failing_now
 from transforms.dq_checkpoint import checkpoint, result_rows
-from transforms.dq_gate import gate
+from transforms.dq_gate import gate, gate_arrow
 from transforms.dq_suites import CHECKPOINT, Outcome, QualityConfig, build_data_docs
 
 log = logging.getLogger("journeys.quality")
@@ -99,7 +99,7 @@ class ValidatedLanding:
         chosen by DuckDB (spilling to `spill_dir`), gated in chunks of GATE_CHUNK_ROWS and committed as Arrow."""
         import duckdb
 
-        from transforms.staging import latest_staged_sql
+        from transforms.staging import latest_staged_sql, retractable_schema
 
         scratch = duckdb.connect()
         scratch.execute("SET TimeZone = 'UTC'")
@@ -108,8 +108,9 @@ class ValidatedLanding:
             scratch.execute("SET temp_directory = ?", [spill_dir])
 
         def chunks(table: str, files: list[str]):
+            schema = retractable_schema(table)
             for batch in scratch.execute(latest_staged_sql(table, files)).fetch_record_batch(GATE_CHUNK_ROWS):
-                yield batch.to_pylist()
+                yield pa.Table.from_batches([batch]).cast(schema)
 
         try:
             return self._land({table: chunks(table, files) for table, files in files_by_table.items()}, offsets,
@@ -118,8 +119,6 @@ class ValidatedLanding:
             scratch.close()
 
     def _land(self, chunks_by_table: dict, offsets: dict | None, run_id: str | None, as_arrow: bool) -> Landing:
-        from transforms.staging import retractable_batch
-
         run_id = run_id or new_run_id(self.run_kind)
         now = dt.datetime.now(dt.timezone.utc)
         seconds = {}
@@ -129,13 +128,13 @@ class ValidatedLanding:
         gate_outcomes: list[Outcome] = []
         for table, chunks in chunks_by_table.items():
             parts = []
-            for rows in chunks:
-                if table not in NOT_VALIDATED and rows:
-                    gated = gate(table, rows, run_id, now, self.config)
+            for rows in chunks:  # dicts, or Arrow tables of the contract's columns and RETRACTED (as_arrow)
+                if table not in NOT_VALIDATED and len(rows):
+                    gated = (gate_arrow if as_arrow else gate)(table, rows, run_id, now, self.config)
                     rows = gated.passed
                     quarantined += gated.quarantined
                     gate_outcomes += gated.outcomes
-                parts.append(retractable_batch(table, rows) if as_arrow else rows)
+                parts.append(rows)
             landing[table] = (pa.concat_tables(parts) if as_arrow and parts
                               else [row for part in parts for row in part])
         gate_outcomes = merged(gate_outcomes)

@@ -25,9 +25,14 @@ from transforms.duckdb_warehouse import arrow_batch
 ORDER = "_order"  # a later firing (pane) of an updating table supersedes an earlier one
 
 
+def retractable_schema(table: str) -> pa.Schema:
+    """The contract's columns and whether the row is a retraction: what a warehouse's commit takes."""
+    return contract(table).arrow_schema().append(pa.field(RETRACTED, pa.bool_()))
+
+
 def staged_schema(table: str) -> pa.Schema:
-    """The contract's columns, whether the row is a retraction, and its firing."""
-    return contract(table).arrow_schema().append(pa.field(RETRACTED, pa.bool_())).append(pa.field(ORDER, pa.int64()))
+    """A retractable row and its firing."""
+    return retractable_schema(table).append(pa.field(ORDER, pa.int64()))
 
 
 def retractable_batch(table: str, rows: list[dict]) -> pa.Table:
