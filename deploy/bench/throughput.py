@@ -1,20 +1,22 @@
 """Throughput of the backfill against its floor and its reference, on the same events, in one run. A benchmark, not
 a test:
 
-    .venv/bin/python deploy/bench/throughput.py --events 1000000 [--json FILE] [--runner FnApiRunner]
+    .venv/bin/python deploy/bench/throughput.py --events 1000000 [--json FILE] [--runners FnApiRunner,FlinkRunner]
 
 1. `journeys generate` produces about --events records (customers = events / 10 over 60 days, 1 % malformed,
    Confluent Avro) to fresh topics of the local broker (or --topic-prefix reuses topics produced before);
 2. raw: a plain kafka-python consume + fastavro decode loop over those topics — the floor of reading them;
 3. pipeline: `journeys backfill` end to end into a new DuckDB file (read, decode, journey tables, validation,
-   landing, the checkpoint);
+   landing, the checkpoint), once per runner of --runners: FnApiRunner (in the launcher's process), FlinkRunner (the
+   cluster of `journeys flink up`, whose TaskManager and SDK workers' RSS is sampled: backfill_engines.py);
 4. reference: the same topics consumed and decoded as the pipeline does, then the reference SQL of
    tests/reference.py (touchpoints, heuristic order attribution, channel_attribution_daily, customers, weekly and
    monthly retention) in DuckDB.
 
 Each phase runs as its own process; its wall time and peak RSS (os.wait4) are reported, with events/s and the
-ratios pipeline/raw and pipeline/reference. Row counts of the pipeline's tables and the reference's are printed
-side by side as a check that both computed the same thing.
+ratios pipeline/raw and pipeline/reference per runner. Row counts of each runner's tables and the reference's are
+printed side by side as a check that all computed the same thing. `pipeline` is the first runner's result,
+`pipelines` every runner's.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from backfill_engines import run_backfill
+from flink_restart import cluster
 from report import report
 from topics import messages
 
@@ -124,7 +128,10 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=60)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--malformed", type=float, default=0.01)
-    parser.add_argument("--runner", default="FnApiRunner", help="the backfill's runner (default: FnApiRunner)")
+    parser.add_argument("--runners", default="FnApiRunner",
+                        help="comma-separated backfill runners, each timed on the same topics: FnApiRunner, "
+                             "FlinkRunner (default: %(default)s)")
+    parser.add_argument("--sample-s", type=float, default=0.5, help="how often a Flink cluster's RSS is sampled")
     parser.add_argument("--topic-prefix", help="reuse topics generated before (skips generation)")
     parser.add_argument("--json", metavar="FILE", help="write the result here too")
     parser.add_argument("--phase", choices=("raw", "reference"), help=argparse.SUPPRESS)
@@ -137,9 +144,12 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({**result, "work_seconds": round(time.monotonic() - started, 2)}))
         return
 
+    runners = args.runners.split(",")
+    if "FlinkRunner" in runners and not cluster().running():
+        raise SystemExit("the Flink cluster is not running: journeys flink up (with the same JOURNEYS_FLINK_PORT)")
     journeys = [sys.executable, "-m", "pipelines.cli"]
     work = Path(tempfile.mkdtemp(prefix="throughput-"))
-    result = {"events_requested": args.events, "runner": args.runner, "work_dir": str(work)}
+    result = {"events_requested": args.events, "runners": runners, "work_dir": str(work)}
     prefix = args.topic_prefix
     if prefix is None:
         prefix = f"tput{int(time.time())}_"
@@ -154,19 +164,29 @@ def main() -> None:
 
     raw = result["raw"] = _phase("raw", prefix, work)
     records = raw["records"]
-    warehouse = work / "journeys.duckdb"
-    pipeline = result["pipeline"] = _timed([*journeys, "backfill", "--topic-prefix", prefix, "--warehouse",
-                                            str(warehouse), "--runner", args.runner, "--max-event-age-hours",
-                                            "87600"], work / "pipeline.log")
-    pipeline["rows"] = _landed_rows(warehouse.with_suffix(".published.duckdb"))
+    pipelines = result["pipelines"] = {}
+    for runner in runners:
+        print(f"backfill on {runner} ...", file=sys.stderr)
+        run = run_backfill(runner, prefix, work, [], args.sample_s)
+        cluster_peak = run.get("cluster", {}).get("peak_mib", {}).get("taskmanager+workers")
+        pipelines[runner] = {**{k: v for k, v in run.items() if k != "rows"},
+                             # FnApiRunner: the launcher is the pipeline; Flink: its TaskManager and SDK workers
+                             "peak_rss_mib": cluster_peak or run["launcher_peak_rss_mib"],
+                             "rows": _landed_rows(work / f"{runner}.published.duckdb")}
     reference = result["reference"] = _phase("reference", prefix, work)
-    for name in ("raw", "pipeline", "reference"):
-        result[name]["events_per_s"] = round(records / result[name]["seconds"], 1)
-    result["ratio_pipeline_to_raw"] = round(pipeline["events_per_s"] / raw["events_per_s"], 4)
-    result["ratio_pipeline_to_reference"] = round(pipeline["events_per_s"] / reference["events_per_s"], 4)
+    for phase in (raw, *pipelines.values(), reference):
+        phase["events_per_s"] = round(records / phase["seconds"], 1)
+    for pipeline in pipelines.values():
+        pipeline["ratio_to_raw"] = round(pipeline["events_per_s"] / raw["events_per_s"], 4)
+        pipeline["ratio_to_reference"] = round(pipeline["events_per_s"] / reference["events_per_s"], 4)
+        pipeline["records_accounted"] = pipeline["rows"]["dead_letters"] == reference["dead_letters"]
+        pipeline["same_row_counts"] = {t: [pipeline["rows"][t], reference["rows"][t]] for t in COMPARED_TABLES}
+    pipeline = result["pipeline"] = pipelines[runners[0]]
+    result["ratio_pipeline_to_raw"] = pipeline["ratio_to_raw"]
+    result["ratio_pipeline_to_reference"] = pipeline["ratio_to_reference"]
     result["records"] = records
-    result["records_accounted"] = (pipeline["rows"]["dead_letters"] == reference["dead_letters"])
-    result["same_row_counts"] = {t: [pipeline["rows"][t], reference["rows"][t]] for t in COMPARED_TABLES}
+    result["records_accounted"] = all(p["records_accounted"] for p in pipelines.values())
+    result["same_row_counts"] = pipeline["same_row_counts"]
     report(result, args.json)
 
 
