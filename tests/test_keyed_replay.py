@@ -9,7 +9,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.keyed_replay import stateful_step
+from transforms.keyed_replay import keyed_for, stateful_step
 
 
 class _Sessionise(beam.DoFn):
@@ -51,6 +51,7 @@ def _run(replay: bool) -> None:
     with TestPipeline(runner="FnApiRunner") as pipeline:
         outputs = (pipeline | beam.Create(values)
                    | beam.Map(lambda kv: TimestampedValue(kv, abs(kv[1])))
+                   | keyed_for(lambda kv: kv, replay)
                    | stateful_step(_Sessionise(), replay, ("late",), "on_time"))
         stamped = lambda label, pcoll: pcoll | label >> beam.Map(
             lambda out, t=beam.DoFn.TimestampParam: (*out, t.micros))

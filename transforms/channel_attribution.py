@@ -19,7 +19,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from schemas.contracts import RETRACTED
 from transforms.currency import to_cents
 from transforms.customer_profiles import updating_global_window, windowed_as
-from transforms.keyed_replay import from_state, stateful_step, to_state
+from transforms.keyed_replay import from_state, keyed_for, stateful_step, to_state
 
 ROW_KEY = ("order_id", "model", "touch_index", "status")
 
@@ -78,7 +78,7 @@ class ChannelAttributionDaily(beam.PTransform):
     def expand(self, rows):
         deltas = (rows
                   | "AllTime" >> windowed_as(rows, beam.WindowInto(window.GlobalWindows()))
-                  | "ByRowKey" >> beam.Map(lambda row: (tuple(row[k] for k in ROW_KEY), row))
+                  | "ByRowKey" >> keyed_for(lambda row: (tuple(row[k] for k in ROW_KEY), row), self.replay)
                   | "Deltas" >> stateful_step(_Deltas(), self.replay))
         return (deltas
                 | "Updating" >> updating_global_window(deltas, self.update_every_s)

@@ -36,8 +36,8 @@ from schemas.contracts import RETRACTED
 from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, heuristic_credits, prepare_path
 from transforms.channel_grouping import ChannelRules, social_channel
 from transforms.currency import ExchangeRates
-from transforms.event_time import timestamp_of
-from transforms.keyed_replay import from_state, stateful_step, to_state
+from transforms.event_time import from_micros, timestamp_of
+from transforms.keyed_replay import from_state, keyed_for, stateful_step, to_state
 
 DATA_DRIVEN_MODELS = ("markov", "shapley")
 CLICK_THROUGH = frozenset({"ad_click", "link_click"})
@@ -148,8 +148,9 @@ class _Stitch(beam.DoFn):
                pending=beam.DoFn.StateParam(PENDING), expiry=beam.DoFn.TimerParam(EXPIRY)):
         # Never linked while any order could still have used them: an anonymous visitor's own journey.
         waiting = _items(pending)
-        yield from ((f"anon:{key}", touch) for touch in waiting if timestamp_of(touch["time"] + self.wait) <= fired_at)
-        self._keep(pending, expiry, [touch for touch in waiting if timestamp_of(touch["time"] + self.wait) > fired_at])
+        settled = from_micros(fired_at.micros) - self.wait  # a session up to this time can no longer be linked
+        yield from ((f"anon:{key}", touch) for touch in waiting if touch["time"] <= settled)
+        self._keep(pending, expiry, [touch for touch in waiting if touch["time"] > settled])
 
 
 class StitchIdentities(beam.PTransform):
@@ -163,12 +164,25 @@ class StitchIdentities(beam.PTransform):
 
     def expand(self, inputs):
         sessions, orders = inputs
-        by_device = sessions | "SessionsByDevice" >> beam.Map(lambda s: (s["anonymous_id"], ("session", s)))
+        rules = self.config.channels
+        # A logged-in session is its customer's touch as it comes; its device step needs only the link it makes
+        # (all of a session crossing the device grouping was most of that step's cost).
+        logged_in = sessions | "LoggedIn" >> beam.FlatMap(
+            lambda s: [(s["customer_id"], session_touch(s, rules))] if s["customer_id"] else [])
+        by_device = sessions | "SessionsByDevice" >> keyed_for(_device_input, self.replay)
         links = (orders | "WithDevice" >> beam.Filter(lambda o: o["anonymous_id"] is not None)
-                 | "LinksByDevice" >> beam.Map(
-                     lambda o: (o["anonymous_id"], ("link", (o["customer_id"], o["event_time"])))))
-        return ((by_device, links) | "Devices" >> beam.Flatten()
-                | "Stitch" >> stateful_step(_Stitch(self.config), self.replay))
+                 | "LinksByDevice" >> keyed_for(
+                     lambda o: (o["anonymous_id"], ("link", (o["customer_id"], o["event_time"]))), self.replay))
+        stitched = ((by_device, links) | "Devices" >> beam.Flatten()
+                    | "Stitch" >> stateful_step(_Stitch(self.config), self.replay))
+        return (logged_in, stitched) | "Sessions" >> beam.Flatten()
+
+
+def _device_input(session: dict) -> tuple:
+    """(device, what _Stitch needs of the session): the link a logged-in session makes, or an anonymous session."""
+    if session["customer_id"]:
+        return session["anonymous_id"], ("link", (session["customer_id"], session["session_start"]))
+    return session["anonymous_id"], ("session", session)
 
 
 # --- 2. attribution per customer ------------------------------------------------------------------------------------
@@ -203,6 +217,8 @@ class _Attribute(beam.DoFn):
     def __init__(self, config: JourneyConfig):
         self.config = config
         self.lateness = dt.timedelta(seconds=config.allowed_lateness_s)
+        self.lookback = config.lookback
+        self.correction = config.correction
         self.horizon = max(config.lookback, dt.timedelta(days=config.reversal_horizon_days))
 
     def process(self, element, state=beam.DoFn.StateParam(JOURNEY), due=beam.DoFn.TimerParam(DUE)):
@@ -219,7 +235,7 @@ class _Attribute(beam.DoFn):
             journey.touches.append(payload)
             # A touch behind an order that was already attributed corrects that order's rows.
             for order in journey.done:
-                if order["event_time"] - self.config.lookback <= payload["time"] <= order["event_time"]:
+                if order["event_time"] - self.lookback <= payload["time"] <= order["event_time"]:
                     order["touches"].append(payload)
                     yield from self._attributed(customer_id, order, journey)
         self._save(state, due, journey)
@@ -238,12 +254,19 @@ class _Attribute(beam.DoFn):
     def _save(self, state, due, journey: _Journey) -> None:
         """Store the journey and wake up at the next moment anything happens: an order falls due, or a touch,
         order or reversal expires. An empty journey leaves no state behind."""
-        moments = ([o["event_time"] for o in journey.pending]
-                   + [t["time"] + self.config.lookback for t in journey.touches]
-                   + [o["event_time"] + self.horizon for o in journey.done]
-                   + [r["event_time"] + self.horizon for r in journey.reversals]
-                   + [t["time"] + 2 * self.config.lookback for t in journey.unused[:1]]  # kept sorted
-                   + [p[0]["time"] + 2 * self.config.lookback + self.config.correction for p in journey.paths[:1]])
+        moments = []
+        if journey.pending:
+            moments.append(min(o["event_time"] for o in journey.pending))
+        if journey.touches:
+            moments.append(min(t["time"] for t in journey.touches) + self.lookback)
+        if journey.done:
+            moments.append(min(o["event_time"] for o in journey.done) + self.horizon)
+        if journey.reversals:
+            moments.append(min(r["event_time"] for r in journey.reversals) + self.horizon)
+        if journey.unused:  # kept sorted
+            moments.append(journey.unused[0]["time"] + 2 * self.lookback)
+        if journey.paths:
+            moments.append(journey.paths[0][0]["time"] + 2 * self.lookback + self.correction)
         if not moments:
             state.clear()
             return
@@ -253,17 +276,17 @@ class _Attribute(beam.DoFn):
     @on_timer(DUE)
     def fire(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(JOURNEY), due=beam.DoFn.TimerParam(DUE),
              now=beam.DoFn.TimestampParam):
-        cutoff = now.to_utc_datetime().replace(tzinfo=dt.timezone.utc) - self.lateness  # event time now settled
+        cutoff = from_micros(now.micros) - self.lateness  # event time now settled
         journey = _load(state)
         ready = sorted((o for o in journey.pending if o["event_time"] <= cutoff), key=lambda o: o["event_time"])
         for order in ready:
             # An attributed order keeps its own candidate touches: a correction or a reversal may come after
             # some of them have left the customer's state.
             order["touches"] = [t for t in journey.touches
-                                if order["event_time"] - self.config.lookback <= t["time"] <= order["event_time"]]
+                                if order["event_time"] - self.lookback <= t["time"] <= order["event_time"]]
             yield from self._attributed(key, order, journey)
         # A touch no order can use any more leaves state; an unused one waits for its non-converting path.
-        lookback = self.config.lookback
+        lookback = self.lookback
         expired = [t for t in journey.touches if t["time"] + lookback <= cutoff and t["touch_id"] not in journey.used]
         # A timer's own time may lag behind one that fired before (a late touch sets one in the past): the paths
         # are cut as of the latest cutoff reached, which the watermark has passed.
@@ -284,7 +307,7 @@ class _Attribute(beam.DoFn):
         complete ones that are new or changed, and a retraction for each path that left and is no longer one.
         Updates journey.unused (touches of incomplete paths) and journey.paths (the steps of complete paths while
         they can be corrected: until their start + 2 lookbacks + the correction time)."""
-        lookback = self.config.lookback
+        lookback = self.lookback
         # Paths that end before the earliest touch to cut are cut alike whatever follows: only a late touch reopens
         # the ones it reaches, so on time nothing that left is cut again.
         earliest = min((t["time"] for t in unused), default=None)
@@ -306,7 +329,7 @@ class _Attribute(beam.DoFn):
             journey.emissions += 1
             yield beam.pvalue.TaggedOutput(PATHS, _retraction(key, gone, journey.emissions))
         journey.paths = [[_step(t) for t in p] for p in kept + complete
-                         if p[0]["time"] + 2 * lookback + self.config.correction > settled]
+                         if p[0]["time"] + 2 * lookback + self.correction > settled]
 
     def _rows(self, customer_id: str, order: dict, touches: list[dict], reversals: list[dict]):
         """The order's credit rows, and a negated copy for each cancellation or refund of it (same keys + status):
@@ -421,9 +444,9 @@ class AttributeOrders(beam.PTransform):
 
     def expand(self, inputs):
         keyed_touches, orders = inputs
-        placed = orders | "ByCustomer" >> beam.Map(
-            lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", o)))
-        touches = keyed_touches | "AsTouch" >> beam.MapTuple(lambda customer, touch: (customer, ("touch", touch)))
+        placed = orders | "ByCustomer" >> keyed_for(
+            lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", o)), self.replay)
+        touches = keyed_touches | "AsTouch" >> keyed_for(lambda touch: (touch[0], ("touch", touch[1])), self.replay)
         outputs = ((touches, placed) | "Meet" >> beam.Flatten()
                    | "Attribute" >> stateful_step(_Attribute(self.config), self.replay, (PATHS,), "order_attribution"))
         return {"order_attribution": outputs.order_attribution, PATHS: outputs[PATHS]}
