@@ -74,13 +74,13 @@ class CustomerProfile:
             "social_engagement": self.social_engagement})
 
 
-def build_profile(customer_id: str, touches: list[dict], orders: list[dict], interactions: list[dict],
-                  attribution: list[dict], devices: list[str],
+def build_profile(customer_id: str, touch_times: list[dt.datetime], orders: list[dict],
+                  interactions: list[tuple], attribution: list[dict], devices: list[str],
                   rates: ExchangeRates = ExchangeRates()) -> CustomerProfile | None:
-    """The customer's profile from everything keyed to them; None when nothing identifies a customer. Order
-    values are in the reporting currency."""
-    times = ([t["time"] for t in touches] + [o["event_time"] for o in orders]
-             + [i["event_time"] for i in interactions])
+    """The customer's profile from everything keyed to them (their touches' times, interactions as
+    interaction_fact gives them, acquisition rows as acquisition_row keeps them); None when nothing identifies a
+    customer. Order values are in the reporting currency."""
+    times = list(touch_times) + [o["event_time"] for o in orders] + [time for time, _ in interactions]
     if not times:
         return None
     placed = {o["order_id"]: o for o in orders if o["status"] == "placed"}
@@ -92,19 +92,35 @@ def build_profile(customer_id: str, touches: list[dict], orders: list[dict], int
                                         rates.convert(o["amount"], o["currency"]) - taken_back[o["order_id"]])
                             for o in placed.values()), key=lambda o: (o.time, o.order_id)))
     channels = _acquisition_channels(history[0].order_id, attribution) if history else {}
-    engagements = tuple(sorted((i["event_time"], i["platform"], i["interaction_type"])
-                               for i in interactions if is_engagement(i)))
+    engagements = tuple(sorted(engagement for _, engagement in interactions if engagement is not None))
     return CustomerProfile(customer_id, min(times), max(times), history, channels.get("acquisition_channel"),
                            channels.get("first_touch_channel"), engagements, len(set(devices)),
-                           len(touches) + len(orders) + len(interactions) + len(attribution))
+                           len(touch_times) + len(orders) + len(interactions) + len(attribution))
+
+
+def interaction_fact(interaction: dict) -> tuple[dt.datetime, tuple | None]:
+    """What a profile needs of a social interaction: its time, and (time, platform, type) when it is engagement."""
+    engagement = ((interaction["event_time"], interaction["platform"], interaction["interaction_type"])
+                  if is_engagement(interaction) else None)
+    return interaction["event_time"], engagement
+
+
+def is_acquisition_row(row: dict) -> bool:
+    """An order_attribution row that can name a customer's acquisition channels: placed, credited, by a model of
+    ACQUISITION_MODELS."""
+    return row["model"] in ACQUISITION_MODELS and row["status"] == "placed" and row["credit"] > 0
+
+
+def acquisition_row(row: dict) -> dict:
+    """What a profile keeps of an acquisition row."""
+    return {k: row[k] for k in ("order_id", "model", "channel", "revision")}
 
 
 def _acquisition_channels(first_order_id: str, attribution: list[dict]) -> dict:
     """The last-touch and first-touch channel of the first order, from its current (highest revision) rows."""
-    rows = [r for r in attribution if r["order_id"] == first_order_id and r["status"] == "placed" and r["credit"] > 0]
+    rows = [r for r in attribution if r["order_id"] == first_order_id]
     latest = max((r["revision"] for r in rows), default=None)
-    return {ACQUISITION_MODELS[r["model"]]: r["channel"] for r in rows
-            if r["revision"] == latest and r["model"] in ACQUISITION_MODELS}
+    return {ACQUISITION_MODELS[r["model"]]: r["channel"] for r in rows if r["revision"] == latest}
 
 
 def latest_profiles(profiles) -> list[CustomerProfile]:
@@ -157,14 +173,15 @@ class CustomerProfiles(beam.PTransform):
 
     def expand(self, inputs):
         known = lambda customer_key: customer_key and not customer_key.startswith("anon:")
+        # Only what a profile uses crosses the grouping: its encoding is most of a grouping's cost.
         keyed = {
-            "touches": inputs["touches"] | "KnownTouches" >> beam.Filter(lambda kv: known(kv[0])),
+            "touches": inputs["touches"] | "KnownTouches" >> beam.FlatMapTuple(
+                lambda key, touch: [(key, touch["time"])] if known(key) else []),
             "orders": inputs["orders"] | "OrdersByCustomer" >> beam.Map(lambda o: (o["customer_id"], o)),
-            "interactions": (inputs["social_interactions"] | "Identified" >> beam.Filter(lambda i: known(i["customer_id"]))
-                             | "InteractionsByCustomer" >> beam.Map(lambda i: (i["customer_id"], i))),
-            "attribution": (inputs["order_attribution"]
-                            | "AcquisitionRows" >> beam.Filter(lambda r: r["model"] in ACQUISITION_MODELS)
-                            | "RowsByCustomer" >> beam.Map(lambda r: (r["customer_id"], r))),
+            "interactions": inputs["social_interactions"] | "InteractionsByCustomer" >> beam.FlatMap(
+                lambda i: [(i["customer_id"], interaction_fact(i))] if known(i["customer_id"]) else []),
+            "attribution": inputs["order_attribution"] | "AcquisitionRows" >> beam.FlatMap(
+                lambda r: [(r["customer_id"], acquisition_row(r))] if is_acquisition_row(r) else []),
             "devices": ((inputs["web_sessions"] | "LoggedIn" >> beam.Filter(lambda s: s["customer_id"])
                          | "SessionDevice" >> beam.Map(lambda s: (s["customer_id"], s["anonymous_id"])),
                          inputs["orders"] | "Checkout" >> beam.Filter(lambda o: o["anonymous_id"])
@@ -178,10 +195,21 @@ class CustomerProfiles(beam.PTransform):
 
 
 def _profile_of(customer_id: str, grouped: dict, rates: ExchangeRates = ExchangeRates()) -> list[CustomerProfile]:
-    profile = build_profile(customer_id, list(grouped["touches"]), list(grouped["orders"]),
-                            list(grouped["interactions"]), list(grouped["attribution"]), list(grouped["devices"]),
-                            rates)
+    profile = build_profile(customer_id, [_touch_time(t) for t in grouped["touches"]], list(grouped["orders"]),
+                            [_interaction(i) for i in grouped["interactions"]],
+                            [r for r in grouped["attribution"] if "status" not in r or is_acquisition_row(r)],
+                            list(grouped["devices"]), rates)
     return [profile] if profile is not None else []
+
+
+def _touch_time(touch) -> dt.datetime:
+    # A stream restored from a savepoint of a job that grouped whole touches, interactions and rows may still hold
+    # some: they count as what is grouped now.
+    return touch["time"] if isinstance(touch, dict) else touch
+
+
+def _interaction(interaction) -> tuple:
+    return interaction_fact(interaction) if isinstance(interaction, dict) else interaction
 
 
 class AllProfiles(beam.PTransform):
