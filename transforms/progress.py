@@ -12,6 +12,7 @@ import threading
 import time
 
 import apache_beam as beam
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from transforms.kafka_connection import KafkaConnection
 from transforms.kafka_source import PARTITION_WATERMARKS
@@ -48,6 +49,17 @@ def progress_line(records: int, elapsed_s: float, interval_records: int, interva
     return "; ".join(parts)
 
 
+def watermark_text(watermarks: dict) -> str:
+    """The source's watermark for a stream's line: the lowest of its partitions'. A partition that has read nothing
+    yet holds Beam's minimum timestamp, which no datetime can show: its line says so instead."""
+    if not watermarks:
+        return ""
+    lowest = min(watermarks.values())
+    if lowest <= MIN_TIMESTAMP.micros:
+        return "; source watermark not yet set (a partition has read nothing)"
+    return f"; source watermark {dt.datetime.fromtimestamp(lowest / 1e6, dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z"
+
+
 class LogProgress(beam.DoFn):
     def __init__(self, connection: KafkaConnection, end_offsets: dict | None = None, every_s: float = 30.0):
         self.connection = connection
@@ -70,9 +82,8 @@ class LogProgress(beam.DoFn):
             read, records, started = dict(_Totals.read), _Totals.records, _Totals.started
         end = self.end_offsets if self.end_offsets is not None else self._end_offsets(read)
         line = progress_line(records, now - started, interval_records, interval, read, end, self.end_offsets is not None)
-        if self.end_offsets is None and PARTITION_WATERMARKS:
-            watermark = dt.datetime.fromtimestamp(min(PARTITION_WATERMARKS.values()) / 1e6, dt.timezone.utc)
-            line += f"; source watermark {watermark:%Y-%m-%d %H:%M:%S}Z"
+        if self.end_offsets is None:
+            line += watermark_text(dict(PARTITION_WATERMARKS))
         log.info(line)
 
     def _end_offsets(self, read: dict) -> dict:
