@@ -13,7 +13,8 @@ from apache_beam.utils.timestamp import Timestamp
 from schemas.contracts import RETRACTED
 from transforms.channel_attribution import ChannelAttributionDaily
 from transforms.customer_journeys import DataDrivenAttribution, emission_revision
-from transforms.customer_profiles import AllProfiles, CustomerProfiles, updating_global_window
+from transforms.customer_profiles import (AllProfiles, CustomerProfiles, _profile_of, acquisition_row,
+                                         interaction_fact, updating_global_window)
 from transforms.retention import RetentionCohorts
 from transforms.social_impact import SocialImpact
 from transforms.whole_table import _RetractVanished
@@ -133,6 +134,25 @@ def test_social_impact_compares_engaged_and_not_engaged_customers():
                                                    r["revenue"], r["conversion_rate"])),
                     equal_to([("2026-09-01", "engaged", 1, 2, Decimal("100.00"), 1.0),
                               ("2026-09-01", "not_engaged", 1, 1, Decimal("92.00"), 1.0)]))
+
+
+def test_a_profile_from_an_older_savepoints_whole_values_equals_one_from_lean_ones():
+    touch = {"touch_id": "t1", "time": T0 - 2 * DAY, "channel": "Email"}
+    likes = [_like("A", T0 - DAY), _like("A", T0 + DAY, kind="impression"), {**_like("A", T0, kind="share"), "is_paid": True}]
+    placed = {**_credit("A1", "Email", 0, 1.0, revision=0), "customer_id": "A", "model": "last_touch"}
+    first = {**_credit("A1", "Social", 0, 1.0, revision=0), "customer_id": "A", "model": "first_touch"}
+    refunded = {**placed, "status": "refunded", "revision": 1}
+    linear = {**placed, "model": "linear"}  # not an acquisition model
+    devices = ["d1", "d1", "d2"]
+    whole = {"touches": [touch], "orders": ORDERS[:3], "interactions": likes,
+             "attribution": [placed, first, refunded, linear], "devices": devices}
+    lean = {"touches": [touch["time"]], "orders": ORDERS[:3], "interactions": [interaction_fact(i) for i in likes],
+            "attribution": [acquisition_row(r) for r in (placed, first)], "devices": devices}
+    [old], [new] = _profile_of("A", whole), _profile_of("A", lean)
+    assert old == new
+    assert (new.acquisition_channel, new.first_touch_channel, new.devices, new.first_seen) == \
+        ("Email", "Social", 2, T0 - 2 * DAY)
+    assert [e[2] for e in new.engagements] == ["like"]  # an impression and a paid share are no engagement
 
 
 def test_a_whole_table_retracts_the_keys_a_later_firing_no_longer_computes():
