@@ -182,10 +182,8 @@ class CustomerProfiles(beam.PTransform):
                 lambda i: [(i["customer_id"], interaction_fact(i))] if known(i["customer_id"]) else []),
             "attribution": inputs["order_attribution"] | "AcquisitionRows" >> beam.FlatMap(
                 lambda r: [(r["customer_id"], acquisition_row(r))] if is_acquisition_row(r) else []),
-            "devices": ((inputs["web_sessions"] | "LoggedIn" >> beam.Filter(lambda s: s["customer_id"])
-                         | "SessionDevice" >> beam.Map(lambda s: (s["customer_id"], s["anonymous_id"])),
-                         inputs["orders"] | "Checkout" >> beam.Filter(lambda o: o["anonymous_id"])
-                         | "OrderDevice" >> beam.Map(lambda o: (o["customer_id"], o["anonymous_id"])))
+            "devices": ((inputs["web_sessions"] | "SessionDevices" >> beam.FlatMap(_device_of),
+                         inputs["orders"] | "OrderDevices" >> beam.FlatMap(_device_of))
                         | "AllDevices" >> beam.Flatten()),
         }
         windowed = {name: pcoll | f"Window{name}" >> updating_global_window(pcoll, self.update_every_s)
@@ -197,19 +195,28 @@ class CustomerProfiles(beam.PTransform):
 def _profile_of(customer_id: str, grouped: dict, rates: ExchangeRates = ExchangeRates()) -> list[CustomerProfile]:
     profile = build_profile(customer_id, [_touch_time(t) for t in grouped["touches"]], list(grouped["orders"]),
                             [_interaction(i) for i in grouped["interactions"]],
-                            [r for r in grouped["attribution"] if "status" not in r or is_acquisition_row(r)],
-                            list(grouped["devices"]), rates)
+                            [r for r in grouped["attribution"] if _acquisition(r)], list(grouped["devices"]), rates)
     return [profile] if profile is not None else []
 
 
+def _device_of(session_or_order: dict) -> list[tuple[str, str]]:
+    """(customer, device) when a logged-in session or an order names both."""
+    customer, device = session_or_order["customer_id"], session_or_order["anonymous_id"]
+    return [(customer, device)] if customer and device else []
+
+
+# A stream restored from a savepoint of a job that grouped whole touches, interactions and attribution rows may
+# still hold some: they count as what is grouped now.
 def _touch_time(touch) -> dt.datetime:
-    # A stream restored from a savepoint of a job that grouped whole touches, interactions and rows may still hold
-    # some: they count as what is grouped now.
     return touch["time"] if isinstance(touch, dict) else touch
 
 
 def _interaction(interaction) -> tuple:
     return interaction_fact(interaction) if isinstance(interaction, dict) else interaction
+
+
+def _acquisition(row: dict) -> bool:
+    return "status" not in row or is_acquisition_row(row)  # a kept acquisition_row has no status
 
 
 class AllProfiles(beam.PTransform):
