@@ -37,7 +37,7 @@ from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, h
 from transforms.channel_grouping import ChannelRules, social_channel
 from transforms.currency import ExchangeRates
 from transforms.event_time import from_micros, timestamp_of
-from transforms.keyed_replay import from_state, keyed_for, stateful_step, to_state
+from transforms.keyed_replay import from_state, keyed_for, keyed_value, stateful_step, to_state
 
 DATA_DRIVEN_MODELS = ("markov", "shapley")
 CLICK_THROUGH = frozenset({"ad_click", "link_click"})
@@ -111,6 +111,8 @@ class _Stitch(beam.DoFn):
                 expiry=beam.DoFn.TimerParam(EXPIRY)):
         anonymous_id, (kind, payload) = element
         known = from_state(link, link.read())
+        # A logged-in session comes as its link (_RouteSession); one whole, with its customer, comes only from a
+        # savepoint of a job that sent every session here, and still counts as both.
         new_link = (payload if kind == "link" else
                     (payload["customer_id"], payload["session_start"]) if payload["customer_id"] else None)
         if new_link and (known is None or new_link[1] < known[1]):
@@ -164,25 +166,36 @@ class StitchIdentities(beam.PTransform):
 
     def expand(self, inputs):
         sessions, orders = inputs
-        rules = self.config.channels
-        # A logged-in session is its customer's touch as it comes; its device step needs only the link it makes
-        # (all of a session crossing the device grouping was most of that step's cost).
-        logged_in = sessions | "LoggedIn" >> beam.FlatMap(
-            lambda s: [(s["customer_id"], session_touch(s, rules))] if s["customer_id"] else [])
-        by_device = sessions | "SessionsByDevice" >> keyed_for(_device_input, self.replay)
+        routed = (sessions | "RouteSessions" >> beam.ParDo(_RouteSession(self.config.channels, self.replay))
+                  .with_outputs(LOGGED_IN, main="by_device"))
         links = (orders | "WithDevice" >> beam.Filter(lambda o: o["anonymous_id"] is not None)
                  | "LinksByDevice" >> keyed_for(
                      lambda o: (o["anonymous_id"], ("link", (o["customer_id"], o["event_time"]))), self.replay))
-        stitched = ((by_device, links) | "Devices" >> beam.Flatten()
+        stitched = ((routed.by_device, links) | "Devices" >> beam.Flatten()
                     | "Stitch" >> stateful_step(_Stitch(self.config), self.replay))
-        return (logged_in, stitched) | "Sessions" >> beam.Flatten()
+        return (routed[LOGGED_IN], stitched) | "Sessions" >> beam.Flatten()
 
 
-def _device_input(session: dict) -> tuple:
-    """(device, what _Stitch needs of the session): the link a logged-in session makes, or an anonymous session."""
-    if session["customer_id"]:
-        return session["anonymous_id"], ("link", (session["customer_id"], session["session_start"]))
-    return session["anonymous_id"], ("session", session)
+LOGGED_IN = "logged_in"
+
+
+@beam.typehints.with_output_types(beam.typehints.KV[str, beam.typehints.Any])  # not inferred past TaggedOutput
+class _RouteSession(beam.DoFn):
+    """A logged-in session is its customer's touch as it comes (tagged LOGGED_IN), and its device step needs only
+    the link it makes (all of a session crossing the device grouping was most of that step's cost); an anonymous
+    session goes to its device's _Stitch whole. The device inputs are keyed as keyed_for(…, replay) keys them."""
+
+    def __init__(self, rules: ChannelRules, replay: bool):
+        self.rules = rules
+        self.replay = replay
+
+    def process(self, session, timestamp=beam.DoFn.TimestampParam):
+        device, customer = session["anonymous_id"], session["customer_id"]
+        if customer:
+            yield keyed_value(device, ("link", (customer, session["session_start"])), timestamp, self.replay)
+            yield beam.pvalue.TaggedOutput(LOGGED_IN, (customer, session_touch(session, self.rules)))
+        else:
+            yield keyed_value(device, ("session", session), timestamp, self.replay)
 
 
 # --- 2. attribution per customer ------------------------------------------------------------------------------------

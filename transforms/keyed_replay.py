@@ -35,8 +35,13 @@ def keyed_for(key_value, replay: bool) -> beam.PTransform:
 
 
 def _keyed_with_timestamp(element, key_value, timestamp=beam.DoFn.TimestampParam):
-    key, value = key_value(element)
-    return key, (value, timestamp.micros)
+    return keyed_value(*key_value(element), timestamp, True)
+
+
+def keyed_value(key, value, timestamp: Timestamp, replay: bool) -> tuple:
+    """What keyed_for(…, replay) gives for (key, value) of an element at `timestamp`: for a DoFn that keys its
+    elements itself."""
+    return (key, (value, timestamp.micros)) if replay else (key, value)
 
 
 def stateful_step(dofn: DoFn, replay: bool, outputs: tuple[str, ...] = (), main: str | None = None):
