@@ -79,12 +79,14 @@ def build(pipeline, args, connection: KafkaConnection):
     end_offsets = args.end_offsets = dict(stop)
     log.info("backfill of %d records in %d partitions up to the end offsets at launch",
              sum(end_offsets.values()), len(end_offsets))
-    messages = pipeline | "Read" >> ReadFromKafka(connection, list(topics), bounded=True, stop_offsets=end_offsets,
-                                                  event_time=decoder)
-    _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, end_offsets, args.log_every_s))
     # Replayed keyed state emits once all input is grouped, behind the watermark: only a batch engine that drops
-    # no late data may replay it (on Prism the data-driven windows lost every path as late).
+    # no late data may replay it (on Prism the data-driven windows lost every path as late). The batch engine
+    # reads each partition whole; Flink keeps the unbounded source's read (a pipeline bounded throughout runs in
+    # its batch mode, which refuses that read's bundle finalization).
     replay = args.runner == BATCH_RUNNER
+    messages = pipeline | "Read" >> ReadFromKafka(connection, list(topics), bounded=True, stop_offsets=end_offsets,
+                                                  event_time=decoder, whole_partitions=replay)
+    _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, end_offsets, args.log_every_s))
     tables = messages | "Tables" >> TablesFromMessages(
         decoder, TablesConfig(update_every_s=None, replay_keyed_state=replay))
     directory = staging_directory(args)

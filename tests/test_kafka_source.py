@@ -32,8 +32,10 @@ def _dead_line(dead):
             "reason": dead.reason, "raw_len": len(dead.value or b""), "kafka_ts": dead.kafka_timestamp_ms}
 
 
-@pytest.mark.parametrize("runner", RUNNERS)
-def test_backfill_reads_each_record_once_and_dead_letters_the_malformed(kafka, topic_prefix, tmp_path, runner):
+@pytest.mark.parametrize("runner,whole_partitions", [(r, False) for r in RUNNERS] + [("FnApiRunner", True)],
+                         ids=[*RUNNERS, "FnApiRunner-whole-partitions"])
+def test_backfill_reads_each_record_once_and_dead_letters_the_malformed(kafka, topic_prefix, tmp_path, runner,
+                                                                        whole_partitions):
     records = generate(GeneratorConfig(customers=250, days=20, seed=31), b"k", fmt="mixed", malformed=0.03,
                        late=0.02, out_of_order=0.05)
     ensure_topics(kafka, prefix=topic_prefix, partitions=3)
@@ -42,7 +44,9 @@ def test_backfill_reads_each_record_once_and_dead_letters_the_malformed(kafka, t
 
     with beam.Pipeline(options=PipelineOptions(runner_args(runner))) as pipeline:
         messages = pipeline | ReadFromKafka(kafka, [topic_prefix + t for t in TOPICS], bounded=True,
-                                            event_time=decoder, group_id=f"{topic_prefix}backfill")
+                                            event_time=decoder, group_id=f"{topic_prefix}backfill",
+                                            whole_partitions=whole_partitions)
+        assert messages.is_bounded
         outputs = messages | DecodeEvents(decoder)
         for topic in TOPICS:
             _ = outputs[topic] | f"Write{topic}" >> beam.Map(_record_line) | f"Append{topic}" >> beam.ParDo(AppendJsonLines(str(tmp_path / f"{topic}.jsonl")))

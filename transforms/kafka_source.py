@@ -501,7 +501,10 @@ def resolve_launch(connection: KafkaConnection, topics: tuple[str, ...], start: 
 class ReadFromKafka(beam.PTransform):
     """Kafka topics → PCollection of KafkaMessage (with `decoded` set when timestamps come from event time).
 
-    bounded=True reads up to the end offsets at launch (or `stop_offsets`) and finishes: a backfill.
+    bounded=True reads up to the end offsets at launch (or `stop_offsets`) and finishes: a backfill. With
+    `whole_partitions` too (for a batch runner), each partition is read to its end in one DoFn call, not through
+    Beam's unbounded-source machinery: no claim per record, no step to mark the output bounded, and bundles a
+    runner can hand to several workers.
     """
 
     def __init__(self, connection: KafkaConnection, topics, *, start: StartAt = StartAt(), bounded: bool = False,
@@ -509,8 +512,12 @@ class ReadFromKafka(beam.PTransform):
                  group_id: str | None = None, isolation_level: str = "read_uncommitted",
                  max_out_of_orderness_s: float = 5.0, idle_after_s: float = 10.0,
                  flush_after_idle_s: float | None = None, discovery_interval_s: float = 30.0,
-                 poll_interval_s: float = 0.5, max_records_per_bundle: int = 10000, max_bundle_seconds: float = 2.0):
+                 poll_interval_s: float = 0.5, max_records_per_bundle: int = 10000, max_bundle_seconds: float = 2.0,
+                 whole_partitions: bool = False):
         super().__init__()
+        if whole_partitions and not bounded:
+            raise ValueError("whole_partitions reads a bounded read's partitions to their end: bounded=True only")
+        self.whole_partitions = whole_partitions
         self.connection = connection
         self.topics = tuple(topics)
         self.start = start
@@ -530,6 +537,9 @@ class ReadFromKafka(beam.PTransform):
         return KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded)
 
     def expand(self, pbegin):
+        if self.whole_partitions:
+            return (pbegin | "Partitions" >> beam.Create(self.launch_source().split(None))
+                    | "ReadEach" >> beam.ParDo(_ReadToEnd()))
         messages = pbegin | "ReadPartitions" >> ReadFromUnboundedSource(self.launch_source(), **self.read_options)
         if not self.bounded:
             return messages
@@ -541,3 +551,23 @@ class ReadFromKafka(beam.PTransform):
         bounded = messages | "AllOfIt" >> beam.WindowInto(window.GlobalWindows())
         bounded.is_bounded = True
         return bounded
+
+
+class _ReadToEnd(beam.DoFn):
+    """A bounded source's partition → its messages up to the stop offset, at their timestamps, in one call. The
+    reader is the unbounded read's own: the same consumer settings, decoding, event time and wait for a broker
+    that does not answer."""
+
+    def process(self, source: KafkaPartitionSource, finalizer=beam.DoFn.BundleFinalizerParam):
+        reader = source.create_reader(None, None)
+        try:
+            available = reader.start()
+            while available or not reader.finished():
+                if available:
+                    yield window.TimestampedValue(reader.get_current(), reader.get_current_timestamp())
+                available = reader.advance()
+        finally:
+            reader.close()
+        # A consumer group's offsets (lag monitoring) once the runner has the bundle's output, as the unbounded
+        # read commits them when its checkpoints are finalized.
+        finalizer.register(reader.get_checkpoint_mark().finalize_checkpoint)
