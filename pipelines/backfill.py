@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ from transforms.staging import StageTables
 from transforms.warehouse import open_warehouse
 
 log = logging.getLogger("journeys.backfill")
+# FnApiRunner's worker processes: one per core (Beam's --direct_num_workers and --direct_running_mode choose
+# otherwise). Each stage's bundles, the partitions read among them, run in parallel.
+BATCH_WORKERS = os.cpu_count() or 1
 
 
 class _CommitStaged(beam.DoFn):
@@ -115,7 +119,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args, beam_args = parse_args(argv)
     args.run_id = new_run_id("backfill")
-    status = run_kafka_pipeline(build, args, beam_args)
+    status = run_kafka_pipeline(build, args, beam_args, batch_workers=BATCH_WORKERS)
     if status:
         return status
     from pipelines.validate import exit_code, print_summary

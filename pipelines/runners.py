@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -88,18 +89,22 @@ def add_kafka_pipeline_args(parser, bounded: bool = False) -> None:
     parser.add_argument("--kafka-env-file", metavar="FILE")
 
 
-def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = False, job_name: str | None = None
-                       ) -> int:
-    """Run `build(pipeline, args, connection)` on the chosen runner until it finishes."""
+def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = False, job_name: str | None = None,
+                       batch_workers: int | None = None) -> int:
+    """Run `build(pipeline, args, connection)` on the chosen runner until it finishes. `batch_workers`: FnApiRunner's
+    worker processes (a backfill's), unless Beam's options choose."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from transforms.compact_coder import use_compact_coders
     from transforms.kafka_connection import KafkaConnection
 
+    beam_args = list(beam_args)
+    if args.runner == BATCH_RUNNER and batch_workers and not any(a.startswith("--direct_") for a in beam_args):
+        beam_args = worker_processes(batch_workers) + beam_args
     options = PipelineOptions(runner_args(args.runner, streaming, beam_args, job_name) + beam_args)
     if args.runner == BATCH_RUNNER:
-        refuse_several_workers(options)
+        relay_worker_logs()
         # Batch only: a stream's state and checkpoints keep the coders they were written with.
         use_compact_coders()
     connection = KafkaConnection.from_env(env_file=args.kafka_env_file)
@@ -108,17 +113,43 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
     return 0
 
 
-def refuse_several_workers(options) -> None:
-    """FnApiRunner with more than one worker, or workers in threads or processes, lost records of our Kafka read:
-    a backfill of 29,786 records in multi_processing mode landed no touchpoints and 208 of 3,000 customers, and
-    passed. One in-process worker only."""
-    from apache_beam.options.pipeline_options import DirectOptions
+def worker_processes(count: int) -> list[str]:
+    """FnApiRunner's options for `count` worker processes (one: in this process). Its workers share a
+    backfill's read only because that read hands them whole partitions: through the unbounded source's machinery,
+    several workers lost records (a backfill of 29,786 records landed no touchpoints and 208 of 3,000 customers)."""
+    return [f"--direct_num_workers={count}"] + (["--direct_running_mode=multi_processing"] if count > 1 else [])
 
-    direct = options.view_as(DirectOptions)
-    if direct.direct_num_workers != 1 or direct.direct_running_mode != "in_memory":
-        raise SystemExit(f"{BATCH_RUNNER} runs this pipeline with one in-process worker only (got "
-                         f"--direct_num_workers={direct.direct_num_workers} "
-                         f"--direct_running_mode={direct.direct_running_mode}): with more, records were lost")
+
+WORKER_LOGGER = "journeys.worker"
+# Each worker process warns that objects registered in Beam's registries may not reach it: our pipelines register
+# none (their coders travel in the job's graph).
+UNUSED_REGISTRIES = "No semi_persistent_directory found"
+
+
+def relay_worker_logs() -> None:
+    """FnApiRunner's worker processes send their log records here, where Beam logs each as its whole proto, one
+    line, under its job service's logger ("Worker: severity: INFO timestamp {...} message: ..."), and its INFO
+    lines (progress, the commit's validation) fell below that logger's level. Each is logged under WORKER_LOGGER
+    as its message, its traceback after it: warnings and errors from anywhere, other lines from this project's
+    code only (not Beam's chatter about its own workers)."""
+    from apache_beam.runners.portability import local_job_service
+
+    local_job_service.BeamFnLoggingServicer.Logging = _relay
+
+
+def _relay(self, log_bundles, context=None):
+    from apache_beam.runners.worker.log_handler import LOGENTRY_TO_LOG_LEVEL_MAP
+
+    logger = logging.getLogger(WORKER_LOGGER)
+    for bundle in log_bundles:
+        for entry in bundle.log_entries:
+            level = LOGENTRY_TO_LOG_LEVEL_MAP.get(entry.severity, logging.INFO)
+            ours = entry.log_location.startswith(str(REPO)) and "-packages/" not in entry.log_location
+            if entry.message.startswith(UNUSED_REGISTRIES):
+                continue
+            if (level >= logging.WARNING or ours) and logger.isEnabledFor(level):
+                logger.log(level, "%s%s", entry.message, f"\n{entry.trace}" if entry.trace else "")
+    return iter([])
 
 
 def add_warehouse_args(parser) -> None:

@@ -110,6 +110,28 @@ class ClusterSampler(threading.Thread):
                 "sdk_workers_started": len(self.workers_seen - self.workers_before)}
 
 
+class TreeSampler(threading.Thread):
+    """Samples the summed RSS of a process and its descendants: FnApiRunner's worker processes count with it."""
+
+    def __init__(self, pid: int, every_s: float):
+        super().__init__(daemon=True)
+        self.pid, self.every_s = pid, every_s
+        self.stopped = threading.Event()
+        self.peak_kib = 0
+        self.processes = 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            pids = descendants(self.pid, children())
+            self.processes = max(self.processes, len(pids))
+            self.peak_kib = max(self.peak_kib, sum(rss_kib(pid) for pid in pids))
+
+    def result(self) -> dict:
+        self.stopped.set()
+        self.join()
+        return {"peak_mib": round(self.peak_kib / 1024), "processes": self.processes}
+
+
 def run_backfill(runner: str, prefix: str, work: Path, extra: list[str], sample_s: float) -> dict:
     warehouse = work / f"{runner}.duckdb"
     log = work / f"{runner}.log"
@@ -120,12 +142,16 @@ def run_backfill(runner: str, prefix: str, work: Path, extra: list[str], sample_
     started = time.monotonic()
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        tree = TreeSampler(process.pid, sample_s)
+        tree.start()
         if sampler:
             sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.monotonic() - started
     result = {"seconds": round(seconds, 2), "exit_code": os.waitstatus_to_exitcode(status),
               "launcher_peak_rss_mib": round(usage.ru_maxrss / 1024), "log": str(log)}
+    # the launcher and what it started, summed (FnApiRunner's worker processes; a Flink job's launcher alone)
+    result["launcher_tree"] = tree.result()
     if sampler:
         result["cluster"] = sampler.result()
     published = warehouse.with_suffix(".published.duckdb")

@@ -165,8 +165,10 @@ def main() -> None:
         run = run_backfill(runner, prefix, work, [], args.sample_s)
         cluster_peak = run.get("cluster", {}).get("peak_mib", {}).get("taskmanager+workers")
         pipelines[runner] = {**{k: v for k, v in run.items() if k != "rows"},
-                             # FnApiRunner: the launcher is the pipeline; Flink: its TaskManager and SDK workers
-                             "peak_rss_mib": cluster_peak or run["launcher_peak_rss_mib"],
+                             # FnApiRunner: the launcher and its worker processes; Flink: its TaskManager and SDK
+                             # workers
+                             "peak_rss_mib": cluster_peak or max(run["launcher_peak_rss_mib"],
+                                                                 run["launcher_tree"]["peak_mib"]),
                              "rows": compared_rows(run["rows"])}
     reference = result["reference"] = _phase("reference", prefix, work)
     for phase in (raw, *pipelines.values(), reference):
