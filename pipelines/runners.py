@@ -129,9 +129,9 @@ UNUSED_REGISTRIES = "No semi_persistent_directory found"
 def relay_worker_logs() -> None:
     """FnApiRunner's worker processes send their log records here, where Beam logs each as its whole proto, one
     line, under its job service's logger ("Worker: severity: INFO timestamp {...} message: ..."), and its INFO
-    lines (progress, the commit's validation) fell below that logger's level. Each is logged under WORKER_LOGGER
-    as its message, its traceback after it: warnings and errors from anywhere, other lines from this project's
-    code only (not Beam's chatter about its own workers)."""
+    lines (progress, the commit's validation) fell below that logger's level. Each is logged as its message, its
+    traceback after it: this project's under WORKER_LOGGER, a library's under its module's name, so that the levels
+    set for this process (kafka-python's: errors only) hold for its workers too."""
     from apache_beam.runners.portability import local_job_service
 
     local_job_service.BeamFnLoggingServicer.Logging = _relay
@@ -140,16 +140,22 @@ def relay_worker_logs() -> None:
 def _relay(self, log_bundles, context=None):
     from apache_beam.runners.worker.log_handler import LOGENTRY_TO_LOG_LEVEL_MAP
 
-    logger = logging.getLogger(WORKER_LOGGER)
     for bundle in log_bundles:
         for entry in bundle.log_entries:
             level = LOGENTRY_TO_LOG_LEVEL_MAP.get(entry.severity, logging.INFO)
-            ours = entry.log_location.startswith(str(REPO)) and "-packages/" not in entry.log_location
-            if entry.message.startswith(UNUSED_REGISTRIES):
-                continue
-            if (level >= logging.WARNING or ours) and logger.isEnabledFor(level):
+            logger = logging.getLogger(_logger_name(entry.log_location))
+            if logger.isEnabledFor(level) and not entry.message.startswith(UNUSED_REGISTRIES):
                 logger.log(level, "%s%s", entry.message, f"\n{entry.trace}" if entry.trace else "")
     return iter([])
+
+
+def _logger_name(location: str) -> str:
+    """The logger for a worker's record from its location (path:line): WORKER_LOGGER for this project's code, the
+    module's dotted name for an installed package's, the module's name for the standard library's."""
+    path = location.rsplit(":", 1)[0]
+    if "-packages/" in path:
+        return path.split("-packages/", 1)[1].removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+    return WORKER_LOGGER if path.startswith(str(REPO)) else Path(path).stem
 
 
 def add_warehouse_args(parser) -> None:

@@ -36,6 +36,7 @@ from apache_beam import coders
 from apache_beam.transforms import window
 from apache_beam.io.unbounded_source import CheckpointMark, ReadFromUnboundedSource, UnboundedReader, UnboundedSource
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.decode_events import DeadLetter, EventDecoder
 from transforms.event_time import timestamp_of
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]  # (topic, partition)
 Offsets = tuple[tuple[Partition, int], ...]  # sorted, hashable {partition: offset}
+_GLOBAL = (window.GlobalWindow(),)
 
 
 @dataclass(frozen=True)
@@ -553,21 +555,42 @@ class ReadFromKafka(beam.PTransform):
         return bounded
 
 
+# The partitions a bounded read's whole-partition reader reads in this process: a progress line's total when
+# worker processes share the read (transforms/progress.py).
+PARTITIONS_READ_HERE: set = set()
+
+
 class _ReadToEnd(beam.DoFn):
-    """A bounded source's partition → its messages up to the stop offset, at their timestamps, in one call. The
-    reader is the unbounded read's own: the same consumer settings, decoding, event time and wait for a broker
-    that does not answer."""
+    """A bounded source's partitions → their messages up to the stop offsets, at their timestamps: a bundle's
+    partitions read together by one reader, as the unbounded read's splits are (one consumer fetching from all of
+    them), once the bundle has handed over every one. The reader is the unbounded read's own: the same consumer
+    settings, decoding, event time and wait for a broker that does not answer."""
+
+    def start_bundle(self):
+        self.sources = []
+        self.marks = []
 
     def process(self, source: KafkaPartitionSource, finalizer=beam.DoFn.BundleFinalizerParam):
-        reader = source.create_reader(None, None)
+        if not self.sources:
+            # A consumer group's offsets (lag monitoring) once the runner has the bundle's output, as the
+            # unbounded read commits them when its checkpoints are finalized. (finish_bundle gets no finalizer.)
+            marks = self.marks
+            finalizer.register(lambda: [mark.finalize_checkpoint() for mark in marks])
+        self.sources.append(source)
+
+    def finish_bundle(self):
+        if not self.sources:
+            return
+        spec = self.sources[0].spec
+        starts = tuple(sorted(item for source in self.sources for item in source.start_offsets))
+        PARTITIONS_READ_HERE.update(tp for tp, _ in starts)
+        reader = KafkaPartitionSource(spec, starts).create_reader(None, None)
         try:
             available = reader.start()
             while available or not reader.finished():
                 if available:
-                    yield window.TimestampedValue(reader.get_current(), reader.get_current_timestamp())
+                    yield WindowedValue(reader.get_current(), reader.get_current_timestamp(), _GLOBAL)
                 available = reader.advance()
         finally:
             reader.close()
-        # A consumer group's offsets (lag monitoring) once the runner has the bundle's output, as the unbounded
-        # read commits them when its checkpoints are finalized.
-        finalizer.register(reader.get_checkpoint_mark().finalize_checkpoint)
+        self.marks.append(reader.get_checkpoint_mark())

@@ -2,12 +2,14 @@
 
 A backfill (end offsets known): records read of the total, partitions finished, rate and ETA. A stream: records
 read, rate, lag per partition behind the topics' end offsets (asked from Kafka at each log line) and the source's
-watermark. Counters are per worker process: the local runners (LOOPBACK) run every worker in the job's process.
+watermark. Counters are per worker process: the local runners (LOOPBACK) run every worker in the job's process;
+where a backfill's worker processes share the read, each reports its own partitions.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 
@@ -15,7 +17,7 @@ import apache_beam as beam
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from transforms.kafka_connection import KafkaConnection
-from transforms.kafka_source import PARTITION_WATERMARKS
+from transforms.kafka_source import PARTITION_WATERMARKS, PARTITIONS_READ_HERE
 
 log = logging.getLogger("journeys.progress")
 
@@ -81,7 +83,14 @@ class LogProgress(beam.DoFn):
             _Totals.last_log, _Totals.records_at_last_log = now, _Totals.records
             read, records, started = dict(_Totals.read), _Totals.records, _Totals.started
         end = self.end_offsets if self.end_offsets is not None else self._end_offsets(read)
-        line = progress_line(records, now - started, interval_records, interval, read, end, self.end_offsets is not None)
+        here = set(PARTITIONS_READ_HERE)
+        if self.end_offsets is not None and here and here != set(end):
+            end = {p: n for p, n in end.items() if p in here}  # worker processes share the read: this one's part
+            line = f"worker {os.getpid()} ({len(end)} of {len(self.end_offsets)} partitions): "
+        else:
+            line = ""
+        line += progress_line(records, now - started, interval_records, interval, read, end,
+                              self.end_offsets is not None)
         if self.end_offsets is None:
             line += watermark_text(dict(PARTITION_WATERMARKS))
         log.info(line)
