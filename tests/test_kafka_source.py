@@ -1,5 +1,6 @@
 """ReadFromKafka against the real local broker, on DirectRunner and Prism: backfill, streaming, idleness,
 new partitions, start positions."""
+import collections
 import datetime as dt
 import time
 from collections import Counter
@@ -7,7 +8,7 @@ from collections import Counter
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
@@ -110,7 +111,7 @@ def test_start_positions_resolve_to_offsets_at_launch(kafka, topic_prefix):
 
 
 def test_reader_watermark_holds_at_the_newest_event_then_keeps_the_clocks_pace_when_idle(kafka, topic_prefix,
-                                                                                        sample_events):
+                                                                                        sample_events, monkeypatch):
     """An idle partition's event time goes on at the wall clock's pace from its newest record: a record an hour old
     leaves it an hour behind the clock (history replayed in parts does not find the watermark at today), and with
     flush_after_idle_s it jumps to the clock."""
@@ -128,6 +129,8 @@ def test_reader_watermark_holds_at_the_newest_event_then_keeps_the_clocks_pace_w
     source = ReadFromKafka(kafka, [topic], event_time=EventDecoder.for_prefix(topic_prefix), idle_after_s=3,
                            flush_after_idle_s=8, max_out_of_orderness_s=1).launch_source()
     partition_zero = [s for s in source.split(20) if [tp for tp, _ in s.start_offsets] == [(topic, 0)]][0]
+    # Partition 1's split is not read here: it counts as read by another worker at once, never holding this one.
+    monkeypatch.setattr("transforms.kafka_source.FRESH_REPORT_S", 0.0)
     reader = partition_zero.create_reader(None, None)
     try:
         got = reader.start()
@@ -245,27 +248,40 @@ def test_local_runners_decline_dynamic_splits():
     assert DataInputOperation.try_split(None, 0.5, 10, ()) is None
 
 
-def test_the_discovery_split_never_runs_ahead_of_the_partitions_read_beside_it(monkeypatch):
-    """A discovery split has nothing to read, so its own event time is the wall clock's; alone it would take a
-    stage's watermark to today whenever the runner lost sight of the partitions' holds. It follows the lowest
-    fresh watermark of its topics' partitions in this process, and holds until one reports (not for ever)."""
+def test_no_split_of_a_stream_runs_ahead_of_the_partitions_read_beside_it(monkeypatch):
+    """A discovery split has nothing to read, so its own event time is the wall clock's, and a partition's split
+    knows only its partition; alone either would take a stage's watermark past unread records whenever the runner
+    lost sight of the other splits' holds. Each follows the lowest last report of its topics' partitions in this
+    process, holds while one has not reported (not for ever), and forgets a report gone stale."""
     from transforms import kafka_source
-    from transforms.kafka_source import KafkaPartitionSource, KafkaReadSpec
+    from transforms.kafka_source import KafkaCheckpointMark, KafkaPartitionSource, KafkaReadSpec, _PartitionClock
 
-    for table in ("PARTITION_WATERMARKS", "_REPORTED_AT", "_DISCOVERY_FIRST_ASKED"):
-        monkeypatch.setattr(kafka_source, table, {})
+    monkeypatch.setattr(kafka_source, "_FIRST_ASKED", {})
+    monkeypatch.setattr(kafka_source, "_REPORTS", collections.defaultdict(dict))
     spec = KafkaReadSpec(connection=None, topics=("p_orders",), start_offsets=(), stop_offsets=None,
-                         known_partitions=(("p_orders", 2),), event_time=None)
+                         known_partitions=(("p_orders", 2),), event_time=None, max_out_of_orderness_s=0,
+                         launch="test-launch")
     discovery = KafkaPartitionSource(spec, (), discovers=True).create_reader(None, None)
+    june = Timestamp.from_utc_datetime(dt.datetime(2026, 6, 20, tzinfo=dt.timezone.utc))
+    july = Timestamp.from_utc_datetime(dt.datetime(2026, 7, 20, tzinfo=dt.timezone.utc))
+    # partition 1 has read up to July; partition 0's split has not reported yet
+    clocks = ((("p_orders", 1), _PartitionClock(newest=july.micros)),)
+    ahead = KafkaPartitionSource(spec, (("p_orders", 1),)).create_reader(
+        None, KafkaCheckpointMark(spec, {("p_orders", 1): 9}, clocks))
     now = time.time()
     monkeypatch.setattr(kafka_source.time, "time", lambda: now)
     assert discovery.get_watermark() == kafka_source.MIN_TIMESTAMP  # no partition has reported yet: held
-    june = Timestamp.from_utc_datetime(dt.datetime(2026, 6, 20, tzinfo=dt.timezone.utc))
-    kafka_source.PARTITION_WATERMARKS.update({("p_orders", 0): june.micros, ("p_orders", 1): june.micros + 10,
-                                              ("other_topic", 0): 0})
-    kafka_source._REPORTED_AT.update({("p_orders", 0): now - 5, ("p_orders", 1): now, ("other_topic", 0): now})
-    assert discovery.get_watermark() == june  # the lowest of its topics' fresh reports
-    kafka_source._REPORTED_AT[("p_orders", 0)] = now - kafka_source.FRESH_REPORT_S - 1  # a split gone elsewhere
-    assert discovery.get_watermark() == june + Duration(micros=10)
+    assert ahead.get_watermark() == kafka_source.MIN_TIMESTAMP  # partition 0 has not reported: held
+    assert discovery.get_watermark() == kafka_source.MIN_TIMESTAMP
+    reports = kafka_source._REPORTS["test-launch"]
+    reports[("p_orders", 0)] = (june.micros, now - 5)
+    kafka_source._REPORTS["another-job"][("p_orders", 0)] = (0, now)  # a job reading the same topic: not bound
+    assert ahead.get_watermark() == june  # its own July is past partition 0's June
+    assert discovery.get_watermark() == june  # the lowest of its topics' reports
     monkeypatch.setattr(kafka_source.time, "time", lambda: now + 2 * kafka_source.FRESH_REPORT_S)
-    assert discovery.get_watermark() > Timestamp.now() - 30  # none fresh, and it has waited: the wall clock
+    assert discovery.get_watermark() == june  # a split not scheduled for a while still holds it back
+    reports[("p_orders", 0)] = (june.micros, now - kafka_source.FORGET_REPORT_AFTER_S - 1)  # gone elsewhere
+    assert ahead.get_watermark() == july
+    assert discovery.get_watermark() == july
+    reports.clear()
+    assert discovery.get_watermark() > Timestamp.now() - 30  # none counts, and it has waited: the wall clock

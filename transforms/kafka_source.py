@@ -28,6 +28,7 @@ import datetime as dt
 import logging
 import threading
 import time
+import uuid
 import dataclasses
 from dataclasses import dataclass
 
@@ -82,6 +83,7 @@ class KafkaReadSpec:
     flush_after_idle_s: float | None = None  # idle this long: the watermark jumps to the wall clock
     discovery_interval_s: float = 30.0
     poll_timeout_ms: int = 200
+    launch: str = ""  # one id per launch of the read: its splits' watermark reports (_aligned)
 
 
 class KafkaCheckpointMark(CheckpointMark):
@@ -172,14 +174,17 @@ class _ConsumerPool:
 _MIN_MICROS = MIN_TIMESTAMP.micros
 
 
-# The newest watermark each partition's reader reported in this process, for progress logs (transforms/progress.py),
-# and when it last reported it: the bound of the discovery split's own watermark.
+# The newest watermark each partition's reader reported in this process, for progress logs (transforms/progress.py).
 PARTITION_WATERMARKS: dict = {}
-_REPORTED_AT: dict = {}
-# A partition's report counts for the discovery split this long; a discovery split that has seen none waits this
-# long before it follows the wall clock (its topics' partitions may be read by other workers).
+# Per launched stream, its partitions' last reports in this process, (watermark, wall time): no split of the stream
+# reports a watermark ahead of them (_aligned). Per launch, so that two jobs reading a topic never bound each other.
+_REPORTS: dict = collections.defaultdict(dict)
+# How long after a stream's first watermark in this process a partition that has not reported holds the others back
+# (then it is taken to be read by another worker), and how long a report counts (a split gone elsewhere stops
+# reporting; one the runner has not scheduled for a while has not).
 FRESH_REPORT_S = 60.0
-_DISCOVERY_FIRST_ASKED: dict = {}  # the discovery split's topics → wall time it was first asked for a watermark
+FORGET_REPORT_AFTER_S = 600.0
+_FIRST_ASKED: dict = {}  # a launched stream → wall time a split of it was first asked for a watermark
 
 
 @dataclass
@@ -398,24 +403,35 @@ class _KafkaReader(UnboundedReader):
             else:
                 clock.idle_logged = ""
             clock.watermark = max(clock.watermark, candidate)
-            PARTITION_WATERMARKS[partition], _REPORTED_AT[partition] = clock.watermark, now
+            PARTITION_WATERMARKS[partition] = clock.watermark
+            _REPORTS[self.spec.launch][partition] = (clock.watermark, now)
             lowest = clock.watermark if lowest is None else min(lowest, clock.watermark)
-        return Timestamp(micros=lowest)
+        return Timestamp(micros=lowest if self.stop is not None else self._aligned(lowest, now))
 
     def _discovery_watermark(self, now: float, lag: int) -> int:
-        """A discovery split with nothing to read yet has the wall clock's event time, but never runs ahead of the
-        partitions of its topics read in this process: a runner that lost sight of their splits' holds for a moment
-        would otherwise take the stage's watermark to today from this split alone (a stream that had read a
-        month's second half stitched its identity links and fitted windows as if weeks had passed). Until one of
-        them has reported, it holds the watermark back, for at most FRESH_REPORT_S."""
-        wall = int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6)
-        topics = frozenset(topic for topic, _ in self.spec.known_partitions)
-        fresh = [PARTITION_WATERMARKS[partition] for partition, at in list(_REPORTED_AT.items())
-                 if partition[0] in topics and now - at <= FRESH_REPORT_S]
-        if fresh:
-            return min(wall, *fresh)
-        first_asked = _DISCOVERY_FIRST_ASKED.setdefault(topics, now)
-        return _MIN_MICROS if now - first_asked < FRESH_REPORT_S else wall
+        """A discovery split with nothing to read yet has the wall clock's event time, aligned (a stream that read a
+        month's second half once stitched its identity links and fitted windows as if weeks had passed, from this
+        split's 'now' alone)."""
+        return self._aligned(int(now * 1e6) - lag - int(self.spec.idle_after_s * 1e6), now)
+
+    def _aligned(self, own: int, now: float) -> int:
+        """A stream's split reports no watermark ahead of any partition of its topics read in this process (their
+        last reports), and holds while one has not reported yet, for at most FRESH_REPORT_S: a runner that loses
+        sight of some splits' holds for a moment (Prism, as a backlog is replayed) would otherwise take the stage's
+        watermark past records those splits have not read, and a touch expired before the order it belongs to
+        was read (a restarted stream landed an order with one touch fewer than a backfill)."""
+        waiting = now - _FIRST_ASKED.setdefault(self.spec.launch, now) < FRESH_REPORT_S
+        reports = _REPORTS[self.spec.launch]
+        bound = own
+        for topic, count in self.spec.known_partitions:
+            for partition in range(count):
+                report = reports.get((topic, partition))
+                if report is None:
+                    if waiting:
+                        return _MIN_MICROS
+                elif now - report[1] <= FORGET_REPORT_AFTER_S:
+                    bound = min(bound, report[0])
+        return bound
 
     def get_checkpoint_mark(self) -> KafkaCheckpointMark:
         # Beam asks at the end of each bundle; the split's next bundle may run on another processor.
@@ -535,7 +551,8 @@ class ReadFromKafka(beam.PTransform):
         """The source as of now: partitions, start and (bounded) end offsets snapshotted from the cluster."""
         start_offsets, stop, counts = resolve_launch(self.connection, self.topics, self.start, self.bounded,
                                                      self.stop_offsets, self.options["group_id"])
-        spec = KafkaReadSpec(self.connection, self.topics, start_offsets, stop, counts, **self.options)
+        spec = KafkaReadSpec(self.connection, self.topics, start_offsets, stop, counts, **self.options,
+                             launch=uuid.uuid4().hex)
         return KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded)
 
     def expand(self, pbegin):
