@@ -25,6 +25,7 @@ def test_a_stream_goes_to_the_local_cluster_with_durable_state(tmp_path):
     assert "--job_endpoint=localhost:28084" in args
     assert "--environment_type=EXTERNAL" in args and "--environment_config=localhost:28087" in args
     assert "--state_backend=rocksdb" in args and "--checkpointing_interval=10000" in args
+    assert "--finish_bundle_before_checkpointing=true" in args  # no bundle output buffered in a checkpoint
     assert f"--state_backend_storage_path={(tmp_path / 'flink' / 'checkpoints' / 'journeys-stream-x').as_uri()}" in args
     assert "--retain_externalized_checkpoints_on_cancellation" in args and "--job_name=journeys-stream-x" in args
 
