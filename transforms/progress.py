@@ -7,7 +7,6 @@ where a backfill's worker processes share the read, each reports its own partiti
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import threading
@@ -16,6 +15,7 @@ import time
 import apache_beam as beam
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
+from transforms.event_time import from_micros
 from transforms.kafka_connection import KafkaConnection
 from transforms.kafka_source import PARTITION_WATERMARKS, PARTITIONS_READ_HERE
 
@@ -59,7 +59,7 @@ def watermark_text(watermarks: dict) -> str:
     lowest = min(watermarks.values())
     if lowest <= MIN_TIMESTAMP.micros:
         return "; source watermark not yet set (a partition has read nothing)"
-    return f"; source watermark {dt.datetime.fromtimestamp(lowest / 1e6, dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z"
+    return f"; source watermark {from_micros(lowest):%Y-%m-%d %H:%M:%S}Z"
 
 
 class LogProgress(beam.DoFn):
