@@ -166,6 +166,31 @@ def test_an_arrow_batch_is_gated_as_its_rows_would_be():
     assert landed(as_arrow.passed.to_pylist()) == landed(as_dicts.passed) == [(0, False), (5, True), (6, False)]
 
 
+@pytest.mark.parametrize("table, rows", [
+    ("order_attribution", attribution("o1") + attribution("o2", credits=(0.25, 0.75), status="refunded")),
+    ("retention_cohorts", [cohort(0, 4), cohort(1, 2, grain="week")]),
+    ("touchpoints", [touch("t1"), touch("t2")])])
+def test_a_clean_batch_passes_the_gate_with_the_outcomes_great_expectations_gives_it(table, rows):
+    from transforms.dq_gate import row_frame
+    from transforms.dq_suites import surely_passing, validate
+    from transforms.duckdb_warehouse import arrow_batch
+
+    clean = surely_passing(table, arrow_batch(table, rows))
+    assert clean is not None and clean == validate(table, "rows", row_frame(table, rows))
+    assert all(o.success and o.unexpected_count == 0 and o.element_count == len(rows) for o in clean)
+    assert gate(table, rows, "run-1", NOW).outcomes == clean
+
+
+@pytest.mark.parametrize("broken", [{"active_customers": 5}, {"retention_rate": 1.7}, {"retention_rate": float("nan")},
+                                    {"currency": None}, {"cohort_grain": "fortnight"}, {"period_index": -1},
+                                    {"retention_rate_on_or_after": None}])
+def test_a_batch_with_a_row_that_may_break_a_rule_goes_to_great_expectations(broken):
+    from transforms.dq_suites import surely_passing
+    from transforms.duckdb_warehouse import arrow_batch
+
+    assert surely_passing("retention_cohorts", arrow_batch("retention_cohorts", [cohort(0, 2), {**cohort(1, 1), **broken}])) is None
+
+
 def test_good_data_lands_published_with_passing_results_and_no_alert(warehouse, receiver, tmp_path):
     landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url,
                                                         data_docs_dir=str(tmp_path / "docs")), "backfill")
