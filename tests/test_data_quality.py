@@ -170,25 +170,34 @@ def test_an_arrow_batch_is_gated_as_its_rows_would_be():
     ("order_attribution", attribution("o1") + attribution("o2", credits=(0.25, 0.75), status="refunded")),
     ("retention_cohorts", [cohort(0, 4), cohort(1, 2, grain="week")]),
     ("touchpoints", [touch("t1"), touch("t2")])])
-def test_a_clean_batch_passes_the_gate_with_the_outcomes_great_expectations_gives_it(table, rows):
+def test_a_clean_frame_gets_the_outcomes_great_expectations_gives_it_without_its_run(table, rows, warehouse):
+    from transforms.dq_checkpoint import checkpoint
     from transforms.dq_gate import row_frame
-    from transforms.dq_suites import surely_passing, validate
-    from transforms.duckdb_warehouse import arrow_batch
+    from transforms.dq_suites import validate
 
-    clean = surely_passing(table, arrow_batch(table, rows))
-    assert clean is not None and clean == validate(table, "rows", row_frame(table, rows))
-    assert all(o.success and o.unexpected_count == 0 and o.element_count == len(rows) for o in clean)
-    assert gate(table, rows, "run-1", NOW).outcomes == clean
+    gated = gate(table, rows, "run-1", NOW)
+    by_rule = lambda outcomes: sorted(outcomes, key=lambda o: o.expectation)
+    assert by_rule(gated.outcomes) == by_rule(validate(table, "rows", row_frame(table, rows)))
+    assert gated.outcomes and all(o.success and o.unexpected_count == 0 and o.element_count == len(rows)
+                                  for o in gated.outcomes)
+    warehouse.commit({table: rows})
+    landed = [o for o in checkpoint(warehouse, [table]) if o.expectation != "columns_match_contract"
+              and o.expectation in {c.name for c in checks(table) if c.row_level or c.name == "unique_key"}]
+    assert by_rule(landed) == by_rule(validate(table, "table", warehouse.query_frame(f'SELECT * FROM "{table}"')))
 
 
 @pytest.mark.parametrize("broken", [{"active_customers": 5}, {"retention_rate": 1.7}, {"retention_rate": float("nan")},
                                     {"currency": None}, {"cohort_grain": "fortnight"}, {"period_index": -1},
-                                    {"retention_rate_on_or_after": None}])
-def test_a_batch_with_a_row_that_may_break_a_rule_goes_to_great_expectations(broken):
+                                    {"retention_rate_on_or_after": None}, {"period_index": 0}])
+def test_a_frame_with_a_row_that_may_break_an_expectation_goes_to_great_expectations(broken, tmp_path):
     from transforms.dq_suites import surely_passing
     from transforms.duckdb_warehouse import arrow_batch
 
-    assert surely_passing("retention_cohorts", arrow_batch("retention_cohorts", [cohort(0, 2), {**cohort(1, 1), **broken}])) is None
+    with duckdb.connect() as con:
+        con.register("batch", arrow_batch("retention_cohorts", [cohort(0, 2), {**cohort(1, 1), **broken}]))
+        first_row = lambda sql: con.execute(sql).fetchone()
+        kind = "table" if broken == {"period_index": 0} else "rows"  # the key twice: only the table's suite checks it
+        assert surely_passing("retention_cohorts", kind, first_row, "batch") is None
 
 
 def test_good_data_lands_published_with_passing_results_and_no_alert(warehouse, receiver, tmp_path):

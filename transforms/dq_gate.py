@@ -38,7 +38,7 @@ def gate(table: str, rows: list[dict], run_id: str, now: dt.datetime,
     checked = [row for row in rows if not row.get(RETRACTED)]
     if not checked:
         return Gated(list(rows), [], [])
-    clean = surely_passing(table, _as_arrow(table, checked), config)
+    clean = _surely_passing(table, _as_arrow(table, checked), config)
     if clean is not None:
         return Gated(list(rows), [], clean)
     outcomes = validate(table, "rows", row_frame(table, checked), config)
@@ -61,7 +61,7 @@ def gate_arrow(table: str, batch, run_id: str, now: dt.datetime, config: Quality
     checked = batch.filter(pc.invert(retracted))
     if not checked.num_rows:
         return Gated(batch, [], [])
-    clean = surely_passing(table, checked, config)
+    clean = _surely_passing(table, checked, config)
     if clean is not None:
         return Gated(batch, [], clean)
     outcomes = validate(table, "rows", arrow_frame(table, checked), config)
@@ -78,8 +78,7 @@ def gate_arrow(table: str, batch, run_id: str, now: dt.datetime, config: Quality
 
 
 def _as_arrow(table: str, rows: list[dict]):
-    """The rows in the contract's Arrow types for surely_passing; None (an empty table) when a value does not
-    convert, which Great Expectations then reports."""
+    """The rows in the contract's Arrow types; None when a value does not convert (Great Expectations reports it)."""
     import pyarrow as pa
 
     from transforms.duckdb_warehouse import arrow_batch
@@ -87,7 +86,18 @@ def _as_arrow(table: str, rows: list[dict]):
     try:
         return arrow_batch(table, rows)
     except (pa.ArrowException, ArithmeticError, TypeError, ValueError):
-        return pa.table({})
+        return None
+
+
+def _surely_passing(table: str, batch, config: QualityConfig) -> list[Outcome] | None:
+    """surely_passing on an Arrow batch, queried in place by an in-memory DuckDB."""
+    import duckdb
+
+    if batch is None:
+        return None
+    with duckdb.connect() as con:
+        con.register("batch", batch)
+        return surely_passing(table, "rows", lambda sql: con.execute(sql).fetchone(), "batch", config)
 
 
 def _broken(table: str, outcomes: list[Outcome], config: QualityConfig) -> list[tuple[int, Outcome, list[str]]]:

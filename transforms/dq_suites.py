@@ -4,10 +4,9 @@ From each column: not null (unless nullable), accepted values, range. From the c
 (column A ≥ column B) and table rules (a query per rule, its `value`s within bounds). On the landed table also:
 the primary key unique and every column of its contract's type.
 
-Two stages use them: the row gate runs the row-level expectations on a batch before it lands (transforms/dq_gate.py;
-a batch that Arrow's kernels show clean skips Great Expectations' own run, `surely_passing`) and the checkpoint runs
-everything on the landed tables (transforms/dq_checkpoint.py). Great Expectations is
-imported on first use (it costs seconds) and validates whole batches (pandas frames), never single records.
+Two stages use them: the row gate runs the row-level expectations on a batch before it lands (transforms/dq_gate.py)
+and the checkpoint runs everything on the landed tables (transforms/dq_checkpoint.py). A frame that one SQL query
+shows clean skips Great Expectations' own run (`surely_passing`). Great Expectations is imported on first use (it costs seconds) and validates whole batches (pandas frames), never single records.
 """
 from __future__ import annotations
 
@@ -187,53 +186,67 @@ def validate(table: str, kind: str, frame, config: QualityConfig = QualityConfig
     return outcomes
 
 
-def surely_passing(table: str, batch, config: QualityConfig = QualityConfig()) -> list[Outcome] | None:
-    """The row gate's outcomes for `batch` (an Arrow table of the contract's columns) when Arrow's kernels show that
-    no row breaks a row-level expectation; None when a row might (a value out of its set or range, a pair out of
-    order, a null or NaN where a rule compares, a column the kernels cannot compare): Great Expectations then
-    validates the batch and names the rows. Its run costs about a second a chunk whatever the chunk holds, this a few
-    milliseconds, and a clean batch is the rule. The outcomes are those Great Expectations gives a clean batch."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    wanted = _checks_for(table, "rows", config, None)
-
-    def number(column: str):
-        values = batch[column]
-        return values if pa.types.is_floating(values.type) else pc.cast(values, pa.float64(), safe=False)
-
-    def broken(check: Check) -> bool:
+def surely_passing(table: str, kind: str, first_row, relation: str,
+                   config: QualityConfig = QualityConfig()) -> list[Outcome] | None:
+    """The outcomes Great Expectations gives a clean frame of `kind` ("rows": a batch at the row gate; "table": the
+    landed table at the checkpoint) when one SQL query over `relation` shows it clean: no value out of its set or
+    range, no pair out of order, no null or NaN where a rule compares, no key twice. None when a row might break an
+    expectation: Great Expectations then validates the frame and names the rows. `first_row(sql)` runs DuckDB SQL
+    and gives its one row. Great Expectations' run costs about a second a frame whatever its size, and reads a table
+    whole into pandas; the query costs milliseconds, and a clean frame is the rule."""
+    wanted = _checks_for(table, kind, config, None)
+    types = {c.name: c.base_type for c in contract(table).columns}
+    suspects, keys = [], None
+    for check in wanted:
         kwargs = dict(check.kwargs)
-        if check.expectation == "ExpectColumnValuesToNotBeNull":
-            values = batch[kwargs["column"]]
-            return values.null_count > 0 or (pa.types.is_floating(values.type) and pc.any(pc.is_nan(values)).as_py())
-        if check.expectation == "ExpectColumnValuesToBeInSet":
-            values = batch[kwargs["column"]]
-            inside = pc.is_in(values, value_set=pa.array(list(kwargs["value_set"]), values.type), skip_nulls=True)
-            return not pc.all(pc.or_(inside, pc.is_null(values))).as_py()
-        if check.expectation == "ExpectColumnValuesToBeBetween":
-            values = number(kwargs["column"])
-            low, high = kwargs["min_value"], kwargs["max_value"]
-            out = pc.is_nan(values)
-            if low is not None:
-                out = pc.or_(out, pc.less(values, low))
-            if high is not None:
-                out = pc.or_(out, pc.greater(values, high))
-            return bool(pc.any(out).as_py())
-        if check.expectation == "ExpectColumnPairValuesAToBeGreaterThanB" and kwargs.get("or_equal"):
-            a, b = number(kwargs["column_A"]), number(kwargs["column_B"])
-            if a.null_count or b.null_count:
-                return True
-            return bool(pc.any(pc.or_(pc.less(a, b), pc.or_(pc.is_nan(a), pc.is_nan(b)))).as_py())
-        return True  # an expectation without a vectorised twin: Great Expectations decides
-
-    try:
-        if any(broken(check) for check in wanted):
+        if check.name == "unique_key":
+            keys = ", ".join(_quoted(k) for k in kwargs.get("column_list") or (kwargs["column"],))
+            continue
+        suspect = _suspect_sql(check.expectation, kwargs, types)
+        if suspect is None:
             return None
-    except (KeyError, pa.ArrowException):
+        suspects.append(f"({suspect})")
+    distinct = f"(SELECT count(*) FROM (SELECT DISTINCT {keys} FROM {relation}))" if keys else "count(*)"
+    rows, suspect_rows, distinct_keys = first_row(
+        f"SELECT count(*), count(*) FILTER (WHERE {' OR '.join(suspects) or 'false'}), {distinct} FROM {relation}")
+    if suspect_rows or distinct_keys != rows:
         return None
-    return [Outcome(table, ROW_GATE, check.name, _snake_case(check.expectation), True, check.severity, None, 0,
-                    batch.num_rows) for check in wanted]
+    stage = ROW_GATE if kind == "rows" else CHECKPOINT
+    return [Outcome(table, stage, check.name, _snake_case(check.expectation), True, check.severity, None, 0, rows)
+            for check in wanted]
+
+
+def _suspect_sql(expectation: str, kwargs: dict, types: dict[str, str]) -> str | None:
+    """A DuckDB predicate true for every row that may break the expectation (and maybe some that do not); None for
+    an expectation it does not know."""
+    def number(column: str) -> str:
+        quoted = _quoted(column)
+        return f"{quoted} IS NULL OR isnan({quoted})" if types.get(column) == "float" else f"{quoted} IS NULL"
+
+    if expectation == "ExpectColumnValuesToNotBeNull":
+        return number(kwargs["column"])
+    if expectation == "ExpectColumnValuesToBeInSet":
+        values = ", ".join("'" + str(v).replace("'", "''") + "'" for v in kwargs["value_set"])
+        return f"{_quoted(kwargs['column'])} NOT IN ({values})" if types.get(kwargs["column"]) == "string" else None
+    if expectation == "ExpectColumnValuesToBeBetween":
+        column, low, high = kwargs["column"], kwargs["min_value"], kwargs["max_value"]
+        if types.get(column) not in ("int", "float"):
+            return None
+        quoted = _quoted(column)
+        out = [f"isnan({quoted})"] if types[column] == "float" else []
+        out += [f"{quoted} < {float(low)!r}"] if low is not None else []
+        out += [f"{quoted} > {float(high)!r}"] if high is not None else []
+        return " OR ".join(out) or "false"
+    if expectation == "ExpectColumnPairValuesAToBeGreaterThanB" and kwargs.get("or_equal"):
+        a, b = kwargs["column_A"], kwargs["column_B"]
+        if {types.get(a), types.get(b)} - {"int", "float"}:
+            return None
+        return f"{number(a)} OR {number(b)} OR {_quoted(a)} < {_quoted(b)}"
+    return None
+
+
+def _quoted(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
 
 
 def _snake_case(expectation: str) -> str:
