@@ -19,7 +19,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from schemas.contracts import RETRACTED
 from transforms.currency import to_cents
 from transforms.customer_profiles import updating_global_window, windowed_as
-from transforms.keyed_replay import from_state, keyed_for, stateful_step, to_state
+from transforms.keyed_replay import from_state, to_state
 
 ROW_KEY = ("order_id", "model", "touch_index", "status")
 
@@ -59,6 +59,46 @@ class _Deltas(beam.DoFn):
         return deltas
 
 
+def row_key(row: dict) -> tuple:
+    return tuple(row[k] for k in ROW_KEY)
+
+
+def _revision_delta(row: dict) -> tuple:
+    """(revision, daily key, contribution or None when the row credits nothing, the daily keys it credits)."""
+    credited = bool(row["credit"])
+    return (row["revision"], daily_key(row), contribution(row) if credited else None,
+            (daily_key(row),) if credited else ())
+
+
+class _NewestRevision(beam.CombineFn):
+    """A row key's _revision_delta of each revision → its newest one's, with every daily key any of them credited."""
+
+    def create_accumulator(self):
+        return -1, None, None, ()
+
+    def add_input(self, accumulator, revision_delta):
+        return self.merge_accumulators([accumulator, revision_delta])
+
+    def merge_accumulators(self, accumulators):
+        accumulators = list(accumulators)
+        newest = max(accumulators, key=lambda accumulator: accumulator[0])
+        return (*newest[:3], tuple(sorted({key for accumulator in accumulators for key in accumulator[3]})))
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+NOTHING = (Decimal(0), Decimal(0), 0)
+
+
+def _newest_deltas(_, newest) -> list[tuple]:
+    """(daily key, delta): the newest revision's contribution, and nothing to the days only older ones credited
+    (so that a day left with no row is retracted, as _Deltas retracts it)."""
+    _, key, contribution, credited = newest
+    deltas = [(key, contribution)] if contribution else []
+    return deltas + [(other, NOTHING) for other in credited if not (contribution and other == key)]
+
+
 def _sum_deltas(deltas) -> tuple[Decimal, Decimal, int]:
     conversions, revenue, rows = Decimal(0), Decimal(0), 0
     for c, r, n in deltas:
@@ -68,7 +108,8 @@ def _sum_deltas(deltas) -> tuple[Decimal, Decimal, int]:
 
 class ChannelAttributionDaily(beam.PTransform):
     """order_attribution rows → channel_attribution_daily rows, re-emitted (upserts) as they change. `replay`: a
-    bounded input's revisions are replayed per row key in memory (transforms/keyed_replay.py)."""
+    bounded input, whose every revision is in before anything is summed: each row key's newest revision is combined
+    before the grouping instead of kept in keyed state."""
 
     def __init__(self, update_every_s: int | None = 60, replay: bool = False):
         super().__init__()
@@ -76,10 +117,19 @@ class ChannelAttributionDaily(beam.PTransform):
         self.replay = replay
 
     def expand(self, rows):
-        deltas = (rows
-                  | "AllTime" >> windowed_as(rows, beam.WindowInto(window.GlobalWindows()))
-                  | "ByRowKey" >> keyed_for(lambda row: (tuple(row[k] for k in ROW_KEY), row), self.replay)
-                  | "Deltas" >> stateful_step(_Deltas(), self.replay))
+        rows = rows | "AllTime" >> windowed_as(rows, beam.WindowInto(window.GlobalWindows()))
+        if self.replay:
+            # With every revision in, a row key's deltas add up to what its newest revision adds, and nothing to
+            # the days the older ones credited (which then keep a row only if another order credits them).
+            # Combined in the bundles before the grouping, only that summary crosses it, never the rows.
+            deltas = (rows
+                      | "ByRowKey" >> beam.Map(lambda row: (row_key(row), _revision_delta(row)))
+                      | "Newest" >> beam.CombinePerKey(_NewestRevision())
+                      | "Deltas" >> beam.FlatMapTuple(_newest_deltas))
+        else:
+            deltas = (rows
+                      | "ByRowKey" >> beam.Map(lambda row: (row_key(row), row))
+                      | "Deltas" >> beam.ParDo(_Deltas()))
         return (deltas
                 | "Updating" >> updating_global_window(deltas, self.update_every_s)
                 | "Sum" >> beam.CombinePerKey(_sum_deltas)
