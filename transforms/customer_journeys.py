@@ -111,10 +111,11 @@ class _Stitch(beam.DoFn):
                 expiry=beam.DoFn.TimerParam(EXPIRY)):
         anonymous_id, (kind, payload) = element
         known = from_state(link, link.read())
-        # A logged-in session comes as its link (_RouteSession); one whole, with its customer, comes only from a
-        # savepoint of a job that sent every session here, and still counts as both.
+        # A logged-in session comes as its link, an anonymous one as its touch (_RouteSession); a whole session,
+        # maybe with its customer, comes only from a savepoint of a job that sent every session here as it was.
+        whole = kind == "session"
         new_link = (payload if kind == "link" else
-                    (payload["customer_id"], payload["session_start"]) if payload["customer_id"] else None)
+                    (payload["customer_id"], payload["session_start"]) if whole and payload["customer_id"] else None)
         if new_link and (known is None or new_link[1] < known[1]):
             known = new_link
             link.write(to_state(link, known))
@@ -125,8 +126,8 @@ class _Stitch(beam.DoFn):
                 self._keep(pending, expiry, [touch for touch in waiting if not self._covers(known, touch)])
         if kind == "link":
             return
-        touch = session_touch(payload, self.config.channels)
-        if payload["customer_id"]:
+        touch = session_touch(payload, self.config.channels) if whole else payload
+        if whole and payload["customer_id"]:
             yield payload["customer_id"], touch
         elif known and self._covers(known, touch):
             yield known[0], touch
@@ -183,7 +184,8 @@ LOGGED_IN = "logged_in"
 class _RouteSession(beam.DoFn):
     """A logged-in session is its customer's touch as it comes (tagged LOGGED_IN), and its device step needs only
     the link it makes (all of a session crossing the device grouping was most of that step's cost); an anonymous
-    session goes to its device's _Stitch whole. The device inputs are keyed as keyed_for(…, replay) keys them."""
+    session goes to its device's _Stitch as its touch. The device inputs are keyed as keyed_for(…, replay) keys
+    them."""
 
     def __init__(self, rules: ChannelRules, replay: bool):
         self.rules = rules
@@ -195,7 +197,7 @@ class _RouteSession(beam.DoFn):
             yield keyed_value(device, ("link", (customer, session["session_start"])), timestamp, self.replay)
             yield beam.pvalue.TaggedOutput(LOGGED_IN, (customer, session_touch(session, self.rules)))
         else:
-            yield keyed_value(device, ("session", session), timestamp, self.replay)
+            yield keyed_value(device, ("touch", session_touch(session, self.rules)), timestamp, self.replay)
 
 
 # --- 2. attribution per customer ------------------------------------------------------------------------------------
@@ -384,8 +386,16 @@ def non_converting_paths(touches: list[dict], lookback: dt.timedelta) -> list[li
 
 
 def _step(touch: dict) -> dict:
-    """What a non-converting path keeps of a touch while it can be corrected."""
+    """What attribution reads of a touch, and a non-converting path keeps while it can be corrected."""
     return {"touch_id": touch["touch_id"], "time": touch["time"], "channel": touch["channel"]}
+
+
+ORDER_FACTS = ("order_id", "status", "event_time", "amount", "currency")
+
+
+def _order_facts(order: dict) -> dict:
+    """What attribution reads of an order, a cancellation or a refund."""
+    return {k: order[k] for k in ORDER_FACTS}
 
 
 def _non_converting(customer_id: str, steps: list[dict], revision: int) -> dict:
@@ -457,9 +467,12 @@ class AttributeOrders(beam.PTransform):
 
     def expand(self, inputs):
         keyed_touches, orders = inputs
+        # Only what attribution reads crosses the grouping and stays in state (an order's items do not).
         placed = orders | "ByCustomer" >> keyed_for(
-            lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", o)), self.replay)
-        touches = keyed_touches | "AsTouch" >> keyed_for(lambda touch: (touch[0], ("touch", touch[1])), self.replay)
+            lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", _order_facts(o))),
+            self.replay)
+        touches = keyed_touches | "AsTouch" >> keyed_for(lambda touch: (touch[0], ("touch", _step(touch[1]))),
+                                                         self.replay)
         outputs = ((touches, placed) | "Meet" >> beam.Flatten()
                    | "Attribute" >> stateful_step(_Attribute(self.config), self.replay, (PATHS,), "order_attribution"))
         return {"order_attribution": outputs.order_attribution, PATHS: outputs[PATHS]}
