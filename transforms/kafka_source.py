@@ -557,8 +557,11 @@ class ReadFromKafka(beam.PTransform):
 
     def expand(self, pbegin):
         if self.whole_partitions:
+            # Offsets for lag monitoring ask the runner to finalize bundles, which Flink's batch mode refuses: only
+            # a read with a consumer group asks.
+            read = _ReadToEndCommitting() if self.options["group_id"] else _ReadToEnd()
             return (pbegin | "Partitions" >> beam.Create(self.launch_source().split(None))
-                    | "ReadEach" >> beam.ParDo(_ReadToEnd()))
+                    | "ReadEach" >> beam.ParDo(read))
         messages = pbegin | "ReadPartitions" >> ReadFromUnboundedSource(self.launch_source(), **self.read_options)
         if not self.bounded:
             return messages
@@ -587,12 +590,7 @@ class _ReadToEnd(beam.DoFn):
         self.sources = []
         self.marks = []
 
-    def process(self, source: KafkaPartitionSource, finalizer=beam.DoFn.BundleFinalizerParam):
-        if not self.sources:
-            # A consumer group's offsets (lag monitoring) once the runner has the bundle's output, as the
-            # unbounded read commits them when its checkpoints are finalized. (finish_bundle gets no finalizer.)
-            marks = self.marks
-            finalizer.register(lambda: [mark.finalize_checkpoint() for mark in marks])
+    def process(self, source: KafkaPartitionSource):
         self.sources.append(source)
 
     def finish_bundle(self):
@@ -611,3 +609,14 @@ class _ReadToEnd(beam.DoFn):
         finally:
             reader.close()
         self.marks.append(reader.get_checkpoint_mark())
+
+
+class _ReadToEndCommitting(_ReadToEnd):
+    """_ReadToEnd that commits its consumer group's offsets (lag monitoring) once the runner has a bundle's output,
+    as the unbounded read commits them when its checkpoints are finalized."""
+
+    def process(self, source: KafkaPartitionSource, finalizer=beam.DoFn.BundleFinalizerParam):
+        if not self.sources:  # finish_bundle gets no finalizer
+            marks = self.marks
+            finalizer.register(lambda: [mark.finalize_checkpoint() for mark in marks])
+        self.sources.append(source)
