@@ -138,18 +138,28 @@ class _Replay(beam.DoFn):
         states = {spec.name: _Bag() if isinstance(spec, BagStateSpec) else _Value() for spec in self.state_specs}
         timers = {name: _Timer() for name in self.callbacks}
         process = self.dofn.process
+        arguments, stamp = self._bind(process, key, states, timers)
         for value, micros in values:
             at = Timestamp(micros=micros)
-            yield from _stamped(process((key, value), **self._bind(process, key, states, timers, at)), at)
+            if stamp:
+                arguments[stamp] = at
+            yield from _stamped(process((key, value), **arguments), at)
+        callbacks = {name: (callback, *self._bind(callback, key, states, timers))
+                     for name, callback in self.callbacks.items()}
         while any(timer.when is not None for timer in timers.values()):
             name, timer = min(((n, t) for n, t in timers.items() if t.when is not None), key=lambda nt: nt[1].when)
             at, timer.when = timer.when, None
-            callback = self.callbacks[name]
-            yield from _stamped(callback(**self._bind(callback, key, states, timers, at)), at)
+            callback, arguments, stamp = callbacks[name]
+            if stamp:
+                arguments[stamp] = at
+            yield from _stamped(callback(**arguments), at)
 
-    def _bind(self, method, key, states: dict, timers: dict, timestamp) -> dict:
-        given = {"state": states, "timer": timers, "key": {None: key}, "timestamp": {None: timestamp}}
-        return {name: given[kind][which] for name, kind, which in self.parameters[method]}
+    def _bind(self, method, key, states: dict, timers: dict) -> tuple[dict, str | None]:
+        """The arguments of one key's calls of `method` but its timestamp, and the argument that takes that."""
+        given = {"state": states, "timer": timers, "key": {None: key}}
+        arguments = {name: given[kind][which] for name, kind, which in self.parameters[method] if kind != "timestamp"}
+        stamp = next((name for name, kind, _ in self.parameters[method] if kind == "timestamp"), None)
+        return arguments, stamp
 
 
 def _parameters(method) -> list[tuple[str, str, str | None]]:
