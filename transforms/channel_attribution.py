@@ -123,7 +123,8 @@ class ChannelAttributionDaily(beam.PTransform):
             # the days the older ones credited (which then keep a row only if another order credits them).
             # Combined in the bundles before the grouping, only that summary crosses it, never the rows.
             deltas = (rows
-                      | "ByRowKey" >> beam.Map(lambda row: (row_key(row), _revision_delta(row)))
+                      | "ByRowKey" >> beam.Map(lambda row: (row_key(row), _revision_delta(row))).with_output_types(
+                          beam.typehints.KV[beam.typehints.Any, beam.typehints.Any])  # values of several lengths
                       | "Newest" >> beam.CombinePerKey(_NewestRevision())
                       | "Deltas" >> beam.FlatMapTuple(_newest_deltas))
         else:
