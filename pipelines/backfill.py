@@ -21,6 +21,7 @@ from pathlib import Path
 import apache_beam as beam
 
 import schemas
+from pipelines import flink
 from pipelines.runners import (BATCH_RUNNER, add_kafka_pipeline_args, add_quality_args, add_warehouse_args,
                                open_target, quality_config, run_kafka_pipeline, warehouse_target)
 from transforms.customer_profiles import updating_global_window
@@ -84,10 +85,10 @@ def build(pipeline, args, connection: KafkaConnection):
     log.info("backfill of %d records in %d partitions up to the end offsets at launch",
              sum(end_offsets.values()), len(end_offsets))
     # Replayed keyed state emits once all input is grouped, behind the watermark: only a batch engine that drops
-    # no late data may replay it (on Prism the data-driven windows lost every path as late). The batch engine
-    # reads each partition whole; Flink keeps the unbounded source's read (a pipeline bounded throughout runs in
-    # its batch mode, which refuses that read's bundle finalization).
-    replay = args.runner == BATCH_RUNNER
+    # no late data may replay it (on Prism the data-driven windows lost every path as late). FnApiRunner and Flink
+    # (a pipeline bounded throughout runs in its batch mode, its groupings sorted and spilled to disk) read each
+    # partition whole and replay; Prism keeps the unbounded read and the stateful steps.
+    replay = args.runner in (BATCH_RUNNER, flink.RUNNER)
     messages = pipeline | "Read" >> ReadFromKafka(connection, list(topics), bounded=True, stop_offsets=end_offsets,
                                                   event_time=decoder, whole_partitions=replay)
     _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, end_offsets, args.log_every_s))

@@ -30,6 +30,7 @@ FLINK_VERSION = "1.19"
 RUNNER = "FlinkRunner"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
 STATE_CACHE_MB = 256  # per SDK worker
+BATCH_SDK_WORKERS = 2  # the local cluster's TaskManager slots (deploy/flink/flink.sh)
 log = logging.getLogger("journeys.flink")
 
 
@@ -105,6 +106,10 @@ def runner_args(beam_args: list[str], streaming: bool, job_name: str | None = No
     if not given(beam_args, "max_cache_memory_usage_mb"):
         # Python's SDK caches no keyed state by default: each read would cross gRPC to the TaskManager
         args.append(f"--max_cache_memory_usage_mb={STATE_CACHE_MB}")
+    if not streaming and not given(beam_args, "sdk_worker_parallelism"):
+        # A batch job's stages run one after another, each over all its input: one SDK worker per slot runs each
+        # stage's Python in parallel (one worker process: 363.7 s a million events; two: 196.5 s).
+        args.append(f"--sdk_worker_parallelism={BATCH_SDK_WORKERS}")
     if streaming:
         args.append("--streaming")
         defaults = {"checkpointing_interval": str(DEFAULT_CHECKPOINT_INTERVAL_MS), "state_backend": "rocksdb",

@@ -105,6 +105,7 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
     options = PipelineOptions(runner_args(args.runner, streaming, beam_args, job_name) + beam_args)
     if args.runner == BATCH_RUNNER:
         relay_worker_logs()
+    if not streaming:
         # Batch only: a stream's state and checkpoints keep the coders they were written with.
         use_compact_coders()
     connection = KafkaConnection.from_env(env_file=args.kafka_env_file)

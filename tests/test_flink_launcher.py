@@ -30,6 +30,14 @@ def test_a_stream_goes_to_the_local_cluster_with_durable_state(tmp_path):
     assert "--retain_externalized_checkpoints_on_cancellation" in args and "--job_name=journeys-stream-x" in args
 
 
+def test_a_backfill_runs_one_sdk_worker_per_slot_and_no_checkpoints(tmp_path):
+    args = flink.runner_args([], streaming=False, cluster=Cluster(tmp_path))
+    assert "--sdk_worker_parallelism=2" in args and "--streaming" not in args
+    assert not any(a.startswith(("--checkpointing_interval", "--state_backend")) for a in args)
+    given = flink.runner_args(["--sdk_worker_parallelism=1"], streaming=False, cluster=Cluster(tmp_path))
+    assert not any(a.startswith("--sdk_worker_parallelism") for a in given)  # the user's own stands
+
+
 def test_what_the_user_gives_wins(tmp_path):
     given = ["--flink_master=[local]", "--checkpointing_interval=500", "--job_name=mine"]
     args = flink.runner_args(given, streaming=True, job_name="journeys-stream-x", cluster=Cluster(tmp_path, up=False))
