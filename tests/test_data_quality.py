@@ -184,6 +184,7 @@ def test_a_clean_frame_gets_the_outcomes_great_expectations_gives_it_without_its
     landed = [o for o in checkpoint(warehouse, [table]) if o.expectation != "columns_match_contract"
               and o.expectation in {c.name for c in checks(table) if c.row_level or c.name == "unique_key"}]
     assert by_rule(landed) == by_rule(validate(table, "table", warehouse.query_frame(f'SELECT * FROM "{table}"')))
+    assert all(type(o.element_count) is int for o in landed + gated.outcomes)  # JSON for BigQuery's load jobs
 
 
 @pytest.mark.parametrize("broken", [{"active_customers": 5}, {"retention_rate": 1.7}, {"retention_rate": float("nan")},

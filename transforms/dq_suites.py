@@ -6,7 +6,8 @@ the primary key unique and every column of its contract's type.
 
 Two stages use them: the row gate runs the row-level expectations on a batch before it lands (transforms/dq_gate.py)
 and the checkpoint runs everything on the landed tables (transforms/dq_checkpoint.py). A frame that one SQL query
-shows clean skips Great Expectations' own run (`surely_passing`). Great Expectations is imported on first use (it costs seconds) and validates whole batches (pandas frames), never single records.
+shows clean skips Great Expectations' own run (`surely_passing`). Great Expectations is imported on first use (it
+costs seconds) and validates whole batches (pandas frames), never single records.
 """
 from __future__ import annotations
 
@@ -218,8 +219,8 @@ def surely_passing(table: str, kind: str, first_row, relation: str,
     with _SUITES.lock:  # its suite still shows in Data Docs
         _SUITES.unrun[_suite_name(table, kind, None, wanted)] = wanted
     stage = ROW_GATE if kind == "rows" else CHECKPOINT
-    return [Outcome(table, stage, check.name, _snake_case(check.expectation), True, check.severity, None, 0, rows)
-            for check in wanted]
+    return [Outcome(table, stage, check.name, _snake_case(check.expectation), True, check.severity, None, 0,
+                    int(rows)) for check in wanted]  # a Python int, as GX gives: a numpy one is no JSON
 
 
 def _suspect_sql(expectation: str, kwargs: dict, types: dict[str, str]) -> str | None:
