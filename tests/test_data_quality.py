@@ -190,7 +190,7 @@ def test_a_clean_frame_gets_the_outcomes_great_expectations_gives_it_without_its
 @pytest.mark.parametrize("broken", [{"active_customers": 5}, {"retention_rate": 1.7}, {"retention_rate": float("nan")},
                                     {"currency": None}, {"cohort_grain": "fortnight"}, {"period_index": -1},
                                     {"retention_rate_on_or_after": None}, {"period_index": 0}])
-def test_a_frame_with_a_row_that_may_break_an_expectation_goes_to_great_expectations(broken, tmp_path):
+def test_a_frame_with_a_row_that_may_break_an_expectation_goes_to_great_expectations(broken):
     from transforms.dq_suites import surely_passing
     from transforms.duckdb_warehouse import arrow_batch
 

@@ -65,9 +65,10 @@ def row_key(row: dict) -> tuple:
 
 def _revision_delta(row: dict) -> tuple:
     """(revision, daily key, contribution or None when the row credits nothing, the daily keys it credits)."""
-    credited = bool(row["credit"])
-    return (row["revision"], daily_key(row), contribution(row) if credited else None,
-            (daily_key(row),) if credited else ())
+    key = daily_key(row)
+    if not row["credit"]:
+        return row["revision"], key, None, ()
+    return row["revision"], key, contribution(row), (key,)
 
 
 class _NewestRevision(beam.CombineFn):

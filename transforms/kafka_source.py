@@ -619,4 +619,4 @@ class _ReadToEndCommitting(_ReadToEnd):
         if not self.sources:  # finish_bundle gets no finalizer
             marks = self.marks
             finalizer.register(lambda: [mark.finalize_checkpoint() for mark in marks])
-        self.sources.append(source)
+        super().process(source)
