@@ -30,7 +30,8 @@ FLINK_VERSION = "1.19"
 RUNNER = "FlinkRunner"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
 STATE_CACHE_MB = 256  # per SDK worker
-BATCH_SDK_WORKERS = 2  # the local cluster's TaskManager slots (deploy/flink/flink.sh)
+LOCAL_SLOTS = 2  # the local cluster's TaskManager slots and default parallelism (deploy/flink/flink.sh)
+BATCH_SDK_WORKERS = LOCAL_SLOTS
 log = logging.getLogger("journeys.flink")
 
 
@@ -82,6 +83,14 @@ class FlinkStateOptions(PipelineOptions):
         parser.add_argument("--finish_bundle_before_checkpointing", type=lambda text: text.lower() == "true",
                             help="true: a checkpoint waits for the open bundles to finish, so none of their output "
                                  "is buffered in it")
+
+
+def parallelism(options) -> int:
+    """The job's parallelism: Beam's --parallelism, else the local cluster's default."""
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions
+
+    chosen = options.view_as(FlinkRunnerOptions).parallelism
+    return chosen if chosen and chosen > 0 else LOCAL_SLOTS
 
 
 def given(beam_args: list[str], name: str) -> bool:

@@ -45,9 +45,10 @@ def build(pipeline, args, connection: KafkaConnection):
     decoder = EventDecoder.for_prefix(args.topic_prefix)
     topics = [args.topic_prefix + t for t in schemas.TOPICS]
     # A consumer group only for lag monitoring: offsets are committed as Beam finalizes checkpoints, never read.
+    readers = args.readers or (flink.parallelism(pipeline.options) if args.runner == flink.RUNNER else None)
     messages = pipeline | "Read" >> ReadFromKafka(connection, topics, event_time=decoder, group_id=args.group_id,
                                                   idle_after_s=args.idle_after_s,
-                                                  flush_after_idle_s=args.flush_after_idle_s)
+                                                  flush_after_idle_s=args.flush_after_idle_s, readers=readers)
     _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, None, args.log_every_s))
     tables = messages | "Tables" >> TablesFromMessages(decoder, TablesConfig(update_every_s=args.update_every_s))
     hold = args.hold_after_catch_up_s if args.hold_after_catch_up_s is not None else args.update_every_s
@@ -74,6 +75,9 @@ def parse_args(argv=None):
                         help="a partition idle this long is done up to the wall clock: replayed history completes "
                              "(every order attributed, every window fitted), and records that come later with older "
                              "event times count as late. Default: never (live equals batch however history arrives)")
+    parser.add_argument("--readers", type=int,
+                        help="Kafka consumers the topics' partitions are shared among (default: on Flink the job's "
+                             "parallelism, one per slot; elsewhere one per partition)")
     parser.add_argument("--log-every-s", type=float, default=30.0, help="progress log interval")
     parser.add_argument("--group-id", default="journeys-stream", help="consumer group, for lag monitoring only")
     parser.add_argument("--stalled-after-s", type=float, default=300.0,

@@ -285,3 +285,20 @@ def test_no_split_of_a_stream_runs_ahead_of_the_partitions_read_beside_it(monkey
     assert discovery.get_watermark() == july
     reports.clear()
     assert discovery.get_watermark() > Timestamp.now() - 30  # none counts, and it has waited: the wall clock
+
+
+def test_a_stream_shares_its_partitions_among_as_many_readers_as_it_is_given():
+    """One reader per worker slot, each with its share of the partitions, and the split that discovers new ones;
+    without `readers`, one per partition. A split is not split again."""
+    from transforms.kafka_source import KafkaPartitionSource, KafkaReadSpec
+
+    offsets = tuple(((topic, p), 0) for topic in ("p_orders", "p_web") for p in range(3))
+    spec = KafkaReadSpec(connection=None, topics=("p_orders", "p_web"), start_offsets=offsets, stop_offsets=None,
+                         known_partitions=(("p_orders", 3), ("p_web", 3)), event_time=None, launch="test-launch")
+    shared = KafkaPartitionSource(spec, offsets, discovers=True, readers=2).split(20)
+    assert [split.start_offsets for split in shared[:2]] == [offsets[0::2], offsets[1::2]]
+    assert shared[2].discovers and shared[2].start_offsets == ()
+    assert len(shared) == 3 and all(split.split(20) == [split] for split in shared[:2])
+    one_each = KafkaPartitionSource(spec, offsets, discovers=True).split(20)
+    assert [split.start_offsets for split in one_each[:-1]] == [(item,) for item in offsets]
+    assert KafkaPartitionSource(spec, offsets[:2], readers=5).split(20)[0].start_offsets == (offsets[0],)

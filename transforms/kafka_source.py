@@ -444,17 +444,27 @@ class _KafkaReader(UnboundedReader):
 
 
 class KafkaPartitionSource(UnboundedSource):
-    """The partitions one reader reads; `discovers` marks the split that takes on new partitions."""
+    """The partitions one reader reads; `discovers` marks the split that takes on new partitions. `readers`: how
+    many readers the launch source splits into, each one consumer fetching from its share of the partitions (None:
+    one per partition)."""
+    readers: int | None = None  # sources pickled before it existed split one per partition
 
-    def __init__(self, spec: KafkaReadSpec, start_offsets: Offsets, discovers: bool = False):
+    def __init__(self, spec: KafkaReadSpec, start_offsets: Offsets, discovers: bool = False,
+                 readers: int | None = None):
         self.spec = spec
         self.start_offsets = start_offsets
         self.discovers = discovers
+        self.readers = readers
 
     def split(self, desired_num_splits, options=None):
         if len(self.start_offsets) + self.discovers <= 1:
             return [self]  # already one partition, or the discovery split itself
-        splits = [KafkaPartitionSource(self.spec, (item,)) for item in self.start_offsets]
+        readers = min(self.readers or len(self.start_offsets), len(self.start_offsets))
+        if readers == 1 and not self.discovers:
+            return [self]  # one reader's share
+        # A runner resumes a split's reads one after another within a bundle: each reads up to its bundle time
+        # before the next begins, so the fewer splits a worker holds, the sooner each partition is read again.
+        splits = [KafkaPartitionSource(self.spec, self.start_offsets[i::readers], readers=1) for i in range(readers)]
         if self.discovers:
             splits.append(KafkaPartitionSource(self.spec, (), discovers=True))
         return splits
@@ -523,6 +533,12 @@ class ReadFromKafka(beam.PTransform):
     `whole_partitions` too (for a batch runner), each partition is read to its end in one DoFn call, not through
     Beam's unbounded-source machinery: no claim per record, no step to mark the output bounded, and bundles a
     runner can hand to several workers.
+
+    Otherwise the partitions are split among `readers` readers (None: one per partition); a reader reads for at most
+    `max_bundle_seconds` (or `max_records_per_bundle` records) per bundle, the time its records wait before they
+    leave the read step. A stream gives each worker slot one reader: with a reader per partition, a slot's splits
+    were read one after another, and a touch took 16 s to its row at 200 events/s (2 s bundles over nine
+    partitions), 9 s with 0.5 s bundles.
     """
 
     def __init__(self, connection: KafkaConnection, topics, *, start: StartAt = StartAt(), bounded: bool = False,
@@ -530,12 +546,13 @@ class ReadFromKafka(beam.PTransform):
                  group_id: str | None = None, isolation_level: str = "read_uncommitted",
                  max_out_of_orderness_s: float = 5.0, idle_after_s: float = 10.0,
                  flush_after_idle_s: float | None = None, discovery_interval_s: float = 30.0,
-                 poll_interval_s: float = 0.5, max_records_per_bundle: int = 10000, max_bundle_seconds: float = 2.0,
-                 whole_partitions: bool = False):
+                 poll_interval_s: float = 0.5, max_records_per_bundle: int = 10000, max_bundle_seconds: float = 0.5,
+                 whole_partitions: bool = False, readers: int | None = None):
         super().__init__()
         if whole_partitions and not bounded:
             raise ValueError("whole_partitions reads a bounded read's partitions to their end: bounded=True only")
         self.whole_partitions = whole_partitions
+        self.readers = readers
         self.connection = connection
         self.topics = tuple(topics)
         self.start = start
@@ -553,7 +570,7 @@ class ReadFromKafka(beam.PTransform):
                                                      self.stop_offsets, self.options["group_id"])
         spec = KafkaReadSpec(self.connection, self.topics, start_offsets, stop, counts, **self.options,
                              launch=uuid.uuid4().hex)
-        return KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded)
+        return KafkaPartitionSource(spec, start_offsets, discovers=not self.bounded, readers=self.readers)
 
     def expand(self, pbegin):
         if self.whole_partitions:
