@@ -302,3 +302,22 @@ def test_a_stream_shares_its_partitions_among_as_many_readers_as_it_is_given():
     one_each = KafkaPartitionSource(spec, offsets, discovers=True).split(20)
     assert [split.start_offsets for split in one_each[:-1]] == [(item,) for item in offsets]
     assert KafkaPartitionSource(spec, offsets[:2], readers=5).split(20)[0].start_offsets == (offsets[0],)
+
+
+def test_offsets_committed_for_lag_monitoring_never_step_back(kafka, topic_prefix):
+    """A runner may finalize a reader's checkpoints out of order: the older one's offsets are not committed."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from transforms.kafka_source import KafkaReadSpec, _GroupCommitter
+
+    ensure_topics(kafka, prefix=topic_prefix, partitions=2)
+    topic, group = topic_prefix + "orders", f"{topic_prefix}lag"
+    spec = KafkaReadSpec(connection=kafka, topics=(topic,), start_offsets=(), stop_offsets=None,
+                         known_partitions=((topic, 2),), event_time=None, group_id=group, launch="test-launch")
+    _GroupCommitter.commit(spec, {(topic, 0): 7, (topic, 1): 3})
+    _GroupCommitter.commit(spec, {(topic, 0): 5, (topic, 1): 4})  # partition 0's older checkpoint, finalized late
+    consumer = KafkaConsumer(**kafka.client_config(), group_id=group, enable_auto_commit=False)
+    try:
+        assert [consumer.committed(TopicPartition(topic, p)) for p in (0, 1)] == [7, 4]
+    finally:
+        consumer.close()

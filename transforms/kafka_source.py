@@ -111,8 +111,11 @@ class KafkaCheckpointMark(CheckpointMark):
 
 
 class _GroupCommitter:
-    """One consumer per (cluster, group) per worker process, to commit offsets for lag monitoring."""
+    """One consumer per (cluster, group) per worker process, to commit offsets for lag monitoring. Never backwards:
+    a runner may finalize the checkpoints of a reader's bundles out of order (a reader of several partitions
+    moved the group's committed total back by thousands of records)."""
     _consumers: dict = {}
+    _committed: dict = {}  # (cluster, group, partition) → the offset this process last committed
     _lock = threading.Lock()
 
     @classmethod
@@ -127,7 +130,11 @@ class _GroupCommitter:
                 consumer = KafkaConsumer(**spec.connection.client_config(), group_id=spec.group_id,
                                          enable_auto_commit=False)
                 cls._consumers[key] = consumer
-            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
+            ahead = {tp: o for tp, o in offsets.items() if o > cls._committed.get((*key, tp), -1)}
+            if not ahead:
+                return
+            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in ahead.items()})
+            cls._committed.update({(*key, tp): o for tp, o in ahead.items()})
 
 
 class _ConsumerPool:

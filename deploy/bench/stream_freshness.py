@@ -5,11 +5,11 @@
     .venv/bin/python deploy/bench/stream_freshness.py --rate 2000 --duration-s 60 --sdk_worker_parallelism=2
 
 With --duration-s it sends for that long at the rate (customers sized to fill it) and reports whether the job kept
-up (committed at least 95 % of the send rate while sending), the backlog when sending ended, and how long the job
+up (every record committed within 20 s of the last send), the backlog when sending ended, and how long the job
 then took to commit every record (null: not within --settle-s).
 
-Starts `journeys stream` (--runner FlinkRunner, the default: the cluster of `journeys flink up`; or PrismRunner; options this
-script does not know are passed to it) into
+Starts `journeys stream` (--runner FlinkRunner, the default: the cluster of `journeys flink up`; or PrismRunner;
+options this script does not know are passed to it) into
 DuckDB on fresh topics of the local broker, produces a generated world at a fixed rate, and polls the published
 warehouse copy for touchpoints as a BI tool would. Freshness of a touch = when its row first shows in the published
 copy − when its record was due to be sent (the producer paces sends; one running behind only makes the figure
@@ -69,6 +69,7 @@ def percentiles(delays: list[float]) -> dict | None:
 
 
 EVENTS_PER_CUSTOMER_30_DAYS = 5
+KEPT_UP_WITHIN_S = 20.0  # every record committed this soon after sending ended
 
 
 def poll(published: Path, seen: dict, committed: list, stop: threading.Event, every_s: float = 0.5) -> None:
@@ -208,8 +209,9 @@ def main() -> None:
               "read_per_s_while_sending": round(read_rate, 1) if read_rate is not None else None,
               "committed_per_s_while_sending": round(commit_rate, 1) if commit_rate is not None else None,
               "all_committed_s_after_sending": round(caught_up, 1) if caught_up is not None else None,
-              # kept up: committed about as fast as the records were sent (a job that falls behind builds a backlog)
-              "kept_up": commit_rate is not None and commit_rate >= 0.95 * sent_rate,
+              # kept up: what was still uncommitted when sending ended landed within a few commits. The commit rate
+              # while sending is not enough: commits land in steps, and a burst after a stall reads as a fast rate.
+              "kept_up": caught_up is not None and caught_up <= KEPT_UP_WITHIN_S,
               "freshness_s": percentiles(delays),
               # the touches whose rows can show at once: what the job's own latency is
               "freshness_s_identified": percentiles([seen[t] - sent_at[t] for t in seen if t in identified]),
