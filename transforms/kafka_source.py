@@ -115,7 +115,7 @@ class _GroupCommitter:
     a runner may finalize the checkpoints of a reader's bundles out of order (a reader of several partitions
     moved the group's committed total back by thousands of records)."""
     _consumers: dict = {}
-    _committed: dict = {}  # (cluster, group, partition) → the offset this process last committed
+    _committed: dict = {}  # (cluster, group, launch, partition) → the offset this process last committed for it
     _lock = threading.Lock()
 
     @classmethod
@@ -130,11 +130,12 @@ class _GroupCommitter:
                 consumer = KafkaConsumer(**spec.connection.client_config(), group_id=spec.group_id,
                                          enable_auto_commit=False)
                 cls._consumers[key] = consumer
-            ahead = {tp: o for tp, o in offsets.items() if o > cls._committed.get((*key, tp), -1)}
+            # per launch: a new job on the same group (a topic recreated, a replay) commits from where it reads
+            ahead = {tp: o for tp, o in offsets.items() if o > cls._committed.get((*key, spec.launch, tp), -1)}
             if not ahead:
                 return
             consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in ahead.items()})
-            cls._committed.update({(*key, tp): o for tp, o in ahead.items()})
+            cls._committed.update({(*key, spec.launch, tp): o for tp, o in ahead.items()})
 
 
 class _ConsumerPool:
