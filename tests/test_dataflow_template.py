@@ -41,6 +41,7 @@ EXAMPLES = {
     "bigquery_published_dataset": "journeys_bi",
     "hold_after_catch_up_s": "90",
     "flush_after_idle_s": "600",
+    "readers": "4",
     "alert_webhook_file": "projects/journeys-dry-run/secrets/journeys-webhook/versions/3",
     "gx_actions_file": "projects/journeys-dry-run/secrets/journeys-gx-actions/versions/1",
 }
