@@ -31,7 +31,6 @@ RUNNER = "FlinkRunner"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
 STATE_CACHE_MB = 256  # per SDK worker
 LOCAL_SLOTS = 2  # the local cluster's TaskManager slots and default parallelism (deploy/flink/flink.sh)
-BATCH_SDK_WORKERS = LOCAL_SLOTS
 log = logging.getLogger("journeys.flink")
 
 
@@ -118,7 +117,7 @@ def runner_args(beam_args: list[str], streaming: bool, job_name: str | None = No
     if not streaming and not given(beam_args, "sdk_worker_parallelism"):
         # A batch job's stages run one after another, each over all its input: one SDK worker per slot runs each
         # stage's Python in parallel (one worker process: 363.7 s a million events; two: 196.5 s).
-        args.append(f"--sdk_worker_parallelism={BATCH_SDK_WORKERS}")
+        args.append(f"--sdk_worker_parallelism={LOCAL_SLOTS}")
     if streaming:
         args.append("--streaming")
         defaults = {"checkpointing_interval": str(DEFAULT_CHECKPOINT_INTERVAL_MS), "state_backend": "rocksdb",

@@ -181,7 +181,7 @@ def main() -> None:
             time.sleep(20)  # the job starts its runner and reaches the topics
         started = time.time()
         sent_at = {tid: started + i / args.rate for i, r in enumerate(records) if (tid := touch_id(r))}
-        identified = {touch_id(r) for r in records if touch_id(r) and names_its_customer(r)}
+        identified = {tid for r in records if (tid := touch_id(r)) and names_its_customer(r)}
         stats = produce(records, connection, topic_prefix=prefix, rate=args.rate)
         sent_end = time.time()
         deadline = sent_end + args.settle_s
