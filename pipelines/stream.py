@@ -99,12 +99,20 @@ def _stop(signum, frame):
 START_ATTEMPTS = 3
 
 
+# The layout of the job's steps and state. A job whose layout changed cannot resume from an older one's checkpoints
+# (its new steps would start without the history the old ones held): a new version is a new job name, whose first
+# start replays the topics while the writer holds its commits until it passes what the warehouse stores.
+# 2: whole tables kept as running totals per group.
+STATE_VERSION = 2
+
+
 def job_name(args, beam_args) -> str:
-    """One name per stream (its topics and warehouse): its checkpoints, savepoints and running job are found by it."""
+    """One name per stream (its topics and warehouse, and STATE_VERSION): its checkpoints, savepoints and running
+    job are found by it."""
     for arg in beam_args:
         if arg.startswith("--job_name="):
             return arg.split("=", 1)[1]
-    digest = hashlib.sha1(f"{args.topic_prefix}|{warehouse_target(args)}".encode()).hexdigest()[:10]
+    digest = hashlib.sha1(f"{STATE_VERSION}|{args.topic_prefix}|{warehouse_target(args)}".encode()).hexdigest()[:10]
     return f"journeys-stream-{digest}"
 
 

@@ -7,17 +7,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.contracts import RETRACTED
 from transforms.channel_attribution import ChannelAttributionDaily
 from transforms.customer_journeys import DataDrivenAttribution, emission_revision
-from transforms.customer_profiles import (AllProfiles, CustomerProfiles, _profile_of, acquisition_row,
-                                         interaction_fact, updating_global_window)
-from transforms.retention import RetentionCohorts
-from transforms.social_impact import SocialImpact
-from transforms.whole_table import _RetractVanished
+from transforms.customer_profiles import (CustomerProfiles, _profile_of, acquisition_row, interaction_fact,
+                                         updating_global_window)
+from transforms.retention import RetentionCohorts, retention_cohorts
+from transforms.social_impact import SocialImpact, social_impact
+from transforms.whole_table import _UpdatedRows
 
 T0 = dt.datetime(2026, 9, 7, 10, tzinfo=dt.timezone.utc)  # a Monday
 DAY = dt.timedelta(days=1)
@@ -118,7 +119,7 @@ def test_customer_profiles_net_out_refunds_and_convert_currencies():
 
 def test_retention_cohorts_from_all_profiles():
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        rows = _profiles(pipeline, ORDERS, LIKES) | AllProfiles() | RetentionCohorts()
+        rows = _profiles(pipeline, ORDERS, LIKES) | RetentionCohorts()
         weekly_all = rows | beam.Filter(lambda r: r["cohort_grain"] == "week" and r["segment_type"] == "all")
         # Both first ordered in the week of T0; A came back in week 1 (refunded in full: active, no revenue).
         assert_that(weekly_all | beam.Map(lambda r: (r["period_index"], r["cohort_size"], r["active_customers"],
@@ -128,7 +129,7 @@ def test_retention_cohorts_from_all_profiles():
 
 def test_social_impact_compares_engaged_and_not_engaged_customers():
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        rows = _profiles(pipeline, ORDERS, LIKES) | AllProfiles() | SocialImpact()
+        rows = _profiles(pipeline, ORDERS, LIKES) | SocialImpact()
         everyone = rows | beam.Filter(lambda r: r["platform"] == "all")
         assert_that(everyone | beam.Map(lambda r: (str(r["month"]), r["group"], r["customers"], r["orders"],
                                                    r["revenue"], r["conversion_rate"])),
@@ -155,18 +156,56 @@ def test_a_profile_from_an_older_savepoints_whole_values_equals_one_from_lean_on
     assert [e[2] for e in new.engagements] == ["like"]  # an impression and a paid share are no engagement
 
 
-def test_a_whole_table_retracts_the_keys_a_later_firing_no_longer_computes():
+def test_a_whole_table_sends_the_rows_that_changed_and_retracts_the_keys_that_vanished():
     def cohort(segment, size):
         return {"cohort_grain": "week", "cohort_start": T0.date(), "segment_type": "first_touch_channel",
                 "segment": segment, "period_index": 0, "cohort_size": size}
 
-    firings = [(None, (0, [cohort("Direct", 1), cohort("Email", 1)])),
-               (None, (1, [cohort("Email", 2)])),  # a late touch: the Direct customer came through Email first
-               (None, (0, [cohort("Direct", 1)]))]  # the first firing again, late: the newer one stands
+    def rows(totals, earliest, latest):
+        return [cohort(segment, sums["size"]) for segment, sums in sorted(totals.items()) if sums["size"] > 0]
+
+    gatherings = [(None, [("Direct", 0, ({"size": 1}, None, None)), ("Email", 0, ({"size": 1}, None, None)),
+                          ("Web", 0, ({"size": 3}, None, None))]),
+                  # a late touch: the Direct customer came through Email first
+                  (None, [("Direct", 1, ({"size": 0}, None, None)), ("Email", 1, ({"size": 2}, None, None))]),
+                  (None, [("Direct", 0, ({"size": 1}, None, None))])]  # an older firing, late: the newer stands
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        rows = pipeline | beam.Create(firings) | beam.ParDo(_RetractVanished("retention_cohorts"))
-        assert_that(rows | beam.Map(lambda r: (r["segment"], r["cohort_size"], RETRACTED in r)), equal_to([
-            ("Direct", 1, False), ("Email", 1, False), ("Email", 2, False), ("Direct", 1, True)]))
+        got = pipeline | beam.Create(gatherings) | beam.ParDo(_UpdatedRows("retention_cohorts", rows))
+        assert_that(got | beam.Map(lambda r: (r["segment"], r["cohort_size"], RETRACTED in r)), equal_to([
+            ("Direct", 1, False), ("Email", 1, False), ("Web", 3, False),  # Web unchanged: sent once
+            ("Email", 2, False), ("Direct", 1, True)]))
+
+
+def _updating(profiles):
+    return profiles | beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(),
+                                      accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
+
+
+@pytest.mark.parametrize("table", [RetentionCohorts, SocialImpact])
+def test_a_whole_table_counts_a_customer_once_however_often_their_profile_is_emitted(table):
+    full = [_profile_of("A", {"touches": [], "orders": ORDERS[:3], "interactions": [interaction_fact(i) for i in LIKES],
+                              "attribution": [], "devices": []})[0],
+            _profile_of("B", {"touches": [], "orders": ORDERS[3:], "interactions": [], "attribution": [],
+                              "devices": []})[0]]
+    # what a stream emitted of A before: one order, no engagement
+    early = _profile_of("A", {"touches": [], "orders": ORDERS[:1], "interactions": [], "attribution": [],
+                              "devices": []})[0]
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        once = pipeline | "Once" >> beam.Create(full) | "Whole" >> table()
+        again = _updating(pipeline | "Again" >> beam.Create([early, *full, early])) | "Updating" >> table()
+        expected = [_hashable(row) for row in (table is RetentionCohorts and _retention_rows(full) or
+                                               social_impact(full, max(p.last_seen for p in full)))]
+        assert_that(once | "OnceRows" >> beam.Map(_hashable), equal_to(expected), label="once")
+        assert_that(again | "AgainRows" >> beam.Map(_hashable), equal_to(expected), label="again")
+
+
+def _retention_rows(profiles):
+    until = max(p.last_seen for p in profiles)
+    return [row for grain in ("week", "month") for row in retention_cohorts([p.history() for p in profiles], grain, until)]
+
+
+def _hashable(row):
+    return tuple(sorted(row.items()))
 
 
 def test_an_emissions_revision_comes_from_its_facts_alone():

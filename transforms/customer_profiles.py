@@ -123,16 +123,6 @@ def _acquisition_channels(first_order_id: str, attribution: list[dict]) -> dict:
     return {ACQUISITION_MODELS[r["model"]]: r["channel"] for r in rows if r["revision"] == latest}
 
 
-def latest_profiles(profiles) -> list[CustomerProfile]:
-    """One profile per customer, the fullest: an updating stream re-emits a customer's profile as it grows."""
-    latest: dict[str, CustomerProfile] = {}
-    for profile in profiles:
-        known = latest.get(profile.customer_id)
-        if known is None or profile.events > known.events:
-            latest[profile.customer_id] = profile
-    return [latest[c] for c in sorted(latest)]
-
-
 def updating_global_window(pcoll, update_every_s: int | None) -> beam.PTransform:
     """All of history in one window. A stream re-emits it (accumulated) every `update_every_s` of processing time
     and the tables take each emission as an upsert; a backfill, or a stream with update_every_s None, emits once,
@@ -217,12 +207,3 @@ def _interaction(interaction) -> tuple:
 
 def _acquisition(row: dict) -> bool:
     return "status" not in row or is_acquisition_row(row)  # a kept acquisition_row has no status
-
-
-class AllProfiles(beam.PTransform):
-    """CustomerProfile → one list of the latest profile of every customer (for the cohort-wide tables)."""
-
-    def expand(self, profiles):
-        return (profiles | "OneKey" >> beam.Map(lambda p: (None, p))
-                | "Gather" >> beam.GroupByKey()
-                | "Latest" >> beam.MapTuple(lambda _, grouped: latest_profiles(grouped)))

@@ -7,7 +7,7 @@ its contract in schemas/tables/.
                                    AttributeOrders ──┼─ order_attribution ─ ChannelAttributionDaily
                                                      └─ paths ─ DataDrivenAttribution
     touches, orders, social, attribution ─ CustomerProfiles ─ customers
-                                                 └ AllProfiles ─ RetentionCohorts, SocialImpact
+                                                 └ RetentionCohorts, SocialImpact (running totals)
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import schemas
 from transforms.channel_attribution import ChannelAttributionDaily
 from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
                                           StitchIdentities)
-from transforms.customer_profiles import AllProfiles, CustomerProfiles
+from transforms.customer_profiles import CustomerProfiles
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
 from transforms.retention import RetentionCohorts
 from transforms.social_impact import SocialImpact
@@ -60,7 +60,6 @@ class CustomerJourneyTables(beam.PTransform):
         profiles = {"touches": touches, "orders": orders, "social_interactions": social, "web_sessions": sessions,
                     "order_attribution": attributed["order_attribution"]} | "Profiles" >> CustomerProfiles(
             config.update_every_s, config.journeys.rates)
-        everyone = profiles | "Everyone" >> AllProfiles()
         in_reporting_currency = {"currency": config.journeys.rates.reporting_currency}
         tables = {
             "touchpoints": touches | "TouchpointRows" >> beam.MapTuple(touchpoint_row),
@@ -70,8 +69,8 @@ class CustomerJourneyTables(beam.PTransform):
             "data_driven_attribution": attributed["paths"] | "DataDriven" >> DataDrivenAttribution(
                 config.data_driven_window_days, config.journeys),
             "customers": profiles | "CustomerRows" >> beam.Map(lambda profile: profile.row()),
-            "retention_cohorts": everyone | "Retention" >> RetentionCohorts(),
-            "social_impact": everyone | "SocialImpact" >> SocialImpact(),
+            "retention_cohorts": profiles | "Retention" >> RetentionCohorts(),
+            "social_impact": profiles | "SocialImpact" >> SocialImpact(),
         }
         for name in ("customers", "retention_cohorts", "social_impact", "data_driven_attribution"):
             tables[name] = tables[name] | f"Currency{name}" >> beam.Map(lambda row: {**row, **in_reporting_currency})

@@ -7,14 +7,13 @@ LTV curve never counts money that was returned.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import apache_beam as beam
 
 from transforms.currency import to_cents
-from transforms.whole_table import WholeTable
+from transforms.whole_table import WholeTable, merged_contributions
 
 GRAINS = ("week", "month")
 
@@ -42,53 +41,73 @@ def period_index(start: dt.date, when: dt.datetime | dt.date, grain: str) -> int
     return (day.year - start.year) * 12 + day.month - start.month
 
 
-def retention_cohorts(customers: list[CustomerHistory], grain: str, until: dt.datetime) -> list[dict]:
-    """One row per (cohort, segment type, segment, period) from period 0 to the period of `until`."""
-    groups: dict = defaultdict(list)
-    for customer in customers:
-        if not customer.orders:
-            continue
-        first = min(t for t, _ in customer.orders)
+def cohort_contributions(customer: CustomerHistory, grains=GRAINS):
+    """What one customer adds to the totals of their cohorts ((grain, cohort start as ISO date, segment type,
+    segment)):
+    a member, active in each period with an order, last active in one, and the revenue of each period."""
+    if not customer.orders:
+        return
+    first = min(t for t, _ in customer.orders)
+    for grain in grains:
         start = cohort_start(first, grain)
+        sums: dict = {"size": 1}
+        periods = set()
+        for when, value in customer.orders:
+            index = period_index(start, when, grain)
+            periods.add(index)
+            sums[("revenue", index)] = sums.get(("revenue", index), Decimal(0)) + Decimal(value)
+        for index in periods:
+            sums[("active", index)] = 1
+        sums[("last_active", max(periods))] = 1
         for segment_type, segment in {"all": "all", **customer.segments}.items():
-            groups[(start, segment_type, segment)].append(customer)
+            yield (grain, start.isoformat(), segment_type, segment), sums  # a key a grouping encodes deterministically
+
+
+def cohort_rows(totals: dict, until: dt.datetime) -> list[dict]:
+    """One row per (cohort, segment type, segment, period) from period 0 to the period of `until` (at or after every
+    order), from the cohorts' totals."""
     rows = []
-    for (start, segment_type, segment), members in sorted(groups.items()):
+    for (grain, start, segment_type, segment), sums in sorted(totals.items()):
+        size = sums.get("size", 0)
+        if size <= 0:
+            continue  # every member moved to another cohort
+        start = dt.date.fromisoformat(start)
         last_period = period_index(start, until, grain)
-        active = defaultdict(set)
-        revenue = defaultdict(Decimal)
-        for customer in members:
-            for when, value in customer.orders:
-                index = period_index(start, when, grain)
-                if index <= last_period:
-                    active[index].add(customer.customer_id)
-                    revenue[index] += Decimal(value)
-        size = len(members)
+        on_or_after = [0] * (last_period + 2)  # members active in a period at or after each one
+        for index in range(last_period, -1, -1):
+            on_or_after[index] = on_or_after[index + 1] + sums.get(("last_active", index), 0)
         cumulative = Decimal(0)
         for index in range(last_period + 1):
-            later = set().union(*(active[i] for i in range(index, last_period + 1)))
-            cumulative += revenue[index]
+            active = sums.get(("active", index), 0)
+            revenue = sums.get(("revenue", index), Decimal(0))
+            cumulative += revenue
             rows.append({"cohort_grain": grain, "cohort_start": start, "segment_type": segment_type,
                          "segment": segment, "period_index": index, "cohort_size": size,
-                         "active_customers": len(active[index]), "retention_rate": len(active[index]) / size,
-                         "retention_rate_on_or_after": len(later) / size,
-                         "net_revenue": to_cents(revenue[index]),
+                         "active_customers": active, "retention_rate": active / size,
+                         "retention_rate_on_or_after": on_or_after[index] / size,
+                         "net_revenue": to_cents(revenue),
                          "cumulative_revenue_per_customer": to_cents(cumulative / size)})
     return rows
 
 
-def _cohorts(profiles) -> list[dict]:
-    if not profiles:
-        return []
-    until = max(p.last_seen for p in profiles)
-    histories = [p.history() for p in profiles]
-    return [row for grain in GRAINS for row in retention_cohorts(histories, grain, until)]
+def retention_cohorts(customers: list[CustomerHistory], grain: str, until: dt.datetime) -> list[dict]:
+    """One row per (cohort, segment type, segment, period) from period 0 to the period of `until`."""
+    totals = merged_contributions(group for customer in customers for group in cohort_contributions(customer, (grain,)))
+    return cohort_rows(totals, until)
+
+
+def _contributions(profile):
+    return cohort_contributions(profile.history())
+
+
+def _rows(totals: dict, earliest, until) -> list[dict]:
+    return cohort_rows(totals, until) if until is not None else []
 
 
 class RetentionCohorts(beam.PTransform):
-    """[every customer's latest profile] (from AllProfiles) → retention_cohorts rows for weekly and monthly cohorts,
-    segmented by acquisition channel (last and first touch of the first order) and social engagement, as of the
-    latest event seen."""
+    """CustomerProfile per customer (re-emitted as it grows, in a stream) → retention_cohorts rows for weekly and
+    monthly cohorts, segmented by acquisition channel (last and first touch of the first order) and social
+    engagement, as of the latest event seen."""
 
-    def expand(self, all_profiles):
-        return all_profiles | "Cohorts" >> WholeTable("retention_cohorts", _cohorts)
+    def expand(self, profiles):
+        return profiles | "Cohorts" >> WholeTable("retention_cohorts", _contributions, _rows)

@@ -21,7 +21,7 @@ import apache_beam as beam
 from transforms.currency import to_cents
 from transforms.customer_profiles import CustomerProfile
 from transforms.retention import cohort_start
-from transforms.whole_table import WholeTable
+from transforms.whole_table import WholeTable, merged_contributions
 
 ALL = "all"
 GROUPS = ("engaged", "not_engaged", "mention_answered", "mention_unanswered")
@@ -65,51 +65,94 @@ def _groups(profile: CustomerProfile, mention_outcomes: dict[str, list], end: dt
             yield platform, "mention_answered" if any(answered) else "mention_unanswered"
 
 
+def social_contributions(profile: CustomerProfile, reply_window: dt.timedelta = REPLY_WINDOW):
+    """What one customer adds to the totals of each (platform, group) they belong to, month by month from their
+    first_seen to their last_seen; from the month after, they stay in the groups of their last month with all their
+    revenue to date (a "tail" counted in every later month). A first order is counted in the 90-day repeat rate once
+    it is 90 days old: at once when the customer was seen that long after it, else by its time, against the end of
+    what was seen."""
+    outcomes = _mention_outcomes(profile, reply_window)
+    first = profile.orders[0] if profile.orders else None
+    repeated = int(first is not None and len(profile.orders) > 1
+                   and profile.orders[1].time <= first.time + REPEAT_WINDOW)
+    month, last_month = cohort_start(profile.first_seen, "month"), cohort_start(profile.last_seen, "month")
+    while True:
+        start, end = dt.datetime.combine(month, dt.time(), dt.timezone.utc), _month_end(month)
+        in_month = [o for o in profile.orders if start <= o.time < end]
+        to_date = sum((o.net for o in profile.orders if o.time < end), Decimal(0))
+        sums = {("customers", month): 1, ("to_date", month): to_date}
+        if in_month:
+            sums.update({("converted", month): 1, ("orders", month): len(in_month),
+                         ("revenue", month): sum((o.net for o in in_month), Decimal(0))})
+        if first is not None and start <= first.time < end:
+            if first.time + REPEAT_WINDOW <= profile.last_seen:
+                sums.update({("firsts", month): 1, ("repeated", month): repeated})
+            else:
+                sums.update({("first_due", first.time): 1, ("repeated_due", first.time): repeated})
+        groups = list(_groups(profile, outcomes, end))
+        for group in groups:
+            yield group, sums
+        month = _month_end(month).date()
+        if month > last_month:
+            for group in groups:
+                yield group, {("tail_customers", month): 1, ("tail_to_date", month): to_date}
+            return
+
+
+def social_rows(totals: dict, earliest: dt.datetime, until: dt.datetime) -> list[dict]:
+    """The rows of every month from the one of `earliest` (the first first_seen) to the one of `until` (the latest
+    event seen), from the (platform, group) totals."""
+    if earliest is None:
+        return []
+    due = until - REPEAT_WINDOW
+    rows = []
+    for (platform, group), sums in sorted(totals.items()):
+        firsts, repeated = defaultdict(int), defaultdict(int)
+        for subkey, value in sums.items():
+            if subkey[0] in ("firsts", "repeated"):
+                (firsts if subkey[0] == "firsts" else repeated)[subkey[1]] += value
+            elif subkey[0] in ("first_due", "repeated_due") and subkey[1] <= due:
+                (firsts if subkey[0] == "first_due" else repeated)[cohort_start(subkey[1], "month")] += value
+        tail_customers, tail_to_date = 0, Decimal(0)
+        month = cohort_start(earliest, "month")
+        while month <= cohort_start(until, "month"):
+            tail_customers += sums.get(("tail_customers", month), 0)
+            tail_to_date += sums.get(("tail_to_date", month), Decimal(0))
+            customers = sums.get(("customers", month), 0) + tail_customers
+            if customers > 0:
+                orders = sums.get(("orders", month), 0)
+                revenue = sums.get(("revenue", month), Decimal(0))
+                to_date = sums.get(("to_date", month), Decimal(0)) + tail_to_date
+                rows.append({
+                    "month": month, "platform": platform, "group": group, "customers": customers,
+                    "conversion_rate": sums.get(("converted", month), 0) / customers,
+                    "orders": orders, "revenue": to_cents(revenue),
+                    "average_order_value": to_cents(revenue / orders) if orders else None,
+                    "first_orders_90d": firsts[month],
+                    "repeat_rate_90d": repeated[month] / firsts[month] if firsts[month] else None,
+                    "ltv": to_cents(to_date / customers)})
+            month = _month_end(month).date()
+    return rows
+
+
 def social_impact(profiles: list[CustomerProfile], until: dt.datetime,
                   reply_window: dt.timedelta = REPLY_WINDOW) -> list[dict]:
     if not profiles:
         return []
-    month = cohort_start(min(p.first_seen for p in profiles), "month")
-    outcomes = {p.customer_id: _mention_outcomes(p, reply_window) for p in profiles}  # the same every month
-    rows = []
-    while month <= cohort_start(until, "month"):
-        start = dt.datetime.combine(month, dt.time(), dt.timezone.utc)
-        end = _month_end(month)
-        members = defaultdict(list)
-        for profile in profiles:
-            for key in _groups(profile, outcomes[profile.customer_id], end):
-                members[key].append(profile)
-        for (platform, group), customers in sorted(members.items()):
-            in_month = [o for p in customers for o in p.orders if start <= o.time < end]
-            revenue = sum((o.net for o in in_month), Decimal(0))
-            to_date = sum((o.net for p in customers for o in p.orders if o.time < end), Decimal(0))
-            firsts = [p for p in customers if p.orders and start <= p.orders[0].time < end
-                      and p.orders[0].time + REPEAT_WINDOW <= until]
-            repeated = [p for p in firsts if len(p.orders) > 1 and p.orders[1].time <= p.orders[0].time + REPEAT_WINDOW]
-            rows.append({
-                "month": month, "platform": platform, "group": group, "customers": len(customers),
-                "conversion_rate": len({p.customer_id for p in customers
-                                        if any(start <= o.time < end for o in p.orders)}) / len(customers),
-                "orders": len(in_month), "revenue": to_cents(revenue),
-                "average_order_value": to_cents(revenue / len(in_month)) if in_month else None,
-                "first_orders_90d": len(firsts),
-                "repeat_rate_90d": len(repeated) / len(firsts) if firsts else None,
-                "ltv": to_cents(to_date / len(customers))})
-        month = _month_end(month).date()
-    return rows
+    totals = merged_contributions(group for p in profiles for group in social_contributions(p, reply_window))
+    return social_rows(totals, min(p.first_seen for p in profiles), until)
 
 
 class SocialImpact(beam.PTransform):
-    """[every customer's latest profile] (from AllProfiles) → social_impact rows, as of the latest event seen."""
+    """CustomerProfile per customer (re-emitted as it grows, in a stream) → social_impact rows, as of the latest
+    event seen."""
 
     def __init__(self, reply_window: dt.timedelta = REPLY_WINDOW):
         super().__init__()
         self.reply_window = reply_window
 
-    def expand(self, all_profiles):
-        return all_profiles | "SocialImpact" >> WholeTable("social_impact", self._rows)
+    def expand(self, profiles):
+        return profiles | "SocialImpact" >> WholeTable("social_impact", self._contributions, social_rows)
 
-    def _rows(self, profiles) -> list[dict]:
-        if not profiles:
-            return []
-        return social_impact(profiles, max(p.last_seen for p in profiles), self.reply_window)
+    def _contributions(self, profile: CustomerProfile):
+        return social_contributions(profile, self.reply_window)
