@@ -1,13 +1,14 @@
 """WholeTable: a table over every customer (retention_cohorts, social_impact), kept as running totals.
 
 Each customer's profile contributes sums to a few groups (a cohort and segment, a platform and group): counts and
-amounts per period. The totals of a group are the sum of its members' contributions, folded by a combiner that
-Beam lifts before its grouping, so no step holds every profile and a stream's update costs what changed, not all
-of history. A table's rows are computed from its groups' totals and the bounds of what was seen (the earliest
-first_seen, the latest last_seen).
+amounts per period. The totals of a group are the sum of its members' contributions, folded by a combiner (in a
+backfill Beam lifts it before its grouping), so no step holds every profile and a stream's update costs what
+changed, not all of history. A table's rows are computed from its groups' totals and the bounds of what was seen
+(the earliest first_seen, the latest last_seen).
 
 In a stream a customer's profile is emitted again as it grows: one keyed step remembers what the customer
-contributed last and sends the difference, so the totals always hold each customer once. A key an earlier firing
+contributed last and sends the difference, so the totals always hold each customer once; each firing folds only the
+differences since the last, and one keyed step per group keeps its running totals. A key an earlier firing
 produced may vanish from a later one (a late touch changes a customer's first-touch channel, and the cohort of the
 old channel loses its only member): the step that computes the rows remembers the last ones and retracts
 (schemas.contracts.RETRACTED) the keys that vanished, and sends only rows that changed.
@@ -95,10 +96,16 @@ class _ContributionDeltas(beam.DoFn):
         yield BOUNDS, ({}, profile.first_seen, profile.last_seen)
 
 
-class _TagFiring(beam.DoFn):
-    def process(self, element, pane=beam.DoFn.PaneInfoParam):
-        group, totals = element
-        yield None, (group, pane.index, totals)
+class _RunningTotals(beam.DoFn):
+    """(group, what a firing changed in its totals) → (None, (group, version, the group's totals))."""
+    TOTALS = ReadModifyWriteStateSpec("totals", PickleCoder())  # (version, (sums, earliest, latest))
+
+    def process(self, element, totals=beam.DoFn.StateParam(TOTALS)):
+        group, change = element
+        version, before = totals.read() or (0, _Fold().create_accumulator())
+        now = _Fold().merge_accumulators([before, change])
+        totals.write((version + 1, now))
+        yield None, (group, version + 1, now)
 
 
 def _split_bounds(folded: dict) -> tuple[dict, object, object]:
@@ -113,7 +120,7 @@ def _rows_once(_, folded, rows: Callable = None) -> list[dict]:
 
 class _UpdatedRows(beam.DoFn):
     """Each gathering of the groups that changed → the table's rows that changed, and retractions of vanished keys."""
-    LAST = ReadModifyWriteStateSpec("last", PickleCoder())  # ({group: (pane index, totals)}, {key: row})
+    LAST = ReadModifyWriteStateSpec("last", PickleCoder())  # ({group: (version, totals)}, {key: row})
 
     def __init__(self, table: str, rows: Callable):
         self.key = contract(table).primary_key
@@ -122,9 +129,9 @@ class _UpdatedRows(beam.DoFn):
     def process(self, element, last=beam.DoFn.StateParam(LAST)):
         _, changed = element
         groups, last_rows = last.read() or ({}, {})
-        for group, pane, totals in changed:
-            if group not in groups or pane > groups[group][0]:  # a group's older firing arriving late loses
-                groups[group] = (pane, totals)
+        for group, version, totals in changed:
+            if group not in groups or version > groups[group][0]:  # a group's older totals arriving late lose
+                groups[group] = (version, totals)
         current = {tuple(row[k] for k in self.key): row
                    for row in self.rows(*_split_bounds({g: totals for g, (_, totals) in groups.items()}))}
         last.write((groups, current))
@@ -159,17 +166,19 @@ class WholeTable(beam.PTransform):
                     | "OneKey" >> beam.Map(lambda folded: (None, folded))
                     | "Gather" >> beam.GroupByKey()
                     | "Rows" >> beam.FlatMapTuple(_rows_once, self.rows))
-        # Each gathering holds only the groups a firing changed (discarding): its state never grows with firings.
+        # Each firing carries only what changed since the last (discarding): no grouping's state grows with firings.
         # It fires early where the profiles do (Prism 2.77 panics when an early firing falls due after a bounded
         # input ended).
         early = (trigger.AfterProcessingTime(GATHER_DELAY_S)
                  if getattr(profiles.windowing.triggerfn, "early", None) is not None else None)
+        changes = lambda: beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(early=early),
+                                          accumulation_mode=trigger.AccumulationMode.DISCARDING)
         return (profiles
                 | "ByCustomer" >> beam.Map(lambda profile: (profile.customer_id, profile))
                 | "Contribute" >> beam.ParDo(_ContributionDeltas(self.contribute))
+                | "Changes" >> changes()
                 | "Fold" >> beam.CombinePerKey(_Fold())
-                | "TagFiring" >> beam.ParDo(_TagFiring())
-                | "Changed" >> beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(early=early),
-                                               accumulation_mode=trigger.AccumulationMode.DISCARDING)
+                | "Totals" >> beam.ParDo(_RunningTotals())
+                | "ChangedTotals" >> changes()
                 | "Gather" >> beam.GroupByKey()
                 | "Rows" >> beam.ParDo(_UpdatedRows(self.table, self.rows)))
