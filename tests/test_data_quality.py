@@ -428,3 +428,24 @@ def test_on_bigquery_a_block_failure_holds_the_readers_dataset_back(bigquery_emu
         assert [a["table"] for a in receiver.received][2:] == ["touchpoints"]
     finally:
         warehouse.close()
+
+
+@pytest.mark.parametrize("kind", ["types", "rule"])
+def test_a_clean_small_frame_of_the_checkpoint_gets_great_expectations_outcomes_without_its_run(kind, warehouse,
+                                                                                                monkeypatch):
+    from transforms import dq_suites
+    from transforms.dq_checkpoint import types_frame
+
+    warehouse.commit({"order_attribution": attribution("o1") + attribution("o2", credits=(0.25, 0.75))})
+    rule = contract("order_attribution").table_rules[1] if kind == "rule" else None
+    clean = types_frame(warehouse, "order_attribution") if kind == "types" else warehouse.query_frame(rule.query)
+    broken = clean.copy()
+    broken.loc[0, "landed_type" if kind == "types" else "value"] = "int" if kind == "types" else 1.5
+    shortcut = [dq_suites.validate("order_attribution", kind, frame, rule=rule) for frame in (clean, broken)]
+    monkeypatch.setattr(dq_suites, "SMALL_FRAME_TYPES", {})  # Great Expectations for every frame
+    ran = [dq_suites.validate("order_attribution", kind, frame, rule=rule) for frame in (clean, broken)]
+    outcome = lambda outcomes: [(o.expectation, o.expectation_type, o.success, o.unexpected_count, o.element_count)
+                                for o in outcomes]
+    assert outcome(shortcut[0]) == outcome(ran[0]) and all(o.success for o in shortcut[0])
+    assert all(o.validation is None for o in shortcut[0]) and all(o.validation for o in ran[0])  # no GX run
+    assert outcome(shortcut[1]) == outcome(ran[1]) and not any(o.success for o in shortcut[1])
