@@ -1,5 +1,5 @@
-"""Beam's state cache weighs our state values the same with the cheaper sizing, and importing our transforms
-turns it on."""
+"""Beam's state cache weighs our state values the same with the cheaper sizing (a long list by a sample of its
+items), and importing our transforms turns it on."""
 import datetime as dt
 import pickle
 from decimal import Decimal
@@ -7,7 +7,7 @@ from decimal import Decimal
 from apache_beam.runners.worker import statecache
 
 import transforms  # noqa: F401 - turns the cheaper sizing on
-from transforms.state_sizing import _deep_size
+from transforms.state_sizing import SAMPLED_ABOVE, _deep_size
 
 ROW = {"order_id": "o1", "credit": 0.5, "revenue_credit": Decimal("12.34"), "when": dt.datetime(2026, 5, 1),
        "touch_id": None, "path": ("Email", "Direct")}
@@ -29,3 +29,11 @@ def test_the_cheaper_sizing_weighs_our_state_values_as_beam_does():
     for value in VALUES:
         assert _deep_size(value) == _beam_default(value), value
 
+
+
+def test_a_long_list_is_weighed_by_a_sample_of_its_items():
+    rows = [(("order_attribution", (i,)), {**ROW, "order_id": f"o{i}", "credit": i / 7}) for i in range(5 * SAMPLED_ABOVE)]
+    exact = _beam_default(rows)
+    assert abs(_deep_size(rows) - exact) / exact < 0.05
+    short = rows[:SAMPLED_ABOVE]
+    assert _deep_size(short) == _beam_default(short)

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 
 from schemas.contracts import RETRACTED, contract
-from transforms.dq_suites import Outcome, QualityConfig, checks, surely_passing, validate
+from transforms.dq_suites import Outcome, QualityConfig, checks, surely_passing_data, validate
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,9 @@ def _as_arrow(table: str, rows: list[dict]):
 
 
 def _surely_passing(table: str, batch, config: QualityConfig) -> list[Outcome] | None:
-    """surely_passing on an Arrow batch, queried in place by an in-memory DuckDB."""
-    import duckdb
-
     if batch is None:
         return None
-    with duckdb.connect() as con:
-        con.register("batch", batch)
-        return surely_passing(table, "rows", lambda sql: con.execute(sql).fetchone(), "batch", config)
+    return surely_passing_data(table, "rows", batch, config)
 
 
 def _broken(table: str, outcomes: list[Outcome], config: QualityConfig) -> list[tuple[int, Outcome, list[str]]]:

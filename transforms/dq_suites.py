@@ -171,7 +171,7 @@ def validate(table: str, kind: str, frame, config: QualityConfig = QualityConfig
     if not wanted:
         return []
     if kind in SMALL_FRAME_TYPES:
-        clean = _surely_passing_frame(table, kind, frame, config, rule)
+        clean = surely_passing_data(table, kind, frame, config, rule=rule, types=SMALL_FRAME_TYPES[kind])
         if clean is not None:
             return clean
     stage = ROW_GATE if kind == "rows" else CHECKPOINT
@@ -234,14 +234,23 @@ def surely_passing(table: str, kind: str, first_row, relation: str, config: Qual
 SMALL_FRAME_TYPES = {"types": {"contract_type": "string", "landed_type": "string"}, "rule": {"value": "float"}}
 
 
-def _surely_passing_frame(table: str, kind: str, frame, config: QualityConfig,
-                          rule: TableRule | None) -> list[Outcome] | None:
-    import duckdb
+_SCRATCH = threading.local()  # a DuckDB connection per thread: opening one costs more than the query
 
-    with duckdb.connect() as scratch:
-        scratch.register("frame", frame)
-        return surely_passing(table, kind, lambda sql: scratch.execute(sql).fetchone(), "frame", config, rule=rule,
-                              types=SMALL_FRAME_TYPES[kind])
+
+def surely_passing_data(table: str, kind: str, data, config: QualityConfig = QualityConfig(), *,
+                        rule: TableRule | None = None, types: dict[str, str] | None = None) -> list[Outcome] | None:
+    """surely_passing on a pandas frame or an Arrow table, queried in place by this thread's in-memory DuckDB."""
+    scratch = getattr(_SCRATCH, "connection", None)
+    if scratch is None:
+        import duckdb
+
+        scratch = _SCRATCH.connection = duckdb.connect()
+    scratch.register("data", data)
+    try:
+        return surely_passing(table, kind, lambda sql: scratch.execute(sql).fetchone(), "data", config, rule=rule,
+                              types=types)
+    finally:
+        scratch.unregister("data")
 
 
 def _suspect_sql(expectation: str, kwargs: dict, types: dict[str, str]) -> str | None:
