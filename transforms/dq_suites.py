@@ -198,7 +198,8 @@ def validate(table: str, kind: str, frame, config: QualityConfig = QualityConfig
 def surely_passing(table: str, kind: str, first_row, relation: str, config: QualityConfig = QualityConfig(), *,
                    rule: TableRule | None = None, types: dict[str, str] | None = None) -> list[Outcome] | None:
     """The outcomes Great Expectations gives a clean frame of `kind` ("rows": a batch at the row gate; "table": the
-    landed table at the checkpoint) when one SQL query over `relation` shows it clean: no value out of its set or
+    landed table at the checkpoint; the checkpoint's small frames, whose columns' base types `types` gives) when one
+    SQL query over `relation` shows it clean: no value out of its set or
     range, no pair out of order, no null or NaN where a rule compares, no key twice. None when a row might break an
     expectation: Great Expectations then validates the frame and names the rows. `first_row(sql)` runs DuckDB SQL
     and gives its one row. Great Expectations' run costs about a second a frame whatever its size, and reads a table
