@@ -55,18 +55,28 @@ class _Fold(beam.CombineFn):
         return {}, None, None
 
     def add_input(self, accumulator, value):
-        return self.merge_accumulators([accumulator, value])
+        sums, earliest, latest = accumulator
+        more, first, last = value
+        add_sums(sums, more)  # in place: a copy per input would cost the accumulator's size each time
+        return sums, _earlier(earliest, first), _later(latest, last)
 
     def merge_accumulators(self, accumulators):
         sums, earliest, latest = {}, None, None
         for more, first, last in accumulators:
             add_sums(sums, more)
-            earliest = first if earliest is None or (first is not None and first < earliest) else earliest
-            latest = last if latest is None or (last is not None and last > latest) else latest
+            earliest, latest = _earlier(earliest, first), _later(latest, last)
         return sums, earliest, latest
 
     def extract_output(self, accumulator):
         return accumulator
+
+
+def _earlier(one, other):
+    return other if one is None or (other is not None and other < one) else one
+
+
+def _later(one, other):
+    return other if one is None or (other is not None and other > one) else one
 
 
 def _once(profile, contribute) -> list:
