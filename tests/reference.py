@@ -9,12 +9,11 @@ from transforms.channel_grouping import ChannelRules
 from transforms.currency import ExchangeRates
 
 
-def _load(con, table: str, columns: str, rows: list[tuple]) -> None:
-    """Rows into a new table, in bulk: through Arrow, whose column types DuckDB then casts to the declared ones
+def _append(con, table: str, rows: list[tuple]) -> None:
+    """Rows into a table, in bulk: through Arrow, whose column types DuckDB then casts to the declared ones
     (executemany inserts a row at a time, minutes for a million events)."""
     import pyarrow as pa
 
-    con.execute(f"create table {table} ({columns})")
     if not rows:
         return
     names = [f"c{i}" for i in range(len(rows[0]))]
@@ -22,27 +21,49 @@ def _load(con, table: str, columns: str, rows: list[tuple]) -> None:
     con.execute(f"insert into {table} select * from staged")
 
 
-def reference_connection(world: dict[str, list[dict]]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the events of `world` ({topic: decoded records}) and the reference views over them:
-    touchpoints, placed, paths, engagement, customers, until."""
+EVENT_TABLES = {
+    "sessions": "session_id text, anonymous_id text, customer_id text, t timestamptz, channel text, source text, "
+                "medium text, campaign text",
+    "social": "event_id text, customer_id text, t timestamptz, platform text, kind text, is_paid bool, campaign text",
+    "orders": "order_id text, customer_id text, anonymous_id text, t timestamptz, status text, amount decimal(18, 2), "
+              "currency text",
+}
+
+
+def add_events(con, world: dict[str, list[dict]]) -> None:
+    """Decoded records ({topic: records}) into the event tables of `event_tables`: a large world can come in parts."""
     rules = ChannelRules()
-    con = duckdb.connect()
-    con.execute("set timezone = 'UTC'")
     sessions = []
     for s in world["web_sessions"]:
         traffic, channel = rules.session_channel(s)
         sessions.append((s["session_id"], s["anonymous_id"], s["customer_id"], s["session_start"], channel,
                          traffic.source, traffic.medium, traffic.campaign))
-    _load(con, "sessions", """session_id text, anonymous_id text, customer_id text, t timestamptz, channel text,
-                               source text, medium text, campaign text""", sessions)
-    _load(con, "social", "event_id text, customer_id text, t timestamptz, platform text, kind text, is_paid bool, "
-                         "campaign text",
-          [(s["event_id"], s["customer_id"], s["event_time"], s["platform"], s["interaction_type"], s["is_paid"],
-            s["campaign"]) for s in world["social_interactions"]])
-    _load(con, "orders", "order_id text, customer_id text, anonymous_id text, t timestamptz, status text, "
-                         "amount decimal(18, 2), currency text",
-          [(o["order_id"], o["customer_id"], o["anonymous_id"], o["event_time"], o["status"], o["amount"],
-            o["currency"]) for o in world["orders"]])
+    _append(con, "sessions", sessions)
+    _append(con, "social", [(s["event_id"], s["customer_id"], s["event_time"], s["platform"], s["interaction_type"],
+                             s["is_paid"], s["campaign"]) for s in world["social_interactions"]])
+    _append(con, "orders", [(o["order_id"], o["customer_id"], o["anonymous_id"], o["event_time"], o["status"],
+                             o["amount"], o["currency"]) for o in world["orders"]])
+
+
+def event_tables(database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB with the reference's empty event tables (sessions with their GA4 channel, social, orders)."""
+    con = duckdb.connect(database)
+    con.execute("set timezone = 'UTC'")
+    for table, columns in EVENT_TABLES.items():
+        con.execute(f"create table {table} ({columns})")
+    return con
+
+
+def reference_connection(world: dict[str, list[dict]]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the events of `world` ({topic: decoded records}) and the reference views over them:
+    touchpoints, placed, paths, engagement, customers, until."""
+    con = event_tables()
+    add_events(con, world)
+    return reference_views(con)
+
+
+def reference_views(con) -> duckdb.DuckDBPyConnection:
+    """The reference views (touchpoints, placed, paths, engagement, customers, until) over the event tables."""
     con.execute("""
         create view touchpoints as
         with links as (

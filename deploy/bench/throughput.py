@@ -4,7 +4,8 @@ a test:
     .venv/bin/python deploy/bench/throughput.py --events 1000000 [--json FILE] [--runners FnApiRunner,FlinkRunner]
 
 1. `journeys generate` produces about --events records (customers = events / 10 over 60 days, 1 % malformed,
-   Confluent Avro) to fresh topics of the local broker (or --topic-prefix reuses topics produced before);
+   Confluent Avro) to fresh topics of the local broker, --generate-part customers at a time (or --topic-prefix
+   reuses topics produced before);
 2. raw: a plain kafka-python consume + fastavro decode loop over those topics — the floor of reading them;
 3. pipeline: `journeys backfill` end to end into a new DuckDB file (read, decode, journey tables, validation,
    landing, the checkpoint), once per runner of --runners: FnApiRunner (in the launcher's process), FlinkRunner (the
@@ -39,6 +40,7 @@ from topics import messages
 REPO = Path(__file__).resolve().parents[2]
 EVENTS_PER_CUSTOMER = 10  # over 60 simulated days: 9.8-9.9 measured at 1,000 and 3,000 customers
 COMPARED_TABLES = ("touchpoints", "channel_attribution_daily", "customers", "retention_cohorts")
+REFERENCE_PART = 200_000  # records decoded before the reference adds them to its DuckDB
 
 
 def phase_raw(prefix: str) -> dict:
@@ -60,16 +62,19 @@ def phase_raw(prefix: str) -> dict:
     return {"records": decoded + failed, "decoded": decoded, "failed": failed}
 
 
-def phase_reference(prefix: str) -> dict:
+def phase_reference(prefix: str, work: Path) -> dict:
     sys.path.insert(0, str(REPO / "tests"))
-    from reference import CHANNEL_ATTRIBUTION_DAILY, reference_connection, retention_reference
+    from reference import CHANNEL_ATTRIBUTION_DAILY, add_events, event_tables, reference_views, retention_reference
 
     import schemas
     from transforms.decode_events import DeadLetter, EventDecoder
     from transforms.kafka_message import KafkaMessage
 
     decoder = EventDecoder.for_prefix(prefix)
-    world = {topic: [] for topic in schemas.TOPICS}
+    con = event_tables()
+    con.execute(f"set temp_directory = '{work / 'reference.tmp'}'")  # its joins spill there rather than fail
+    # the decoded records go into DuckDB a part at a time: the phase's memory is DuckDB's, not a list of all events
+    part = {topic: [] for topic in schemas.TOPICS}
     records = dead = 0
     for m in messages(prefix):
         records += 1
@@ -78,9 +83,13 @@ def phase_reference(prefix: str) -> dict:
         if isinstance(outcome, DeadLetter):
             dead += 1
         else:
-            world[decoder.logical_topic(m.topic)].append(outcome)
+            part[decoder.logical_topic(m.topic)].append(outcome)
+        if records % REFERENCE_PART == 0:
+            add_events(con, part)
+            part = {topic: [] for topic in schemas.TOPICS}
+    add_events(con, part)
     decoded_at = time.monotonic()
-    con = reference_connection(world)
+    reference_views(con)
     rows = {"touchpoints": con.execute("select count(*) from touchpoints").fetchone()[0],
             "channel_attribution_daily": con.execute(f"select count(*) from ({CHANNEL_ATTRIBUTION_DAILY}) "
                                                      f"where {NONZERO_DAY}").fetchone()[0],
@@ -88,6 +97,21 @@ def phase_reference(prefix: str) -> dict:
             "retention_cohorts": len(retention_reference(con, "week")) + len(retention_reference(con, "month"))}
     return {"records": records, "dead_letters": dead, "sql_seconds": round(time.monotonic() - decoded_at, 2),
             "rows": rows}
+
+
+def generate(prefix: str, customers: int, args, work: Path) -> dict:
+    """`journeys generate` a part of --generate-part customers at a time (the generator holds and sorts a part's
+    events in memory): each part's records are in event-time order, the topics hold the parts one after another."""
+    journeys = [sys.executable, "-m", "pipelines.cli"]
+    parts = []
+    for first in range(0, customers, args.generate_part):
+        count = min(args.generate_part, customers - first)
+        parts.append(_timed([*journeys, "generate", "--customers", str(count), "--first-customer", str(first),
+                             "--days", str(args.days), "--seed", str(args.seed), "--topic-prefix", prefix,
+                             "--malformed", str(args.malformed), "--manifest", str(work / f"manifest-{first}.json")],
+                            work / f"generate-{first}.log"))
+    return {"seconds": round(sum(p["seconds"] for p in parts), 2), "customers": customers, "parts": len(parts),
+            "peak_rss_mib": max(p["peak_rss_mib"] for p in parts)}
 
 
 def _timed(command: list[str], log: Path) -> dict:
@@ -128,32 +152,30 @@ def main() -> None:
                              "FlinkRunner (default: %(default)s)")
     parser.add_argument("--sample-s", type=float, default=0.5, help="how often a Flink cluster's RSS is sampled")
     parser.add_argument("--topic-prefix", help="reuse topics generated before (skips generation)")
+    parser.add_argument("--generate-part", type=int, default=100_000, metavar="CUSTOMERS",
+                        help="customers generated per `journeys generate` (default: %(default)s, about 1M records)")
     parser.add_argument("--json", metavar="FILE", help="write the result here too")
     parser.add_argument("--phase", choices=("raw", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:  # one phase, in its own process
-        phase = {"raw": phase_raw, "reference": phase_reference}[args.phase]
         started = time.monotonic()
-        result = phase(args.topic_prefix)
+        if args.phase == "raw":
+            result = phase_raw(args.topic_prefix)
+        else:
+            result = phase_reference(args.topic_prefix, Path(args.out).parent)
         Path(args.out).write_text(json.dumps({**result, "work_seconds": round(time.monotonic() - started, 2)}))
         return
 
     runners = args.runners.split(",")
     if "FlinkRunner" in runners and not cluster().running():
         raise SystemExit("the Flink cluster is not running: journeys flink up (with the same JOURNEYS_FLINK_PORT)")
-    journeys = [sys.executable, "-m", "pipelines.cli"]
     work = Path(tempfile.mkdtemp(prefix="throughput-"))
     result = {"events_requested": args.events, "runners": runners, "work_dir": str(work)}
     prefix = args.topic_prefix
     if prefix is None:
         prefix = f"tput{int(time.time())}_"
-        customers = max(1, args.events // EVENTS_PER_CUSTOMER)
-        result["generate"] = _timed([*journeys, "generate", "--customers", str(customers), "--days", str(args.days),
-                                     "--seed", str(args.seed), "--topic-prefix", prefix, "--malformed",
-                                     str(args.malformed), "--manifest", str(work / "manifest.json")],
-                                    work / "generate.log")
-        result["generate"]["customers"] = customers
+        result["generate"] = generate(prefix, max(1, args.events // EVENTS_PER_CUSTOMER), args, work)
     result["topic_prefix"] = prefix
     print(f"topics {prefix}*; logs in {work}", file=sys.stderr)
 
