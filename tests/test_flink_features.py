@@ -158,12 +158,18 @@ def flink_pipeline(server: JobServer, *extra: str, timeout_s: float = JOB_TIMEOU
 
     yield pipeline, expect
     result = pipeline.run()
-    watchdog = threading.Timer(timeout_s, result.cancel)
+    timed_out = threading.Event()
+
+    def cancel():
+        timed_out.set()  # before the cancel call: the job can end CANCELLED while that call is still running
+        result.cancel()
+
+    watchdog = threading.Timer(timeout_s, cancel)
     watchdog.start()
     try:
         state = result.wait_until_finish()
     except Exception:
-        if not watchdog.is_alive():
+        if timed_out.is_set():
             raise AssertionError(f"the job did not end within {timeout_s} s (cancelled)")
         raise
     finally:
