@@ -114,6 +114,12 @@ def generate(prefix: str, customers: int, args, work: Path) -> dict:
             "peak_rss_mib": max(p["peak_rss_mib"] for p in parts)}
 
 
+def _save_partial(result: dict, json_path: str | None) -> None:
+    """The phases measured so far, marked partial: a long run (ten million events) that is stopped keeps them."""
+    if json_path:
+        Path(json_path).write_text(json.dumps({**result, "partial": True}, indent=2))
+
+
 def _timed(command: list[str], log: Path) -> dict:
     """Runs a phase; its wall time and the peak RSS of its process tree's largest member."""
     started = time.monotonic()
@@ -178,8 +184,10 @@ def main() -> None:
         result["generate"] = generate(prefix, max(1, args.events // EVENTS_PER_CUSTOMER), args, work)
     result["topic_prefix"] = prefix
     print(f"topics {prefix}*; logs in {work}", file=sys.stderr)
+    _save_partial(result, args.json)
 
     raw = result["raw"] = _phase("raw", prefix, work)
+    _save_partial(result, args.json)
     records = raw["records"]
     pipelines = result["pipelines"] = {}
     for runner in runners:
@@ -192,6 +200,7 @@ def main() -> None:
                              "peak_rss_mib": cluster_peak or max(run["launcher_peak_rss_mib"],
                                                                  run["launcher_tree"]["peak_mib"]),
                              "rows": compared_rows(run["rows"])}
+        _save_partial(result, args.json)
     reference = result["reference"] = _phase("reference", prefix, work)
     for phase in (raw, *pipelines.values(), reference):
         phase["events_per_s"] = round(records / phase["seconds"], 1)
