@@ -45,9 +45,10 @@ def add_events(con, world: dict[str, list[dict]]) -> None:
                              o["amount"], o["currency"]) for o in world["orders"]])
 
 
-def event_tables(database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB with the reference's empty event tables (sessions with their GA4 channel, social, orders)."""
-    con = duckdb.connect(database)
+def event_tables() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the reference's empty event tables (sessions with their GA4 channel, social,
+    orders)."""
+    con = duckdb.connect()
     con.execute("set timezone = 'UTC'")
     for table, columns in EVENT_TABLES.items():
         con.execute(f"create table {table} ({columns})")

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backfill_engines import NONZERO_DAY, run_backfill
+from backfill_engines import JOURNEYS, NONZERO_DAY, run_backfill
 from flink_restart import cluster
 from report import report
 from topics import messages
@@ -102,11 +102,10 @@ def phase_reference(prefix: str, work: Path) -> dict:
 def generate(prefix: str, customers: int, args, work: Path) -> dict:
     """`journeys generate` a part of --generate-part customers at a time (the generator holds and sorts a part's
     events in memory): each part's records are in event-time order, the topics hold the parts one after another."""
-    journeys = [sys.executable, "-m", "pipelines.cli"]
     parts = []
     for first in range(0, customers, args.generate_part):
         count = min(args.generate_part, customers - first)
-        parts.append(_timed([*journeys, "generate", "--customers", str(count), "--first-customer", str(first),
+        parts.append(_timed([*JOURNEYS, "generate", "--customers", str(count), "--first-customer", str(first),
                              "--days", str(args.days), "--seed", str(args.seed), "--topic-prefix", prefix,
                              "--malformed", str(args.malformed), "--manifest", str(work / f"manifest-{first}.json")],
                             work / f"generate-{first}.log"))
