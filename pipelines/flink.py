@@ -163,6 +163,10 @@ class Rest:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")
 
+    def taskmanagers(self) -> int:
+        """How many TaskManagers have registered with the cluster."""
+        return self._call("/overview")["taskmanagers"]
+
     def running_jobs(self, name: str, prefix: bool = False) -> list[str]:
         """The jobs of this name (with prefix: of every name that starts with it) that have not ended."""
         try:

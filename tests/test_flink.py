@@ -6,12 +6,16 @@ and the real broker, into DuckDB:
 - the TaskManager killed with SIGKILL three times mid-stream (the cluster's supervisor starts it again) and the
   launching process killed once: Flink restores the job from its checkpoints, the next launcher takes the running
   job over, and the tables end equal to an uninterrupted run, every record counted once.
+- an error that no TaskManager thread catches ends the TaskManager (the supervisor starts a new one) rather than
+  leaving it running with the thread gone and the tasks waiting for what it would have delivered.
 """
 import datetime as dt
 import os
 import random
 import signal
+import subprocess
 import time
+import zipfile
 
 import pytest
 
@@ -129,6 +133,50 @@ def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterr
     restores = [line for line in jobmanager_log.splitlines() if f"Restoring job {job_id} from Checkpoint" in line]
     assert len(restores) >= 3, restores  # each TaskManager loss: a restore from a checkpoint, not from offset 0
     assert "taking it over with a savepoint" in _log(sink, "faulty")
+
+
+# A Java agent that starts a thread which throws an Error nothing catches; loaded into a running JVM by _ATTACH.
+_UNCAUGHT_ERROR = """
+public class UncaughtError {
+    public static void agentmain(String args) {
+        new Thread(() -> { throw new Error("journeys test: an error no thread catches"); },
+                   "journeys-uncaught-error").start();
+    }
+}
+"""
+_ATTACH = """
+public class Attach {
+    public static void main(String[] args) throws Exception {
+        com.sun.tools.attach.VirtualMachine vm = com.sun.tools.attach.VirtualMachine.attach(args[0]);
+        vm.loadAgent(args[1]);
+        vm.detach();
+    }
+}
+"""
+
+
+def _raise_uncaught_error_in(pid: int, tmp_path) -> None:
+    (tmp_path / "UncaughtError.java").write_text(_UNCAUGHT_ERROR)
+    (tmp_path / "Attach.java").write_text(_ATTACH)
+    subprocess.run(["javac", "-d", str(tmp_path), str(tmp_path / "UncaughtError.java")], check=True, timeout=120)
+    agent = tmp_path / "uncaught-error.jar"
+    with zipfile.ZipFile(agent, "w") as jar:
+        jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nAgent-Class: UncaughtError\n\n")
+        jar.write(tmp_path / "UncaughtError.class", "UncaughtError.class")
+    subprocess.run(["java", str(tmp_path / "Attach.java"), str(pid), str(agent)], check=True, timeout=120)
+
+
+def test_an_error_no_taskmanager_thread_catches_ends_the_taskmanager_and_a_new_one_serves(flink, tmp_path):
+    from pipelines.flink import Rest
+
+    before = _taskmanager_pid(flink)
+    _raise_uncaught_error_in(before, tmp_path)
+    wait_for(lambda: not os.path.exists(f"/proc/{before}"), "the TaskManager's exit", timeout_s=60)
+    _restarted_taskmanager(flink, before)
+    wait_for(lambda: Rest(flink.rest).taskmanagers() >= 1, "the new TaskManager registered", timeout_s=120)
+    log = (flink.state / "logs" / "taskmanager.log").read_text(errors="replace")
+    assert "FATAL: Thread 'journeys-uncaught-error' produced an uncaught exception. Stopping the process" in log
+    assert "journeys test: an error no thread catches" in log
 
 
 def _completed_checkpoints(rest) -> int:

@@ -133,6 +133,10 @@ restart-strategy:
   fixed-delay: {attempts: 100, delay: 5 s}
 # A killed TaskManager is noticed in seconds, not the default 50.
 heartbeat: {interval: 2000, timeout: 10000}
+# An error no thread catches (an OutOfMemoryError on a gRPC thread of the SDK's data plane) ends the process: the
+# supervisor starts a new TaskManager and the job restarts. Flink's default only logs it, and the tasks then wait
+# forever on data that thread would have delivered.
+cluster: {uncaught-exception-handling: FAIL}
 EOF
   cat >"$conf/log4j.properties" <<EOF
 rootLogger.level = INFO
