@@ -109,7 +109,10 @@ def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterr
     job = start("faulty")
     wait_for(lambda: committed(sink.snapshot("faulty")) > 0, "the first commit", timeout_s=300)
     [job_id] = flink_jobs.running_jobs("journeys-stream-", prefix=True)
-    assert flink_jobs.unstarted_sources(job_id) == []  # what the launcher's start watch looks for
+    # what the launcher's start watch looks for; the REST API's metrics lag the job by seconds (their fetcher's
+    # interval), so a commit can come before they show the sources' first records
+    wait_for(lambda: flink_jobs.unstarted_sources(job_id) == [], "the sources' first records in the metrics",
+             timeout_s=60)
     shuffle = random.Random(67)
 
     for chunk in chunks[1:4]:
