@@ -163,9 +163,9 @@ class Rest:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")
 
-    def taskmanagers(self) -> int:
-        """How many TaskManagers have registered with the cluster."""
-        return self._call("/overview")["taskmanagers"]
+    def taskmanagers(self) -> set[str]:
+        """The ids of the TaskManagers registered with the cluster."""
+        return {tm["id"] for tm in self._call("/taskmanagers")["taskmanagers"]}
 
     def running_jobs(self, name: str, prefix: bool = False) -> list[str]:
         """The jobs of this name (with prefix: of every name that starts with it) that have not ended."""

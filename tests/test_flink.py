@@ -172,11 +172,15 @@ def _raise_uncaught_error_in(pid: int, tmp_path) -> None:
 def test_an_error_no_taskmanager_thread_catches_ends_the_taskmanager_and_a_new_one_serves(flink, tmp_path):
     from pipelines.flink import Rest
 
+    rest = Rest(flink.rest)
+    registered = rest.taskmanagers()
     before = _taskmanager_pid(flink)
     _raise_uncaught_error_in(before, tmp_path)
     wait_for(lambda: not os.path.exists(f"/proc/{before}"), "the TaskManager's exit", timeout_s=60)
     _restarted_taskmanager(flink, before)
-    wait_for(lambda: Rest(flink.rest).taskmanagers() >= 1, "the new TaskManager registered", timeout_s=120)
+    # the JobManager lets the old one go (heartbeat timeout) and the new one registers: the next test has its slots
+    wait_for(lambda: (now := rest.taskmanagers()) and not now & registered, "only the new TaskManager registered",
+             timeout_s=120)
     log = (flink.state / "logs" / "taskmanager.log").read_text(errors="replace")
     assert "FATAL: Thread 'journeys-uncaught-error' produced an uncaught exception. Stopping the process" in log
     assert "journeys test: an error no thread catches" in log
