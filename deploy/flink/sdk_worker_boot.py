@@ -18,23 +18,8 @@ import tempfile
 
 import grpc
 from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
-from apache_beam.runners.worker import data_plane, sdk_worker_main
+from apache_beam.runners.worker import sdk_worker_main
 from google.protobuf import json_format, text_format
-
-
-# A thousand or more encoded records per message: the per-message cost stays small beside the records' own.
-DATA_MESSAGE_BYTES = 1 << 20
-
-
-def bound_data_messages(size: int = DATA_MESSAGE_BYTES) -> None:
-    """The SDK's output streams flush, and its gRPC writer coalesces, at `size` bytes instead of 10 MB."""
-    data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD = size  # read where messages are coalesced and state appended
-    # the output streams took the old value as a default argument (the third: close, flush, size) when defined
-    for stream in (data_plane.SizeBasedBufferingClosableOutputStream,
-                   data_plane.TimeBasedBufferingClosableOutputStream):
-        defaults = list(stream.__init__.__defaults__)
-        defaults[2] = size
-        stream.__init__.__defaults__ = tuple(defaults)
 
 
 def descriptor(url: str) -> str:
@@ -57,7 +42,6 @@ def main(argv=None) -> None:
         "SEMI_PERSISTENT_DIRECTORY": tempfile.mkdtemp(prefix=f"beam-worker-{args.id}-"),
         "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
     })
-    bound_data_messages()
     faulthandler.enable()  # a worker that dies in native code leaves its stack in the pool's log
     sdk_worker_main.main(sys.argv)
 
