@@ -293,6 +293,24 @@ def test_windowed_value_from_finish_bundle_and_pane_info(job_server, mode, timin
         expect(sums | beam.ParDo(_Pane()), equal_to([(("bundle", 10), 0, True, True, timing)]))
 
 
+def test_a_batch_stage_whose_output_outgrows_the_job_servers_queue_ends(job_server, monkeypatch):
+    """Beam 2.62's job server holds at most 100 data messages of a bundle's output until the SDK answers the bundle,
+    and a batch stage is one bundle per subtask: once the SDK's own send queue is full as well, each waits on the
+    other (the ten-million-event backfill stopped so). journeys.flink.BatchOutputDrain takes a batch stage's output
+    as it comes. The LOOPBACK worker runs in this process, so its messages are made small (a flush per 5 kB, a send
+    queue of 10) to reach that point with 2,000 records of 10 kB rather than with gigabytes."""
+    from apache_beam.runners.worker import data_plane
+
+    stream = data_plane.SizeBasedBufferingClosableOutputStream
+    defaults = list(stream.__init__.__defaults__)
+    defaults[2] = 5_000  # size_flush_threshold
+    monkeypatch.setattr(stream.__init__, "__defaults__", tuple(defaults))
+    monkeypatch.setattr(data_plane, "_DEFAULT_SEND_QUEUE_MAX_ELEMENTS", 10)
+    with flink_pipeline(job_server) as (p, expect):
+        records = p | beam.Impulse() | beam.FlatMap(lambda _: (b"x" * 10_000 for _ in range(2000)))
+        expect(records | beam.Reshuffle() | beam.combiners.Count.Globally(), equal_to([2000]))
+
+
 # --- state and timers ----------------------------------------------------------------------------------------------
 
 class _Sum(beam.CombineFn):

@@ -4,7 +4,7 @@
 
 apache/beam#27648: on Beam 2.62's portable Flink runner a splittable DoFn that polls with defer_remainder kept every
 deferred residual in keyed state, so its checkpoints grew without bound; our job server is built with that patched
-(deploy/flink/patch_sdf_residuals.py). Our Kafka source defers while a partition has nothing new, and so does the
+(deploy/flink/patch_beam.py). Our Kafka source defers while a partition has nothing new, and so does the
 writer's ticker (PeriodicImpulse). This starts `journeys stream` (FlinkRunner, the
 cluster of `journeys flink up`) on fresh topics and alternates busy spells (records produced at --rate for
 --busy-s) with quiet spells (nothing for --quiet-s) for --minutes, ending with a quiet one. Every completed

@@ -66,11 +66,11 @@ running_pid() {
 fetch_jobserver() {
   local stamp=$state/.jobserver.sha256 want build=$state/build
   # rebuilt when the pom, the patch or its helper change
-  want=$(cat "$here/pom.xml" "$here/patch_sdf_residuals.py" "$here"/src/journeys/flink/*.java | sha256sum | cut -d' ' -f1)
+  want=$(cat "$here/pom.xml" "$here/patch_beam.py" "$here"/src/journeys/flink/*.java | sha256sum | cut -d' ' -f1)
   if [ -f "$jar" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   say "building the Beam Flink job server from Maven Central modules into $jar"
   rm -rf "$build" && mkdir -p "$build"
-  cp -r "$here/pom.xml" "$here/patch_sdf_residuals.py" "$here/src" "$build/"
+  cp -r "$here/pom.xml" "$here/patch_beam.py" "$here/src" "$build/"
   mvn -q -B -Dstyle.color=never -f "$build/pom.xml" package >&2
   mv "$build/target/beam-flink-job-server.jar" "$jar"
   rm -rf "$build"

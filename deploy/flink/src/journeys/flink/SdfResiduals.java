@@ -18,7 +18,7 @@ import org.apache.beam.sdk.util.WindowedValue;
  * <p>Beam 2.62 stores each residual as a ValueState of its own name and never clears it (apache/beam#27648): a
  * polling source's checkpointed state grows by the minute, and every name is one more registered state (a RocksDB
  * column family). Here residuals share one MapState, keyed by their timer id, and an entry is removed when its timer
- * fires: the state holds the residuals still pending, whatever the job's age. deploy/flink/patch_sdf_residuals.py
+ * fires: the state holds the residuals still pending, whatever the job's age. deploy/flink/patch_beam.py
  * routes the runner's two call sites here.
  */
 public final class SdfResiduals {
