@@ -1,7 +1,9 @@
-"""Patches four classes of Beam 2.62's portable Flink runner; the helpers in src/journeys/flink/ say why:
+"""Patches five classes of Beam 2.62's portable Flink runner; the helpers in src/journeys/flink/ say why:
 - SDF residual state goes through journeys.flink.SdfResiduals (apache/beam#27648: residuals never cleared);
 - a batch stage's output drains on a thread of its own while its input is sent (journeys.flink.BatchOutputDrain:
-  otherwise a stage whose output passes 100 data messages per subtask never ends).
+  otherwise a stage whose output passes 100 data messages per subtask never ends);
+- a stage subtask's SDK worker follows the subtask's index (journeys.flink.SubtaskEnvironment: otherwise both
+  subtasks of a stage can share one worker while the other waits).
 The pom unpacks the upstream sources; this rewrites their call sites and fails the build when any is not found as
 often as expected (a different Beam version).
 
@@ -16,6 +18,11 @@ HANDLER = "org/apache/beam/runners/fnexecution/control/BundleCheckpointHandlers.
 OPERATOR = "org/apache/beam/runners/flink/translation/wrappers/streaming/ExecutableStageDoFnOperator.java"
 CLIENT = "org/apache/beam/runners/fnexecution/control/SdkHarnessClient.java"
 BATCH_STAGE = "org/apache/beam/runners/flink/translation/functions/FlinkExecutableStageFunction.java"
+BUNDLE_FACTORY = "org/apache/beam/runners/fnexecution/control/DefaultJobBundleFactory.java"
+OPEN_STAGE = (r"stageBundleFactory = stageContext\.getStageBundleFactory\(executableStage\);",
+              "stageBundleFactory = journeys.flink.SubtaskEnvironment.opening("
+              "getRuntimeContext().getIndexOfThisSubtask(), () -> stageContext.getStageBundleFactory(executableStage));",
+              1)
 
 EDITS = {
     HANDLER: [
@@ -31,6 +38,7 @@ EDITS = {
          r"residualCoder\)\)\.read\(\);\s*processElement\(stateValue\);",
          "WindowedValue stateValue = journeys.flink.SdfResiduals.take(keyedStateInternals, namespace, timerId, "
          "residualCoder);\n        if (stateValue != null) {\n          processElement(stateValue);\n        }", 1),
+        OPEN_STAGE,
     ],
     CLIENT: [
         (r"private final Optional<BeamFnDataInboundObserver> beamFnDataInboundObserver;",
@@ -51,6 +59,12 @@ EDITS = {
          r"finalizationHandler,\s*bundleCheckpointHandler\)",
          "journeys.flink.BatchOutputDrain.open(() -> stageBundleFactory.getBundle(receiverFactory, "
          "stateRequestHandler, progressHandler, finalizationHandler, bundleCheckpointHandler))", 2),
+        OPEN_STAGE,
+    ],
+    BUNDLE_FACTORY: [
+        (r"this\.environmentIndex = stageBundleFactoryCount\.getAndIncrement\(\) % environmentCaches\.size\(\);",
+         "this.environmentIndex = journeys.flink.SubtaskEnvironment.index(stageBundleFactoryCount, "
+         "environmentCaches.size());", 1),
     ],
 }
 
