@@ -31,6 +31,7 @@ RUNNER = "FlinkRunner"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
 STATE_CACHE_MB = 256  # per SDK worker
 LOCAL_SLOTS = 2  # the local cluster's TaskManager slots and default parallelism (deploy/flink/flink.sh)
+BATCH_WORKER_LINGER_MS = 30_000  # how long a batch job's idle SDK workers wait for its next stage
 log = logging.getLogger("journeys.flink")
 
 
@@ -118,6 +119,10 @@ def runner_args(beam_args: list[str], streaming: bool, job_name: str | None = No
         # A batch job's stages run one after another, each over all its input: one SDK worker per slot runs each
         # stage's Python in parallel (one worker process: 363.7 s a million events; two: 196.5 s).
         args.append(f"--sdk_worker_parallelism={LOCAL_SLOTS}")
+    if not streaming and not given(beam_args, "environment_cache_millis"):
+        # Beam releases a job's SDK workers as soon as no stage holds them: in batch mode, between stages, and the
+        # next stage waits for new ones to start. Kept this long, the job's stages share the same workers.
+        args.append(f"--environment_cache_millis={BATCH_WORKER_LINGER_MS}")
     if streaming:
         args.append("--streaming")
         defaults = {"checkpointing_interval": str(DEFAULT_CHECKPOINT_INTERVAL_MS), "state_backend": "rocksdb",
