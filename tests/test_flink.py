@@ -8,6 +8,7 @@ and the real broker, into DuckDB:
   job over, and the tables end equal to an uninterrupted run, every record counted once.
 - an error that no TaskManager thread catches ends the TaskManager (the supervisor starts a new one) rather than
   leaving it running with the thread gone and the tasks waiting for what it would have delivered.
+- a batch job's stages spread their subtasks over the SDK workers, and keep the same workers from stage to stage.
 """
 import datetime as dt
 import os
@@ -16,7 +17,9 @@ import signal
 import subprocess
 import time
 import zipfile
+from pathlib import Path
 
+import apache_beam as beam
 import pytest
 
 from pipelines.generate import GeneratorConfig, generate
@@ -190,3 +193,35 @@ def _completed_checkpoints(rest) -> int:
     """Completed checkpoints of the running stream (0 while it restarts)."""
     jobs = rest.running_jobs("journeys-stream-", prefix=True)
     return rest.checkpoints(jobs[0])["counts"]["completed"] if jobs else 0
+
+
+def test_a_batch_jobs_stages_each_run_on_both_sdk_workers_and_share_them(flink, tmp_path):
+    """Each of three stages (groupings between them) runs its two subtasks on two different SDK workers, and the
+    stages share the same two: a stage neither runs on one Python process while the other idles, nor waits for new
+    workers to start."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.flink import LOCAL_SLOTS, runner_args
+
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    options = PipelineOptions(runner_args([], streaming=False, job_name=f"journeys-test-workers-{os.getpid()}"))
+    with beam.Pipeline(options=options) as p:
+        keyed = p | beam.Create(range(2_000)) | "Key" >> beam.Map(lambda n: (n % 100, n))
+        seen = []
+        for step in ("first", "second", "third"):
+            # a branch that rejoins: Flink's optimizer then runs the stages one after another (blocking exchanges)
+            doubled = keyed | f"Double{step}" >> beam.Map(lambda kv: (kv[0], -kv[1]))
+            keyed = ((keyed, doubled) | f"Rejoin{step}" >> beam.Flatten() | f"Group{step}" >> beam.GroupByKey()
+                     | f"Ungroup{step}" >> beam.FlatMap(lambda kv: [(kv[0], v) for v in kv[1] if v >= 0]))
+            # which SDK worker process ran each element of this stage
+            seen.append(keyed | f"Worker{step}" >> beam.Map(lambda _, step=step: (step, os.getpid())))
+        _ = (seen | beam.Flatten() | beam.Distinct()
+             | beam.Map(lambda noted, folder=str(folder): (Path(folder) / f"{noted[0]}-{noted[1]}").touch()))
+    pids: dict[str, set[int]] = {}
+    for noted in folder.iterdir():
+        step, pid = noted.name.split("-")
+        pids.setdefault(step, set()).add(int(pid))
+    assert set(pids) == {"first", "second", "third"}
+    assert all(len(workers) == LOCAL_SLOTS for workers in pids.values()), pids
+    assert len(set().union(*pids.values())) == LOCAL_SLOTS, pids
