@@ -71,3 +71,16 @@ def test_an_order_landed_again_with_a_shorter_path_replaces_its_rows_whole(wareh
     warehouse.commit({"order_attribution": _credit_rows("o1", 4, revision=0)})  # an older one, late: no effect
     assert _query(warehouse, "SELECT order_id, count(*), max(revision) FROM `{d}.order_attribution` GROUP BY 1 "
                              "ORDER BY 1") == [("o1", 4, 1), ("o2", 4, 0)]
+
+
+def test_a_group_that_spans_two_chunks_of_one_commit_replaces_the_stored_group_whole(warehouse):
+    """A backfill's commit hands each table over in chunks of Arrow; one MERGE per table takes them all."""
+    from test_duckdb_warehouse import _credit_rows
+    from transforms.duckdb_warehouse import arrow_batch
+
+    warehouse.commit({"order_attribution": _credit_rows("o1", 3) + _credit_rows("o2", 2)})
+    newer = _credit_rows("o1", 4, revision=1)
+    warehouse.commit({"order_attribution": iter([arrow_batch("order_attribution", newer[:3]),
+                                                 arrow_batch("order_attribution", newer[3:])])})
+    assert _query(warehouse, "SELECT order_id, count(*), max(revision) FROM `{d}.order_attribution` GROUP BY 1 "
+                             "ORDER BY 1") == [("o1", 8, 1), ("o2", 4, 0)]

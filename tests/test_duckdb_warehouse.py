@@ -152,6 +152,35 @@ def test_an_order_landed_again_with_a_shorter_path_leaves_none_of_the_longer_one
                     ("o2", "first_touch", 2, 1.0, 0), ("o2", "linear", 2, pytest.approx(1.0), 0)]
 
 
+def test_a_group_that_spans_two_chunks_of_one_commit_replaces_the_stored_group_whole(warehouse):
+    """A backfill's commit takes a table in chunks (one at a time, never the whole table in memory); an order whose
+    rows fall in two chunks replaces the stored order once: the second chunk keeps the first chunk's rows."""
+    from transforms.duckdb_warehouse import arrow_batch
+
+    warehouse.commit({"order_attribution": _credit_rows("o1", 3) + _credit_rows("o2", 2)})
+    newer = _credit_rows("o1", 4, revision=1)
+    chunks = iter([arrow_batch("order_attribution", newer[:3]), arrow_batch("order_attribution", newer[3:])])
+    warehouse.commit({"order_attribution": chunks})
+    rows = warehouse.connection.execute("SELECT order_id, model, count(*), sum(credit), max(revision) "
+                                        "FROM order_attribution GROUP BY ALL ORDER BY ALL").fetchall()
+    assert rows == [("o1", "first_touch", 4, 1.0, 1), ("o1", "linear", 4, pytest.approx(1.0), 1),
+                    ("o2", "first_touch", 2, 1.0, 0), ("o2", "linear", 2, pytest.approx(1.0), 0)]
+
+
+def test_the_writers_memory_limit_comes_from_the_environment_and_a_commit_in_chunks_lands_under_it(tmp_path, monkeypatch):
+    from transforms.duckdb_warehouse import DuckDBWarehouse, arrow_batch
+
+    monkeypatch.setenv("JOURNEYS_DUCKDB_MEMORY_LIMIT", "64MB")
+    warehouse = DuckDBWarehouse(tmp_path / "limited.duckdb")
+    try:
+        assert warehouse.connection.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "61.0 MiB"
+        chunks = (arrow_batch("touchpoints", [_touch(f"t{n}-{i}") for i in range(20_000)]) for n in range(10))
+        warehouse.commit({"touchpoints": chunks})
+        assert _count(warehouse, "touchpoints") == 200_000
+    finally:
+        warehouse.close()
+
+
 def test_a_group_waits_until_all_its_rows_are_in_and_an_older_fragment_is_dropped():
     from transforms.warehouse import whole_groups
 

@@ -61,9 +61,19 @@ def test_the_newest_staged_row_of_each_key_is_the_one_latest_rows_keeps(tmp_path
     assert channels == {"t1": "Organic Search", "t2": "Email"}
 
 
-def test_staged_rows_are_gated_in_chunks_and_land_as_rows_from_memory_would(tmp_path, warehouse, monkeypatch):
+def test_staged_rows_are_gated_and_committed_a_chunk_at_a_time_and_land_as_rows_from_memory_would(
+        tmp_path, warehouse, monkeypatch):
     monkeypatch.setattr(data_quality, "GATE_CHUNK_ROWS", 2)  # several chunks per table
     warehouse.commit({"touchpoints": [touch("gone"), touch("t1")]})
+    committed = []  # (table, rows) of each chunk the warehouse took: never a whole table at once
+    gather = warehouse._gather
+
+    def noted(table, chunks):
+        for chunk in chunks:
+            committed.append((table, len(chunk)))
+            yield chunk
+
+    monkeypatch.setattr(warehouse, "_gather", lambda table, chunks: gather(table, noted(table, chunks)))
     cohorts = [cohort(0, 2), cohort(1, 5), cohort(2, 3), cohort(3, 1, rate=1.7)]  # 1 and 3 break row rules
     files = {"retention_cohorts": [_stage(tmp_path, "retention_cohorts", "c", cohorts, 0)],
              "touchpoints": [_stage(tmp_path, "touchpoints", "t", [touch("t1"), touch("t2"), touch("t3"),
@@ -75,6 +85,8 @@ def test_staged_rows_are_gated_in_chunks_and_land_as_rows_from_memory_would(tmp_
     quarantined = _stored(warehouse, "quarantine", "row_key, rule")
     assert {json.loads(key)["period_index"] for key, _ in quarantined} == {1, 3}
     assert landing.quarantined == len(quarantined) and landing.landed["touchpoints"] == 4
+    assert [n for table, n in committed if table == "touchpoints"] == [2, 2]
+    assert [n for table, n in committed if table == "retention_cohorts"] == [1, 1]  # what passed the gate
     assert warehouse.offsets() == {("orders", 0): 7}
     # one result per rule, merged over the chunks: it failed where any chunk failed
     gated = [o for o in landing.outcomes if o.stage == "row_gate"]

@@ -63,6 +63,17 @@ class BigQueryTarget:
         return bigquery.Client(project=self.project, location=self.location)
 
 
+def _dict_rows(rows) -> list[dict]:
+    """A commit's rows of one table as dicts, from dicts, an Arrow table, or an iterator of chunks of either."""
+    gathered = []
+    for chunk in [rows] if isinstance(rows, list) or hasattr(rows, "to_pylist") else rows:
+        if isinstance(chunk, list):
+            gathered += chunk
+        else:  # Arrow: its RETRACTED column says False where a dict leaves it out
+            gathered += [{k: v for k, v in row.items() if k != RETRACTED or v} for row in chunk.to_pylist()]
+    return gathered
+
+
 def _offsets_schema():
     from google.cloud.bigquery import SchemaField
 
@@ -140,10 +151,10 @@ class BigQueryWarehouse:
 
     def commit(self, rows_by_table: dict, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """MERGE the rows by primary key, then the offsets (never backwards): a retry or a replay is harmless. A
-        table's rows come as dicts, or as an Arrow table of its contract's columns (and RETRACTED)."""
+        table's rows come as dicts, as an Arrow table of its contract's columns (and RETRACTED), or as an iterator of
+        such chunks (one MERGE per table: its chunks are gathered)."""
         for table, rows in rows_by_table.items():
-            if not isinstance(rows, list):  # Arrow: its RETRACTED column says False where a dict leaves it out
-                rows = [{k: v for k, v in row.items() if k != RETRACTED or v} for row in rows.to_pylist()]
+            rows = _dict_rows(rows)
             if rows:
                 self.unpublished.add(table)
                 table_contract = contract(table)

@@ -121,32 +121,38 @@ class ValidatedLanding:
     def _land(self, chunks_by_table: dict, offsets: dict | None, run_id: str | None, as_arrow: bool) -> Landing:
         run_id = run_id or new_run_id(self.run_kind)
         now = dt.datetime.now(dt.timezone.utc)
-        seconds = {}
-        started = time.perf_counter()
-        landing: dict[str, list] = {}
+        seconds = {"row_gate": 0.0}
+        landed = dict.fromkeys(chunks_by_table, 0)
         quarantined: list[dict] = []
         gate_outcomes: list[Outcome] = []
-        for table, chunks in chunks_by_table.items():
-            parts = []
+
+        def gated(table: str, chunks):
+            """The chunks through the row gate, one at a time, as the commit takes them: a backfill's landing holds
+            a chunk, not a table."""
             for rows in chunks:  # dicts, or Arrow tables of the contract's columns and RETRACTED (as_arrow)
                 if table not in NOT_VALIDATED and len(rows):
-                    gated = (gate_arrow if as_arrow else gate)(table, rows, run_id, now, self.config)
-                    rows = gated.passed
-                    quarantined += gated.quarantined
-                    gate_outcomes += gated.outcomes
-                parts.append(rows)
-            landing[table] = (pa.concat_tables(parts) if as_arrow and parts
-                              else [row for part in parts for row in part])
-        gate_outcomes = merged(gate_outcomes)
-        seconds["row_gate"] = time.perf_counter() - started
-        # The gate records failures, and the first pass after one (so the latest result says what fails now).
-        recorded = [o for o in gate_outcomes if not o.success or (o.table, o.stage, o.expectation) in self.alerter.failing]
+                    started = time.perf_counter()
+                    checked = (gate_arrow if as_arrow else gate)(table, rows, run_id, now, self.config)
+                    seconds["row_gate"] += time.perf_counter() - started
+                    rows = checked.passed
+                    quarantined.extend(checked.quarantined)
+                    gate_outcomes.extend(checked.outcomes)
+                landed[table] += len(rows)
+                yield rows
+
+        def gate_results():
+            """Once every table's chunks have passed: the gate records failures, and the first pass after one (so the
+            latest result says what fails now)."""
+            outcomes = merged(gate_outcomes)
+            recorded = [o for o in outcomes if not o.success or (o.table, o.stage, o.expectation) in self.alerter.failing]
+            yield result_rows(recorded, run_id, self.run_kind, now)
+
         self.step = "commit"
-        self.warehouse.commit({**landing, "quarantine": quarantined,
-                               "dq_results": result_rows(recorded, run_id, self.run_kind, now)}, offsets)
-        landed = {table: len(rows) for table, rows in landing.items()}
+        # The warehouse takes the tables in this order: the quarantine and the results come after every chunk
+        self.warehouse.commit({**{table: gated(table, chunks) for table, chunks in chunks_by_table.items()},
+                               "quarantine": iter([quarantined]), "dq_results": gate_results()}, offsets)
         return dataclasses.replace(
-            self._check(run_id, now, gate_outcomes, len(quarantined),
+            self._check(run_id, now, merged(gate_outcomes), len(quarantined),
                         [t for t, n in landed.items() if n and t not in NOT_VALIDATED], seconds), landed=landed)
 
     def validate(self, tables: list[str], run_id: str | None = None) -> Landing:

@@ -25,6 +25,10 @@ OFFSETS_DDL = """CREATE TABLE IF NOT EXISTS source_offsets (
   "committed_at" TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY ("topic", "partition"))"""
 
 
+MEMORY_LIMIT_ENV = "JOURNEYS_DUCKDB_MEMORY_LIMIT"  # the writer's DuckDB memory, e.g. 3GB (else DuckDB's: 80 % of RAM)
+RETRACTING, LANDING = "retracting", "landing"  # temporary tables: a commit's rows of one table, gathered
+
+
 class DuckDBWarehouse:
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
@@ -35,33 +39,32 @@ class DuckDBWarehouse:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = duckdb.connect(str(self.path))
         self.connection.execute("SET TimeZone = 'UTC'")
+        if os.environ.get(MEMORY_LIMIT_ENV):
+            # Beyond it DuckDB spills a commit's gathered rows to `<file>.tmp`; the primary keys' indexes must fit
+            self.connection.execute("SET memory_limit = ?", [os.environ[MEMORY_LIMIT_ENV]])
         for table in contracts().values():
             self.connection.execute(table.duckdb_ddl())
         self.connection.execute(OFFSETS_DDL)
         for name, query in views().items():
             self.connection.execute(f'CREATE OR REPLACE VIEW "{name}" AS {query.format(tables="")}')
 
-    def commit(self, rows_by_table: dict[str, list[dict] | pa.Table],
-               offsets: dict[tuple[str, int], int] | None = None) -> None:
+    def commit(self, rows_by_table: dict, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """Upsert the rows (delete the retracted ones) and advance the offsets, all or nothing. Offsets never move
-        backwards. A table's rows come as dicts, or as an Arrow table of its contract's columns (and RETRACTED)."""
+        backwards. A table's rows come as dicts, as an Arrow table of its contract's columns (and RETRACTED), or as
+        an iterator of such chunks (no primary key in two of them), taken one at a time."""
         con = self.connection
         con.execute("BEGIN TRANSACTION")
         try:
             for table, rows in rows_by_table.items():
-                retracted, landing = _retracted_and_landing(table, rows)
-                if landing is not None and contract(table).newer_revision_only:
-                    landing = self._newer_groups(table, landing)
-                for statements, batch in (((_delete_sql(table),), retracted),
-                                          ((*_replace_groups_sql(table), _upsert_sql(table)), landing)):
-                    if batch is not None and batch.num_rows:
-                        # One columnar batch per table: executemany would insert row by row (10 ms each).
-                        con.register("batch", batch)
-                        try:
-                            for sql in statements:
-                                con.execute(sql)
-                        finally:
-                            con.unregister("batch")
+                self._gather(table, [rows] if isinstance(rows, (list, pa.Table)) else rows)
+                if contract(table).newer_revision_only:
+                    con.execute(_older_groups_sql(table))
+                for statements, gathered in (((_delete_sql(table),), RETRACTING),
+                                             ((*_replace_groups_sql(table), _upsert_sql(table)), LANDING)):
+                    if con.execute(f"SELECT count(*) FROM {gathered}").fetchone()[0]:
+                        con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {gathered}")
+                        for sql in statements:
+                            con.execute(sql)
             for (topic, partition), next_offset in (offsets or {}).items():
                 con.execute("""INSERT INTO source_offsets (topic, "partition", next_offset) VALUES (?, ?, ?)
                                ON CONFLICT (topic, "partition") DO UPDATE SET
@@ -75,18 +78,21 @@ class DuckDBWarehouse:
                 pass  # a COMMIT that failed has ended the transaction already; its own error is the one to tell
             raise
 
-    def _newer_groups(self, table: str, batch: pa.Table) -> pa.Table:
-        """The rows of groups whose stored revision is not higher: an emission that reaches the warehouse after a
-        newer one of its group (another bundle, another worker, a replay) leaves the newer one standing."""
-        group = ", ".join(f'"{g}"' for g in contract(table).replace_group)
-        self.connection.register("incoming", batch)
-        try:
-            return self.connection.execute(
-                f'SELECT incoming.* FROM incoming LEFT JOIN (SELECT {group}, max(revision) AS stored_revision '
-                f'FROM "{table}" GROUP BY ALL) AS stored USING ({group}) '
-                f'WHERE stored_revision IS NULL OR incoming.revision >= stored_revision').fetch_arrow_table()
-        finally:
-            self.connection.unregister("incoming")
+    def _gather(self, table: str, chunks) -> None:
+        """A table's rows into two temporary tables, its retractions and the rows to land, a chunk at a time: DuckDB
+        holds them, not Python, and the statements that follow each take one of them whole (one columnar statement
+        per table: executemany would insert row by row, 10 ms each)."""
+        con = self.connection
+        for gathered in (RETRACTING, LANDING):
+            con.execute(f'CREATE OR REPLACE TEMP TABLE {gathered} AS SELECT * FROM "{table}" LIMIT 0')
+        for chunk in chunks:
+            for gathered, part in zip((RETRACTING, LANDING), _retracted_and_landing(table, chunk)):
+                if part is not None and part.num_rows:
+                    con.register("chunk", part)
+                    try:
+                        con.execute(f"INSERT INTO {gathered} BY NAME SELECT * FROM chunk")
+                    finally:
+                        con.unregister("chunk")
 
     def offsets(self) -> dict[tuple[str, int], int]:
         """Where each partition's next unprocessed record is, as of the last commit."""
@@ -150,6 +156,16 @@ def _delete_sql(table: str) -> str:
     key = contract(table).primary_key
     return (f'DELETE FROM "{table}" USING batch WHERE '
             + " AND ".join(f'"{table}"."{k}" = batch."{k}"' for k in key))
+
+
+def _older_groups_sql(table: str) -> str:
+    """Drops the gathered rows of groups whose stored revision is higher: an emission that reaches the warehouse after
+    a newer one of its group (another bundle, another worker, a replay) leaves the newer one standing."""
+    group = contract(table).replace_group
+    return (f"DELETE FROM {LANDING} WHERE EXISTS (SELECT 1 FROM (SELECT " + ", ".join(f'"{g}"' for g in group)
+            + f', max(revision) AS stored_revision FROM "{table}" GROUP BY ALL) AS stored WHERE '
+            + " AND ".join(f'stored."{g}" = {LANDING}."{g}"' for g in group)
+            + f" AND {LANDING}.revision < stored.stored_revision)")
 
 
 def _replace_groups_sql(table: str) -> tuple[str, ...]:
