@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 
 from schemas.contracts import RETRACTED, contract, contracts, views
+from transforms.warehouse_rows import chunks_of
 
 log = logging.getLogger("journeys.bigquery")
 STAGING_EXPIRY = dt.timedelta(hours=6)  # staging tables of a commit that died are dropped by BigQuery itself
@@ -66,7 +67,7 @@ class BigQueryTarget:
 def _dict_rows(rows) -> list[dict]:
     """A commit's rows of one table as dicts, from dicts, an Arrow table, or an iterator of chunks of either."""
     gathered = []
-    for chunk in [rows] if isinstance(rows, list) or hasattr(rows, "to_pylist") else rows:
+    for chunk in chunks_of(rows):
         if isinstance(chunk, list):
             gathered += chunk
         else:  # Arrow: its RETRACTED column says False where a dict leaves it out

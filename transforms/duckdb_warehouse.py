@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.contracts import RETRACTED, contract, contracts, views
+from transforms.warehouse_rows import chunks_of
 
 OFFSETS_DDL = """CREATE TABLE IF NOT EXISTS source_offsets (
   "topic" VARCHAR NOT NULL, "partition" BIGINT NOT NULL, "next_offset" BIGINT NOT NULL,
@@ -50,13 +51,12 @@ class DuckDBWarehouse:
 
     def commit(self, rows_by_table: dict, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """Upsert the rows (delete the retracted ones) and advance the offsets, all or nothing. Offsets never move
-        backwards. A table's rows come as dicts, as an Arrow table of its contract's columns (and RETRACTED), or as
-        an iterator of such chunks (no primary key in two of them), taken one at a time."""
+        backwards. A table's rows come as transforms/warehouse_rows.py describes, taken a chunk at a time."""
         con = self.connection
         con.execute("BEGIN TRANSACTION")
         try:
             for table, rows in rows_by_table.items():
-                self._gather(table, [rows] if isinstance(rows, (list, pa.Table)) else rows)
+                self._gather(table, chunks_of(rows))
                 if contract(table).newer_revision_only:
                     con.execute(_older_groups_sql(table))
                 for statements, gathered in (((_delete_sql(table),), RETRACTING),
@@ -65,6 +65,7 @@ class DuckDBWarehouse:
                         con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {gathered}")
                         for sql in statements:
                             con.execute(sql)
+            con.execute(f"DROP VIEW IF EXISTS batch; DROP TABLE IF EXISTS {RETRACTING}; DROP TABLE IF EXISTS {LANDING}")
             for (topic, partition), next_offset in (offsets or {}).items():
                 con.execute("""INSERT INTO source_offsets (topic, "partition", next_offset) VALUES (?, ?, ?)
                                ON CONFLICT (topic, "partition") DO UPDATE SET
