@@ -101,7 +101,7 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
 
     beam_args = list(beam_args)
     if args.runner == BATCH_RUNNER:
-        few_malloc_arenas()
+        return_freed_memory()
     if args.runner == BATCH_RUNNER and batch_workers and not any(a.startswith("--direct_") for a in beam_args):
         beam_args = worker_processes(batch_workers) + beam_args
     options = PipelineOptions(runner_args(args.runner, streaming, beam_args, job_name) + beam_args)
@@ -116,25 +116,30 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
     return 0
 
 
-MALLOC_ARENAS = 2
+# glibc's malloc, bounded for processes that pass many elements through many threads (the user's settings stand)
+MALLOC_SETTINGS = {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 128 * 1024}
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt's parameters (malloc.h)
 
 
-def few_malloc_arenas() -> None:
-    """At most MALLOC_ARENAS glibc malloc arenas in this process and the worker processes it starts. glibc gives each
-    thread that allocates an arena of its own (up to eight per core) and keeps the memory a thread freed in that
-    arena: Beam's gRPC, data-channel and bundle threads each held on to what the elements they passed through had
-    used, so a worker's resident memory grew with the threads' turns, not with what it held. Python under the GIL
-    gains nothing from more arenas. A MALLOC_ARENA_MAX set by the user stands. (Flink's SDK workers get it from
-    deploy/flink/flink.sh, which starts their pool.)"""
+def return_freed_memory() -> None:
+    """glibc's malloc as MALLOC_SETTINGS has it, in this process and the worker processes it starts. By default
+    glibc gives each thread that allocates an arena of its own (up to eight per core) and keeps the memory freed in
+    each, and it raises its mmap threshold to the largest block freed so far (up to 32 MiB), after which such blocks
+    come from those arenas too: Beam's gRPC, data-channel and bundle threads each kept what the elements they passed
+    had used, and a worker's resident memory grew with the stages it had run, not with what it held. Two arenas
+    (Python under the GIL gains nothing from more) and a fixed threshold, above which blocks are mapped and unmapped
+    when freed, keep it to what is live. (Flink's SDK workers get the same from deploy/flink/flink.sh, which starts
+    their pool.)"""
     import ctypes
     import ctypes.util
 
-    os.environ.setdefault("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))  # read by glibc as each worker process starts
+    for name, value in MALLOC_SETTINGS.items():
+        os.environ.setdefault(name, str(value))  # read by glibc as each worker process starts
     libc = ctypes.util.find_library("c")
     mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
-    if mallopt:  # glibc; elsewhere (musl, macOS) there are no per-thread arenas to bound
-        M_ARENA_MAX = -8
+    if mallopt:  # glibc; elsewhere (musl, macOS) there is nothing to set
         mallopt(M_ARENA_MAX, int(os.environ["MALLOC_ARENA_MAX"]))
+        mallopt(M_MMAP_THRESHOLD, int(os.environ["MALLOC_MMAP_THRESHOLD_"]))
 
 
 def worker_processes(count: int) -> list[str]:

@@ -195,14 +195,15 @@ def _completed_checkpoints(rest) -> int:
     return rest.checkpoints(jobs[0])["counts"]["completed"] if jobs else 0
 
 
-def test_the_sdk_worker_pool_starts_its_workers_with_few_malloc_arenas(flink):
+def test_the_sdk_worker_pool_starts_its_workers_with_bounded_malloc(flink):
     """The workers inherit the pool's environment (worker_pool_main starts them without one of their own)."""
-    from pipelines.runners import MALLOC_ARENAS
+    from pipelines.runners import MALLOC_SETTINGS
 
     pool = int((flink.state / "workers.pid").read_text())
     environment = dict(entry.split("=", 1) for entry in
                        Path(f"/proc/{pool}/environ").read_text().split("\0") if "=" in entry)
-    assert environment.get("MALLOC_ARENA_MAX") == str(MALLOC_ARENAS)
+    assert {name: environment.get(name) for name in MALLOC_SETTINGS} == {
+        name: str(value) for name, value in MALLOC_SETTINGS.items()}
 
 
 def test_a_batch_jobs_stages_each_run_on_both_sdk_workers_and_share_them(flink, tmp_path):

@@ -1,4 +1,4 @@
-"""FnApiRunner's worker processes: the options that start them, their malloc arenas, and their log records relayed as
+"""FnApiRunner's worker processes: the options that start them, their malloc settings, and their log records relayed as
 plain lines."""
 import logging
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from apache_beam.portability.api import beam_fn_api_pb2
 
-from pipelines.runners import MALLOC_ARENAS, REPO, WORKER_LOGGER, _relay, few_malloc_arenas, worker_processes
+from pipelines.runners import MALLOC_SETTINGS, REPO, WORKER_LOGGER, _relay, return_freed_memory, worker_processes
 
 INFO, WARN = beam_fn_api_pb2.LogEntry.Severity.INFO, beam_fn_api_pb2.LogEntry.Severity.WARN
 
@@ -22,29 +22,34 @@ def test_one_worker_runs_in_this_process_and_more_in_processes():
     assert worker_processes(2) == ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 
 
-def test_worker_processes_start_with_few_malloc_arenas_unless_the_user_chose(monkeypatch, tmp_path):
+def test_worker_processes_start_with_bounded_malloc_unless_the_user_chose(monkeypatch, tmp_path):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    def arenas_in_workers(run: str) -> set:
-        noted = tmp_path / run  # each worker process notes its pid and MALLOC_ARENA_MAX here
+    def malloc_in_workers(run: str) -> set:
+        noted = tmp_path / run  # each worker process notes its pid and glibc's malloc settings here
         noted.mkdir()
-        with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(worker_processes(2))) as p:
-            _ = (p | beam.Create(range(4))
-                 | beam.Map(lambda _, at=str(noted): (Path(at) / f"{os.getpid()}-{os.environ.get('MALLOC_ARENA_MAX')}")
-                            .touch()))
-        seen = [entry.name.split("-") for entry in noted.iterdir()]
-        assert seen and str(os.getpid()) not in {pid for pid, _ in seen}, "the elements ran in worker processes"
-        return {arenas for _, arenas in seen}
 
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "")  # noted, so that this process's environment is restored after
-    monkeypatch.delenv("MALLOC_ARENA_MAX")
-    few_malloc_arenas()
-    assert arenas_in_workers("default") == {str(MALLOC_ARENAS)}
+        def note(_, at=str(noted)):
+            settings = ",".join(f"{name}={os.environ.get(name)}" for name in sorted(MALLOC_SETTINGS))
+            (Path(at) / f"{os.getpid()} {settings}").touch()
+
+        with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(worker_processes(2))) as p:
+            _ = p | beam.Create(range(4)) | beam.Map(note)
+        seen = [entry.name.split(" ") for entry in noted.iterdir()]
+        assert seen and str(os.getpid()) not in {pid for pid, _ in seen}, "the elements ran in worker processes"
+        return {settings for _, settings in seen}
+
+    for name in MALLOC_SETTINGS:  # noted, so that this process's environment is restored after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    return_freed_memory()
+    assert malloc_in_workers("default") == {"MALLOC_ARENA_MAX=2,MALLOC_MMAP_THRESHOLD_=131072"}
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    few_malloc_arenas()
-    assert arenas_in_workers("chosen") == {"4"}
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    return_freed_memory()
+    assert malloc_in_workers("chosen") == {"MALLOC_ARENA_MAX=4,MALLOC_MMAP_THRESHOLD_=131072"}
 
 
 def test_worker_records_are_relayed_as_their_message_under_their_own_logger(caplog):
