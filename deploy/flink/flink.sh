@@ -218,10 +218,13 @@ start_jobserver() {
 
 start_workers() {
   # The pool starts each SDK worker through sdk_worker_boot.py (state cache, logs to the TaskManager), whose
-  # `python` comes from PATH: the venv's first, or workers lack apache_beam. glibc's malloc as in
-  # pipelines/runners.py return_freed_memory() (the caller's own settings stand).
-  MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}" MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}" \
-    PATH="$(dirname "$python"):$PATH" launch workers "$logs/workers.log" "$python" \
+  # `python` comes from PATH: the venv's first, or workers lack apache_beam. glibc's malloc as
+  # pipelines/runners.py MALLOC_SETTINGS has it (return_freed_memory() says why; the caller's own settings stand).
+  local malloc
+  malloc=$(PYTHONPATH="$root" "$python" -c 'import os; from pipelines.runners import MALLOC_SETTINGS
+print(" ".join(f"{name}={os.environ.get(name, value)}" for name, value in MALLOC_SETTINGS.items()))')
+  # shellcheck disable=SC2086
+  PATH="$(dirname "$python"):$PATH" launch workers "$logs/workers.log" env $malloc "$python" \
     -m apache_beam.runners.worker.worker_pool_main --service_port=$worker_port \
     --container_executable="$here/sdk_worker_boot.py"
 }
