@@ -98,13 +98,14 @@ class Contract:
 
     # --- derived schemas -----------------------------------------------------------------------------------------
     def duckdb_ddl(self) -> str:
+        """The table, without a PRIMARY KEY: the warehouse's commit keeps the key unique (duckdb_warehouse.py says
+        why DuckDB does not index it)."""
         duck = {"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
                 "timestamp": "TIMESTAMPTZ", "date": "DATE", "bytes": "BLOB"}
         lines = []
         for c in self.columns:
             sql_type = f"DECIMAL({c.decimal[0]}, {c.decimal[1]})" if c.decimal else duck[c.type]
             lines.append(f'  "{c.name}" {sql_type}{"" if c.nullable else " NOT NULL"}')
-        lines.append(f'  PRIMARY KEY ({", ".join(chr(34) + k + chr(34) for k in self.primary_key)})')
         return f'CREATE TABLE IF NOT EXISTS "{self.table}" (\n' + ",\n".join(lines) + "\n)"
 
     def bigquery_schema(self) -> list:

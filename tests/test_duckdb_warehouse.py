@@ -41,6 +41,34 @@ def test_every_contract_is_a_table_and_a_row_written_twice_is_one_row_with_the_l
         (b"\x00\x00\x00\x00\x07\xff", "unknown_schema_id")]
 
 
+def test_a_dead_letter_seen_again_keeps_when_it_was_first_seen_and_takes_the_rest(warehouse):
+    warehouse.commit({"dead_letters": [_dead_letter(41)]})
+    later = dict(_dead_letter(41), error="seen again", first_seen=T0 + dt.timedelta(days=1))
+    warehouse.commit({"dead_letters": [later, _dead_letter(42)]})
+    stored = warehouse.connection.execute('SELECT "offset", error, first_seen FROM dead_letters ORDER BY 1').fetchall()
+    assert stored == [(41, "seen again", T0), (42, "schema id 7 is not registered", T0)]
+
+
+def test_a_warehouse_whose_tables_duckdb_indexes_by_primary_key_still_takes_upserts(tmp_path):
+    """Files written before the tables dropped their PRIMARY KEY keep it; the same commits land in them."""
+    from transforms.duckdb_warehouse import DuckDBWarehouse
+
+    path = tmp_path / "older.duckdb"
+    with duckdb.connect(str(path)) as older:
+        older.execute(contracts()["touchpoints"].duckdb_ddl()[:-2] + ',\n  PRIMARY KEY ("touch_id")\n)')
+    warehouse = DuckDBWarehouse(path)
+    try:
+        warehouse.commit({"touchpoints": [_touch("t1", "Email"), _touch("t2")]})
+        warehouse.commit({"touchpoints": [_touch("t1", "Organic Search"), _touch("t3")]})
+        assert warehouse.connection.execute("SELECT touch_id, channel FROM touchpoints ORDER BY 1").fetchall() == [
+            ("t1", "Organic Search"), ("t2", "Email"), ("t3", "Email")]
+        assert warehouse.connection.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'touchpoints' "
+            "AND constraint_type = 'PRIMARY KEY'").fetchone() == (1,)
+    finally:
+        warehouse.close()
+
+
 def test_rows_and_offsets_are_committed_together_or_not_at_all(warehouse):
     warehouse.commit({"touchpoints": [_touch("t1")]}, {("web_sessions", 0): 10, ("web_sessions", 1): 4})
     broken = dict(_touch("t2"), channel=None)  # channel is NOT NULL
@@ -166,8 +194,9 @@ def test_a_group_that_spans_two_chunks_of_one_commit_replaces_the_stored_group_w
     assert rows == [("o1", "first_touch", 4, 1.0, 1), ("o1", "linear", 4, pytest.approx(1.0), 1),
                     ("o2", "first_touch", 2, 1.0, 0), ("o2", "linear", 2, pytest.approx(1.0), 0)]
     # what the commit gathered its rows in leaves with it: the connection holds only the contracts' tables
-    assert warehouse.connection.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchone() == (0,)
-    assert warehouse.connection.execute("SELECT count(*) FROM duckdb_views() WHERE temporary AND NOT internal").fetchone() == (0,)
+    count = lambda sql: warehouse.connection.execute(sql).fetchone()[0]
+    assert count("SELECT count(*) FROM duckdb_tables() WHERE temporary") == 0
+    assert count("SELECT count(*) FROM duckdb_views() WHERE temporary AND NOT internal") == 0
 
 
 def test_the_writers_memory_limit_comes_from_the_environment_and_a_commit_in_chunks_lands_under_it(tmp_path, monkeypatch):

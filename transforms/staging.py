@@ -4,8 +4,7 @@ Each bundle writes its rows of a table to staging files (at most `rows_per_file`
 types) and passes on only their paths. One step then gathers the paths, a handful per bundle, and lands them
 (ValidatedLanding.land_staged): per table, DuckDB picks the newest row of each primary key from the files, spilling
 to disk as it needs, and the rows reach the row gate and the warehouse one chunk at a time, in one transaction. The
-writer holds a chunk, not a table nor every row a backfill emits (the warehouse's own memory is its business: DuckDB
-keeps each primary key's index).
+writer holds a chunk, not a table nor every row a backfill emits (the warehouse's own memory is its business).
 
 A retried bundle writes new files under new names; only the paths of the bundle that succeeded reach the commit.
 """
