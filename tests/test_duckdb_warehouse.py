@@ -199,22 +199,45 @@ def test_a_group_that_spans_two_chunks_of_one_commit_replaces_the_stored_group_w
     assert count("SELECT count(*) FROM duckdb_views() WHERE temporary AND NOT internal") == 0
 
 
-def test_the_writers_memory_limit_comes_from_the_environment_and_a_commit_in_chunks_lands_under_it(tmp_path, monkeypatch):
+def _spelled(limit: str) -> str:
+    """How this DuckDB version gives a memory limit back."""
+    as_set = duckdb.connect()
+    as_set.execute("SET memory_limit = ?", [limit])
+    return as_set.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+
+def test_the_writers_memory_limit_is_bounded_by_default_and_the_environment_chooses_another(tmp_path, monkeypatch):
+    from transforms.duckdb_warehouse import DEFAULT_MEMORY_LIMIT, DuckDBWarehouse
+
+    setting = "SELECT current_setting('memory_limit')"
+    monkeypatch.delenv("JOURNEYS_DUCKDB_MEMORY_LIMIT", raising=False)
+    warehouse = DuckDBWarehouse(tmp_path / "default.duckdb")
+    try:
+        assert warehouse.connection.execute(setting).fetchone()[0] == _spelled(DEFAULT_MEMORY_LIMIT)
+        assert _spelled(DEFAULT_MEMORY_LIMIT) != duckdb.connect().execute(setting).fetchone()[0]  # not DuckDB's own
+    finally:
+        warehouse.close()
+    monkeypatch.setenv("JOURNEYS_DUCKDB_MEMORY_LIMIT", "3GB")
+    warehouse = DuckDBWarehouse(tmp_path / "default.duckdb")
+    try:
+        assert warehouse.connection.execute(setting).fetchone()[0] == _spelled("3GB")
+    finally:
+        warehouse.close()
+
+
+def test_a_commit_in_chunks_lands_under_a_small_memory_limit(tmp_path, monkeypatch):
     from transforms.duckdb_warehouse import DuckDBWarehouse, arrow_batch
 
     monkeypatch.setenv("JOURNEYS_DUCKDB_MEMORY_LIMIT", "64MB")
     warehouse = DuckDBWarehouse(tmp_path / "limited.duckdb")
     try:
-        import duckdb
-
-        as_set = duckdb.connect()  # how this DuckDB version spells 64MB back
-        as_set.execute("SET memory_limit = '64MB'")
-        setting = "SELECT current_setting('memory_limit')"
-        assert warehouse.connection.execute(setting).fetchone() == as_set.execute(setting).fetchone()
-        assert warehouse.connection.execute(setting).fetchone() != duckdb.connect().execute(setting).fetchone()
-        chunks = (arrow_batch("touchpoints", [_touch(f"t{n}-{i}") for i in range(20_000)]) for n in range(10))
-        warehouse.commit({"touchpoints": chunks})
-        assert _count(warehouse, "touchpoints") == 200_000
+        assert warehouse.connection.execute("SELECT current_setting('memory_limit')").fetchone()[0] == _spelled("64MB")
+        chunks = lambda channel: (arrow_batch("touchpoints", [_touch(f"t{n}-{i}", channel) for i in range(20_000)])
+                                  for n in range(10))
+        warehouse.commit({"touchpoints": chunks("Email")})
+        warehouse.commit({"touchpoints": chunks("Referral")})  # every key again: the upsert's joins spill too
+        assert warehouse.connection.execute("SELECT channel, count(*) FROM touchpoints GROUP BY ALL").fetchall() == [
+            ("Referral", 200_000)]
     finally:
         warehouse.close()
 

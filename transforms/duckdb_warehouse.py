@@ -30,7 +30,10 @@ OFFSETS_DDL = """CREATE TABLE IF NOT EXISTS source_offsets (
   "committed_at" TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY ("topic", "partition"))"""
 
 
-MEMORY_LIMIT_ENV = "JOURNEYS_DUCKDB_MEMORY_LIMIT"  # the writer's DuckDB memory, e.g. 3GB (else DuckDB's: 80 % of RAM)
+MEMORY_LIMIT_ENV = "JOURNEYS_DUCKDB_MEMORY_LIMIT"  # the writer's DuckDB memory, e.g. 3GB
+# By default: DuckDB's own (80 % of RAM) kept whatever a commit gathered until it reached that, so a ten-million-event
+# backfill's commit grew to gigabytes. The commit's statements are scans and hash joins that spill beyond the limit.
+DEFAULT_MEMORY_LIMIT = "1GB"
 RETRACTING, LANDING = "retracting", "landing"  # temporary tables: a commit's rows of one table, gathered
 
 
@@ -44,9 +47,8 @@ class DuckDBWarehouse:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = duckdb.connect(str(self.path))
         self.connection.execute("SET TimeZone = 'UTC'")
-        if os.environ.get(MEMORY_LIMIT_ENV):
-            # Beyond it DuckDB spills a commit's gathered rows and its joins by key to `<file>.tmp`
-            self.connection.execute("SET memory_limit = ?", [os.environ[MEMORY_LIMIT_ENV]])
+        # Beyond it DuckDB spills a commit's gathered rows and its joins by key to `<file>.tmp`
+        self.connection.execute("SET memory_limit = ?", [os.environ.get(MEMORY_LIMIT_ENV) or DEFAULT_MEMORY_LIMIT])
         for table in contracts().values():
             self.connection.execute(table.duckdb_ddl())
         self.connection.execute(OFFSETS_DDL)
