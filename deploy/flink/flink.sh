@@ -108,9 +108,8 @@ taskmanager:
   host: $host
   numberOfTaskSlots: 2
   # Each SDK worker's data streams are Netty buffers in the TaskManager's direct memory; the default 0 bytes of task
-  # off-heap leaves them only what the network stack does not use. Managed memory (a batch job's sort buffers,
-  # RocksDB's caches) at 15 %: Flink's 40 % left a 2 GB process 26 MB of task heap.
-  memory: {process: {size: 2048m}, task: {off-heap: {size: 512m}}, managed: {fraction: 0.15}}
+  # off-heap leaves them only what the network stack does not use.
+  memory: {process: {size: 4096m}, task: {off-heap: {size: 512m}}}
 rest: {port: $rest_port, address: $host, bind-address: $host}
 blob: {server: {port: '$blob_port'}}
 parallelism: {default: 2}
