@@ -80,6 +80,16 @@ def test_rows_and_offsets_are_committed_together_or_not_at_all(warehouse):
     assert warehouse.offsets() == {("web_sessions", 0): 10, ("web_sessions", 1): 9}
 
 
+def test_a_batch_that_brings_a_key_twice_is_refused_and_lands_nothing(warehouse):
+    """No key index holds a key unique in DuckDB: the commit itself refuses a batch with a key twice."""
+    warehouse.commit({"touchpoints": [_touch("t1")]}, {("web_sessions", 0): 10})
+    with pytest.raises(ValueError, match="more than once"):
+        warehouse.commit({"touchpoints": [_touch("t2", "Email"), _touch("t2", "Organic Search")]},
+                         {("web_sessions", 0): 20})
+    assert warehouse.connection.execute("SELECT touch_id FROM touchpoints").fetchall() == [("t1",)]
+    assert warehouse.offsets() == {("web_sessions", 0): 10}
+
+
 READER = """
 import sys, duckdb
 con = duckdb.connect(sys.argv[1], read_only=True)

@@ -10,13 +10,15 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from schemas.contracts import RETRACTED
-from test_data_quality import NOW, cohort, touch
+from test_data_quality import cohort, touch
 from test_duckdb_warehouse import _credit_rows
 from transforms import data_quality
 from transforms.data_quality import ValidatedLanding
+from transforms.dq_gate import gate_arrow
 from transforms.dq_suites import QualityConfig
 from transforms.staging import StageTables, latest_staged_sql, staged_batch
 from transforms.warehouse import latest_rows
+from transforms.warehouse_rows import chunks_of
 
 
 def _stage(directory: Path, table: str, name: str, rows: list[dict], order: int) -> str:
@@ -61,34 +63,72 @@ def test_the_newest_staged_row_of_each_key_is_the_one_latest_rows_keeps(tmp_path
     assert channels == {"t1": "Organic Search", "t2": "Email"}
 
 
-def test_staged_rows_are_gated_and_committed_a_chunk_at_a_time_and_land_as_rows_from_memory_would(
-        tmp_path, warehouse, monkeypatch):
-    monkeypatch.setattr(data_quality, "GATE_CHUNK_ROWS", 2)  # several chunks per table
+class _ArrowChunkWarehouse:
+    """A warehouse that is not DuckDB (as BigQuery): it takes a table's rows as Arrow chunks. Lands in DuckDB."""
+
+    def __init__(self, warehouse, committed: list):
+        self.warehouse, self.committed = warehouse, committed
+
+    def commit(self, rows_by_table, offsets=None):
+        def noted(table, chunks):
+            for chunk in chunks_of(chunks):
+                self.committed.append((table, len(chunk)))
+                yield chunk
+
+        self.warehouse.commit({table: noted(table, rows) for table, rows in rows_by_table.items()}, offsets)
+
+    def __getattr__(self, name):
+        if name == "connection":
+            raise AttributeError(name)
+        return getattr(self.warehouse, name)
+
+
+def _cohorts_and_touches(tmp_path):
+    cohorts = [cohort(0, 2), cohort(1, 5), cohort(2, 3), cohort(3, 1, rate=1.7)]  # 1 and 3 break row rules
+    return {"retention_cohorts": [_stage(tmp_path, "retention_cohorts", "c", cohorts, 0)],
+            "touchpoints": [_stage(tmp_path, "touchpoints", "t", [touch("t1"), touch("t2"), touch("t3"),
+                                                                   {**touch("gone"), RETRACTED: True}], 0)]}
+
+
+def test_staged_rows_are_gated_in_the_writers_duckdb_and_never_pass_through_python(tmp_path, warehouse, monkeypatch):
+    monkeypatch.setattr(data_quality, "GATE_CHUNK_ROWS", 2)  # Great Expectations takes the suspect table in chunks
+    warehouse.commit({"touchpoints": [touch("gone"), touch("t1")]})
+    gather = warehouse._gather  # the quarantine and the gate's results still come as Python rows
+
+    def gathered(table, chunks):
+        assert table not in ("touchpoints", "retention_cohorts"), "a staged table's rows went through Python"
+        gather(table, chunks)
+
+    monkeypatch.setattr(warehouse, "_gather", gathered)
+    gated = []
+    monkeypatch.setattr(data_quality, "gate_arrow", lambda table, chunk, *rest: gated.append(
+        (table, chunk.num_rows)) or gate_arrow(table, chunk, *rest))
+    landing = ValidatedLanding(warehouse, QualityConfig(), "backfill").land_staged(
+        _cohorts_and_touches(tmp_path), {("orders", 0): 7}, "run-staged")
+    assert gated == [("retention_cohorts", 2), ("retention_cohorts", 2)]  # the touchpoints were clean: one query
+    _assert_landed_as_rows_from_memory_would(warehouse, landing)
+    assert not warehouse.connection.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE temporary AND table_name LIKE 'staged_%'").fetchall()
+
+
+def test_staged_rows_reach_a_warehouse_that_is_not_duckdb_a_chunk_at_a_time(tmp_path, warehouse, monkeypatch):
+    monkeypatch.setattr(data_quality, "GATE_CHUNK_ROWS", 2)
     warehouse.commit({"touchpoints": [touch("gone"), touch("t1")]})
     committed = []  # (table, rows) of each chunk the warehouse took: never a whole table at once
-    gather = warehouse._gather
+    landing = ValidatedLanding(_ArrowChunkWarehouse(warehouse, committed), QualityConfig(), "backfill").land_staged(
+        _cohorts_and_touches(tmp_path), {("orders", 0): 7}, "run-staged", spill_dir=str(tmp_path / "spill"))
+    assert [n for table, n in committed if table == "touchpoints"] == [2, 2]
+    assert [n for table, n in committed if table == "retention_cohorts"] == [2]  # what passed the gate
+    _assert_landed_as_rows_from_memory_would(warehouse, landing)
 
-    def noted(table, chunks):
-        for chunk in chunks:
-            committed.append((table, len(chunk)))
-            yield chunk
 
-    monkeypatch.setattr(warehouse, "_gather", lambda table, chunks: gather(table, noted(table, chunks)))
-    cohorts = [cohort(0, 2), cohort(1, 5), cohort(2, 3), cohort(3, 1, rate=1.7)]  # 1 and 3 break row rules
-    files = {"retention_cohorts": [_stage(tmp_path, "retention_cohorts", "c", cohorts, 0)],
-             "touchpoints": [_stage(tmp_path, "touchpoints", "t", [touch("t1"), touch("t2"), touch("t3"),
-                                                                    {**touch("gone"), RETRACTED: True}], 0)]}
-    landing = ValidatedLanding(warehouse, QualityConfig(), "backfill").land_staged(
-        files, {("orders", 0): 7}, "run-staged", spill_dir=str(tmp_path / "spill"))
+def _assert_landed_as_rows_from_memory_would(warehouse, landing):
     assert _stored(warehouse, "touchpoints", "touch_id") == [("t1",), ("t2",), ("t3",)]  # "gone" retracted
     assert _stored(warehouse, "retention_cohorts", "period_index") == [(0,), (2,)]
     quarantined = _stored(warehouse, "quarantine", "row_key, rule")
     assert {json.loads(key)["period_index"] for key, _ in quarantined} == {1, 3}
     assert landing.quarantined == len(quarantined) and landing.landed["touchpoints"] == 4
-    assert [n for table, n in committed if table == "touchpoints"] == [2, 2]
-    assert [n for table, n in committed if table == "retention_cohorts"] == [1, 1]  # what passed the gate
     assert warehouse.offsets() == {("orders", 0): 7}
-    # one result per rule, merged over the chunks: it failed where any chunk failed
     gated = [o for o in landing.outcomes if o.stage == "row_gate"]
     failed = {o.expectation: o for o in gated if not o.success}
     assert failed["active_within_cohort"].element_count == 4

@@ -18,18 +18,16 @@ import uuid
 import dataclasses
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-
 from schemas.contracts import contract, contracts
 from transforms.dq_alerts import Alerter, failing_now
 from transforms.dq_checkpoint import checkpoint, result_rows
 from transforms.dq_gate import gate, gate_arrow
-from transforms.dq_suites import CHECKPOINT, Outcome, QualityConfig, build_data_docs
+from transforms.dq_suites import CHECKPOINT, Outcome, QualityConfig, build_data_docs, surely_passing
 
 log = logging.getLogger("journeys.quality")
 NOT_VALIDATED = ("quarantine", "dq_results", "channel_spend")  # written by the gate itself, or by the user
-GATE_CHUNK_ROWS = 200_000  # staged rows gated at once: the landing's memory grows with this, not with a table
-SCRATCH_MEMORY = "1GB"  # DuckDB's working memory for choosing the newest staged rows; it spills beyond
+GATE_CHUNK_ROWS = 200_000  # rows at once through Great Expectations, or to a warehouse that is not DuckDB
+SCRATCH_MEMORY = "1GB"  # a scratch DuckDB's working memory for choosing the newest staged rows; it spills beyond
 
 
 @dataclass(frozen=True)
@@ -96,27 +94,54 @@ class ValidatedLanding:
     def land_staged(self, files_by_table: dict[str, list[str]], offsets: dict | None = None,
                     run_id: str | None = None, spill_dir: str | None = None) -> Landing:
         """As land(), from staging files (transforms/staging.py): per table the newest row of each primary key,
-        chosen by DuckDB (spilling to `spill_dir`), gated in chunks of GATE_CHUNK_ROWS and committed as Arrow."""
+        chosen by DuckDB into a temporary table (StagedRows), where the row gate checks it with one query; only
+        when a row may break a rule do its chunks of GATE_CHUNK_ROWS go through Great Expectations. A DuckDB
+        warehouse does this in its own connection; for another one a scratch DuckDB does (spilling to `spill_dir`)
+        and the warehouse takes the rows that passed as Arrow chunks."""
         import duckdb
 
-        from transforms.staging import latest_staged_sql, retractable_schema
+        from transforms.staging import StagedRows
 
-        scratch = duckdb.connect()
-        scratch.execute("SET TimeZone = 'UTC'")
-        scratch.execute(f"SET memory_limit = '{SCRATCH_MEMORY}'")
-        if spill_dir:
-            scratch.execute("SET temp_directory = ?", [spill_dir])
-
-        def chunks(table: str, files: list[str]):
-            schema = retractable_schema(table)
-            for batch in scratch.execute(latest_staged_sql(table, files)).fetch_record_batch(GATE_CHUNK_ROWS):
-                yield pa.Table.from_batches([batch]).cast(schema)
-
+        connection = getattr(self.warehouse, "connection", None)
+        scratch = None
+        if not isinstance(connection, duckdb.DuckDBPyConnection):
+            connection = scratch = duckdb.connect()
+            scratch.execute("SET TimeZone = 'UTC'")
+            scratch.execute(f"SET memory_limit = '{SCRATCH_MEMORY}'")
+            if spill_dir:
+                scratch.execute("SET temp_directory = ?", [spill_dir])
+        run_id = run_id or new_run_id(self.run_kind)
+        now = dt.datetime.now(dt.timezone.utc)
+        seconds = {"row_gate": 0.0}
+        staged: dict = {}
+        quarantined: list[dict] = []
+        gate_outcomes: list[Outcome] = []
         try:
-            return self._land({table: chunks(table, files) for table, files in files_by_table.items()}, offsets,
-                              run_id, as_arrow=True)
+            for table, files in files_by_table.items():
+                staged[table] = rows = StagedRows(connection, table, files, GATE_CHUNK_ROWS)
+                if table in NOT_VALIDATED:
+                    continue
+                started = time.perf_counter()
+                clean = surely_passing(table, "rows", rows.first_row, rows.relation(retracted=False), self.config)
+                if clean is not None:
+                    gate_outcomes += clean
+                else:
+                    held = []
+                    for chunk in rows.chunks(retracted=False):
+                        checked = gate_arrow(table, chunk, run_id, now, self.config)
+                        quarantined += checked.quarantined
+                        gate_outcomes += checked.outcomes
+                        held += [checked.held] if checked.held is not None else []
+                    for rows_held in held:
+                        rows.drop(rows_held)
+                seconds["row_gate"] += time.perf_counter() - started
+            landed = {table: rows.count() for table, rows in staged.items()}
+            return self._commit_and_check(staged, quarantined, gate_outcomes, landed, offsets, run_id, now, seconds)
         finally:
-            scratch.close()
+            for rows in staged.values():
+                rows.close()
+            if scratch is not None:
+                scratch.close()
 
     def _land(self, chunks_by_table: dict, offsets: dict | None, run_id: str | None, as_arrow: bool) -> Landing:
         run_id = run_id or new_run_id(self.run_kind)
@@ -127,8 +152,8 @@ class ValidatedLanding:
         gate_outcomes: list[Outcome] = []
 
         def gated(table: str, chunks):
-            """The chunks through the row gate, one at a time, as the commit takes them: a backfill's landing holds
-            a chunk, not a table."""
+            """The chunks through the row gate, one at a time, as the commit takes them: a landing holds a chunk,
+            not a table."""
             for rows in chunks:  # dicts, or Arrow tables of the contract's columns and RETRACTED (as_arrow)
                 if table not in NOT_VALIDATED and len(rows):
                     started = time.perf_counter()
@@ -140,17 +165,25 @@ class ValidatedLanding:
                 landed[table] += len(rows)
                 yield rows
 
+        return self._commit_and_check({table: gated(table, chunks) for table, chunks in chunks_by_table.items()},
+                                      quarantined, gate_outcomes, landed, offsets, run_id, now, seconds)
+
+    def _commit_and_check(self, rows_by_table: dict, quarantined: list[dict], gate_outcomes: list[Outcome],
+                          landed: dict, offsets: dict | None, run_id: str, now: dt.datetime, seconds: dict) -> Landing:
+        """One commit of the tables' rows, the quarantined ones, the gate's results and the offsets; then the
+        checkpoint. `quarantined`, `gate_outcomes` and `landed` may still fill while the commit takes the rows."""
+
         def gate_results():
-            """Once every table's chunks have passed: the gate records failures, and the first pass after one (so the
+            """Once every table's rows have passed: the gate records failures, and the first pass after one (so the
             latest result says what fails now)."""
             outcomes = merged(gate_outcomes)
             recorded = [o for o in outcomes if not o.success or (o.table, o.stage, o.expectation) in self.alerter.failing]
             yield result_rows(recorded, run_id, self.run_kind, now)
 
         self.step = "commit"
-        # The warehouse takes the tables in this order: the quarantine and the results come after every chunk
-        self.warehouse.commit({**{table: gated(table, chunks) for table, chunks in chunks_by_table.items()},
-                               "quarantine": iter([quarantined]), "dq_results": gate_results()}, offsets)
+        # The warehouse takes the tables in this order: the quarantine and the results come after every table's rows
+        self.warehouse.commit({**rows_by_table, "quarantine": iter([quarantined]), "dq_results": gate_results()},
+                              offsets)
         return dataclasses.replace(
             self._check(run_id, now, merged(gate_outcomes), len(quarantined),
                         [t for t, n in landed.items() if n and t not in NOT_VALIDATED], seconds), landed=landed)

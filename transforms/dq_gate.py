@@ -16,6 +16,7 @@ class Gated:
     passed: object  # list[dict], or a pyarrow Table for an Arrow batch
     quarantined: list[dict]  # quarantine rows
     outcomes: list[Outcome]
+    held: object = None  # gate_arrow: the quarantined rows as an Arrow table (what a staged table drops)
 
 
 def row_frame(table: str, rows: list[dict]):
@@ -74,7 +75,8 @@ def gate_arrow(table: str, batch, run_id: str, now: dt.datetime, config: Quality
                    for index, outcome, columns in broken]
     keep = np.ones(checked.num_rows, dtype=bool)
     keep[held] = False
-    return Gated(pa.concat_tables([checked.filter(pa.array(keep)), batch.filter(retracted)]), quarantined, outcomes)
+    return Gated(pa.concat_tables([checked.filter(pa.array(keep)), batch.filter(retracted)]), quarantined, outcomes,
+                 checked.take(held))
 
 
 def _as_arrow(table: str, rows: list[dict]):

@@ -7,10 +7,9 @@ disturbs a reader that still has the previous copy open.
 
 Every commit is one transaction: the rows it upserts (by each table's primary key, from schemas/tables/) and the
 source offsets they account for, so a restarted job resumes exactly where the stored rows end. The tables declare no
-PRIMARY KEY to DuckDB: its index of the keys must fit in memory whole (about 2.4 GB for the 16 million keys of ten
-million events, which made the commit fail under a 2 GB memory limit), and ON CONFLICT against it took 2.5 times as
-long as the joins by key that upsert here. The commit keeps each key unique; the checkpoint's unique-key expectation
-checks it.
+PRIMARY KEY to DuckDB: its index of the keys must fit in memory whole, and ON CONFLICT against it is slower than the
+joins by key that upsert here (README, "No key index in DuckDB"). The commit keeps each key unique: it refuses a
+batch that brings a key twice, and the checkpoint's unique-key expectation checks the stored table.
 """
 from __future__ import annotations
 
@@ -62,7 +61,11 @@ class DuckDBWarehouse:
         con.execute("BEGIN TRANSACTION")
         try:
             for table, rows in rows_by_table.items():
-                self._gather(table, chunks_of(rows))
+                if getattr(rows, "connection", None) is con:  # StagedRows this connection holds
+                    self._gather_staged(table, rows)
+                else:
+                    self._gather(table, chunks_of(rows))
+                _refuse_a_key_twice(con, table)
                 if contract(table).newer_revision_only:
                     con.execute(_older_groups_sql(table))
                 for statements, gathered in (((_delete_sql(table),), RETRACTING),
@@ -100,6 +103,14 @@ class DuckDBWarehouse:
                         con.execute(f"INSERT INTO {gathered} BY NAME SELECT * FROM chunk")
                     finally:
                         con.unregister("chunk")
+
+    def _gather_staged(self, table: str, staged) -> None:
+        """As _gather, from a temporary table of this connection (transforms/staging.StagedRows): one statement each,
+        the rows never leave DuckDB."""
+        for gathered, retracted in ((RETRACTING, True), (LANDING, False)):
+            self.connection.execute(f'CREATE OR REPLACE TEMP TABLE {gathered} AS SELECT * FROM "{table}" LIMIT 0')
+            self.connection.execute(f'INSERT INTO {gathered} BY NAME SELECT * EXCLUDE ("{RETRACTED}") '
+                                    f"FROM {staged.relation(retracted)}")
 
     def offsets(self) -> dict[tuple[str, int], int]:
         """Where each partition's next unprocessed record is, as of the last commit."""
@@ -159,10 +170,23 @@ def arrow_batch(table: str, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=table_contract.arrow_schema())
 
 
+def _same(table: str, columns, other: str = "batch") -> str:
+    """The join condition: `table`'s row and `other`'s agree on every one of `columns`."""
+    return " AND ".join(f'"{table}"."{c}" = {other}."{c}"' for c in columns)
+
+
+def _refuse_a_key_twice(con, table: str) -> None:
+    """Without a key index DuckDB would land both rows of a key a batch brings twice: the callers pick one row per
+    key (latest_rows, latest_staged_sql), and a batch that still has two is refused whole."""
+    key = ", ".join(f'"{k}"' for k in contract(table).primary_key)
+    for gathered in (RETRACTING, LANDING):
+        twice = con.execute(f"SELECT {key} FROM {gathered} GROUP BY ALL HAVING count(*) > 1 LIMIT 1").fetchone()
+        if twice:
+            raise ValueError(f"{table}: the commit brings the key {twice} more than once; nothing was committed")
+
+
 def _delete_sql(table: str) -> str:
-    key = contract(table).primary_key
-    return (f'DELETE FROM "{table}" USING batch WHERE '
-            + " AND ".join(f'"{table}"."{k}" = batch."{k}"' for k in key))
+    return f'DELETE FROM "{table}" USING batch WHERE {_same(table, contract(table).primary_key)}'
 
 
 def _older_groups_sql(table: str) -> str:
@@ -170,9 +194,8 @@ def _older_groups_sql(table: str) -> str:
     a newer one of its group (another bundle, another worker, a replay) leaves the newer one standing."""
     group = contract(table).replace_group
     return (f"DELETE FROM {LANDING} WHERE EXISTS (SELECT 1 FROM (SELECT " + ", ".join(f'"{g}"' for g in group)
-            + f', max(revision) AS stored_revision FROM "{table}" GROUP BY ALL) AS stored WHERE '
-            + " AND ".join(f'stored."{g}" = {LANDING}."{g}"' for g in group)
-            + f" AND {LANDING}.revision < stored.stored_revision)")
+            + f', max(revision) AS stored_revision FROM "{table}" GROUP BY ALL) AS stored WHERE'
+            + f' {_same(LANDING, group, "stored")} AND {LANDING}.revision < stored.stored_revision)')
 
 
 def _replace_groups_sql(table: str) -> tuple[str, ...]:
@@ -181,8 +204,7 @@ def _replace_groups_sql(table: str) -> tuple[str, ...]:
     group = contract(table).replace_group
     if not group:
         return ()
-    return (f'DELETE FROM "{table}" WHERE EXISTS (SELECT 1 FROM batch WHERE '
-            + " AND ".join(f'"{table}"."{g}" = batch."{g}"' for g in group) + ")",)
+    return f'DELETE FROM "{table}" WHERE EXISTS (SELECT 1 FROM batch WHERE {_same(table, group)})',
 
 
 def _upsert_sql(table: str) -> tuple[str, ...]:
@@ -191,7 +213,7 @@ def _upsert_sql(table: str) -> tuple[str, ...]:
     quoted = lambda names: ", ".join(f'"{n}"' for n in names)
     table_contract = contract(table)
     columns = [c.name for c in table_contract.columns]
-    same_key = " AND ".join(f'"{table}"."{k}" = batch."{k}"' for k in table_contract.primary_key)
+    same_key = _same(table, table_contract.primary_key)
     update = (f'UPDATE "{table}" SET ' + ", ".join(f'"{c}" = batch."{c}"' for c in table_contract.updated_columns)
               + f" FROM batch WHERE {same_key}",) if table_contract.updated_columns else ()
     return (*update, f'INSERT INTO "{table}" ({quoted(columns)}) SELECT {quoted(columns)} FROM batch '

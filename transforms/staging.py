@@ -2,9 +2,10 @@
 
 Each bundle writes its rows of a table to staging files (at most `rows_per_file` rows each, in the contract's
 types) and passes on only their paths. One step then gathers the paths, a handful per bundle, and lands them
-(ValidatedLanding.land_staged): per table, DuckDB picks the newest row of each primary key from the files, spilling
-to disk as it needs, and the rows reach the row gate and the warehouse one chunk at a time, in one transaction. The
-writer holds a chunk, not a table nor every row a backfill emits (the warehouse's own memory is its business).
+(ValidatedLanding.land_staged): per table, DuckDB picks the newest row of each primary key from the files into a
+temporary table (StagedRows), spilling to disk as it needs; the row gate queries it there and the warehouse lands
+what passed, in one transaction. A DuckDB warehouse does it all in its own connection, under its one memory limit;
+another takes the rows from a scratch DuckDB a chunk at a time. No step holds a table in Python.
 
 A retried bundle writes new files under new names; only the paths of the bundle that succeeded reach the commit.
 """
@@ -91,6 +92,56 @@ class StageTables(beam.PTransform):
                 rows = rows | f"Unwindow{name}" >> beam.WindowInto(GlobalWindows())
             staged.append(rows | f"Stage{name}" >> beam.ParDo(_StageBundle(name, self.directory, self.rows_per_file)))
         return staged | "StagedFiles" >> beam.Flatten()
+
+
+class StagedRows:
+    """A table's newest staged row of each key (latest_staged_sql), contract columns and RETRACTED, held as a
+    temporary table by a DuckDB connection: the writer's own when the warehouse is DuckDB (its commit lands them with
+    one statement), a scratch one otherwise (the warehouse iterates this: Arrow chunks of `chunk_rows`)."""
+
+    def __init__(self, connection, table: str, files: list[str], chunk_rows: int):
+        self.connection = connection
+        self.table = table
+        self.chunk_rows = chunk_rows
+        self.name = f"staged_{table}"
+        connection.execute(f'CREATE OR REPLACE TEMP TABLE "{self.name}" AS {latest_staged_sql(table, files)}')
+
+    def relation(self, retracted: bool | None = None) -> str:
+        """SQL of the rows (None), of the retractions only (True) or of the rows to land (False)."""
+        if retracted is None:
+            return f'"{self.name}"'
+        return f'(SELECT * FROM "{self.name}" WHERE {"" if retracted else "NOT "}coalesce("{RETRACTED}", false))'
+
+    def first_row(self, sql: str) -> tuple:
+        return self.connection.execute(sql).fetchone()
+
+    def count(self) -> int:
+        return self.first_row(f"SELECT count(*) FROM {self.relation()}")[0]
+
+    def chunks(self, retracted: bool | None = None):
+        """The rows as Arrow tables of retractable_schema, `chunk_rows` at a time. The connection runs nothing else
+        until the last one is taken."""
+        schema = retractable_schema(self.table)
+        for batch in self.connection.execute(f"SELECT * FROM {self.relation(retracted)}").fetch_record_batch(
+                self.chunk_rows):
+            yield pa.Table.from_batches([batch]).cast(schema)
+
+    __iter__ = chunks
+
+    def drop(self, rows: pa.Table) -> None:
+        """Removes the rows of these keys (the row gate's quarantined ones)."""
+        if not rows.num_rows:
+            return
+        key = contract(self.table).primary_key
+        self.connection.register("dropped", rows.select(list(key)))
+        try:
+            self.connection.execute(f'DELETE FROM "{self.name}" USING dropped WHERE '
+                                    + " AND ".join(f'"{self.name}"."{k}" = dropped."{k}"' for k in key))
+        finally:
+            self.connection.unregister("dropped")
+
+    def close(self) -> None:
+        self.connection.execute(f'DROP TABLE IF EXISTS "{self.name}"')
 
 
 def latest_staged_sql(table: str, files: list[str]) -> str:
