@@ -170,7 +170,7 @@ def arrow_batch(table: str, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=table_contract.arrow_schema())
 
 
-def _same(table: str, columns, other: str = "batch") -> str:
+def same_values(table: str, columns, other: str = "batch") -> str:
     """The join condition: `table`'s row and `other`'s agree on every one of `columns`."""
     return " AND ".join(f'"{table}"."{c}" = {other}."{c}"' for c in columns)
 
@@ -186,7 +186,7 @@ def _refuse_a_key_twice(con, table: str) -> None:
 
 
 def _delete_sql(table: str) -> str:
-    return f'DELETE FROM "{table}" USING batch WHERE {_same(table, contract(table).primary_key)}'
+    return f'DELETE FROM "{table}" USING batch WHERE {same_values(table, contract(table).primary_key)}'
 
 
 def _older_groups_sql(table: str) -> str:
@@ -195,7 +195,7 @@ def _older_groups_sql(table: str) -> str:
     group = contract(table).replace_group
     return (f"DELETE FROM {LANDING} WHERE EXISTS (SELECT 1 FROM (SELECT " + ", ".join(f'"{g}"' for g in group)
             + f', max(revision) AS stored_revision FROM "{table}" GROUP BY ALL) AS stored WHERE'
-            + f' {_same(LANDING, group, "stored")} AND {LANDING}.revision < stored.stored_revision)')
+            + f' {same_values(LANDING, group, "stored")} AND {LANDING}.revision < stored.stored_revision)')
 
 
 def _replace_groups_sql(table: str) -> tuple[str, ...]:
@@ -204,7 +204,7 @@ def _replace_groups_sql(table: str) -> tuple[str, ...]:
     group = contract(table).replace_group
     if not group:
         return ()
-    return f'DELETE FROM "{table}" WHERE EXISTS (SELECT 1 FROM batch WHERE {_same(table, group)})',
+    return f'DELETE FROM "{table}" WHERE EXISTS (SELECT 1 FROM batch WHERE {same_values(table, group)})',
 
 
 def _upsert_sql(table: str) -> tuple[str, ...]:
@@ -213,7 +213,7 @@ def _upsert_sql(table: str) -> tuple[str, ...]:
     quoted = lambda names: ", ".join(f'"{n}"' for n in names)
     table_contract = contract(table)
     columns = [c.name for c in table_contract.columns]
-    same_key = _same(table, table_contract.primary_key)
+    same_key = same_values(table, table_contract.primary_key)
     update = (f'UPDATE "{table}" SET ' + ", ".join(f'"{c}" = batch."{c}"' for c in table_contract.updated_columns)
               + f" FROM batch WHERE {same_key}",) if table_contract.updated_columns else ()
     return (*update, f'INSERT INTO "{table}" ({quoted(columns)}) SELECT {quoted(columns)} FROM batch '

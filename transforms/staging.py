@@ -21,7 +21,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.contracts import RETRACTED, contract
-from transforms.duckdb_warehouse import arrow_batch
+from transforms.duckdb_warehouse import arrow_batch, same_values
 
 ORDER = "_order"  # a later firing (pane) of an updating table supersedes an earlier one
 
@@ -135,13 +135,18 @@ class StagedRows:
         key = contract(self.table).primary_key
         self.connection.register("dropped", rows.select(list(key)))
         try:
-            self.connection.execute(f'DELETE FROM "{self.name}" USING dropped WHERE '
-                                    + " AND ".join(f'"{self.name}"."{k}" = dropped."{k}"' for k in key))
+            self.connection.execute(
+                f'DELETE FROM "{self.name}" USING dropped WHERE {same_values(self.name, key, "dropped")}')
         finally:
             self.connection.unregister("dropped")
 
     def close(self) -> None:
-        self.connection.execute(f'DROP TABLE IF EXISTS "{self.name}"')
+        import duckdb
+
+        try:
+            self.connection.execute(f'DROP TABLE IF EXISTS "{self.name}"')
+        except duckdb.Error:
+            pass  # a connection a failure invalidated holds no temporary table; that failure is the one to tell
 
 
 def latest_staged_sql(table: str, files: list[str]) -> str:
