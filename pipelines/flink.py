@@ -219,6 +219,8 @@ class Rest:
         ticker) that has not started. Healthy ones pass on their splits at once (the Kafka read one per partition).
         Only meaningful for a job started afresh: a restored Impulse does not fire again."""
         job = self._call(f"/jobs/{job_id}")
+        if "nodes" not in job.get("plan", {}):  # a job still initialising shows no plan: nothing of it has started
+            return [f"{job.get('name', job_id)} (no plan yet)"]
         impulses = {v["id"] for v in job["vertices"] if v["name"].startswith("Source: Impulse")}
         fed = {n["id"] for n in job["plan"]["nodes"] if any(i["id"] in impulses for i in n.get("inputs", ()))}
         return [v["name"] for v in job["vertices"] if v["id"] in fed and v["metrics"].get("write-records", 0) == 0]

@@ -89,6 +89,15 @@ class FlinkRest:
         self.cancelled.append(job_id)
 
 
+def test_a_job_whose_plan_flink_does_not_show_yet_counts_as_not_started():
+    """Just after submission Flink's answer for a job has no plan nodes: its sources have not started (the question
+    must not raise, or the launcher's watch and the tests that wait on it stop asking)."""
+    rest = flink.Rest("http://localhost:1")
+    rest._call = lambda path, body=None, method=None: {"jid": "j1", "name": "journeys-stream-x", "vertices": [],
+                                                        "plan": {"jid": "j1", "name": "journeys-stream-x"}}
+    assert rest.unstarted_sources("j1") == ["journeys-stream-x (no plan yet)"]
+
+
 @pytest.mark.parametrize("unstarted, cancelled", [(["[4]Read/ReadPartitions/{Create, ReadUnbounded}"], ["job1"]),
                                                   ([], [])])
 def test_a_fresh_job_whose_sources_never_start_is_cancelled_for_the_launcher_to_submit_again(unstarted, cancelled):
