@@ -85,11 +85,27 @@ class ValidatedLanding:
         self.run_kind = run_kind
         self.record = record  # False: a read-only warehouse, results are returned but not stored
         self.alerter = Alerter(config, failing_now(warehouse))
-        self.step = "commit"  # the landing's step under way: commit, checkpoint or publish (what an error stopped)
+        self.step = "commit"  # the landing's step under way: commit (the gate's included), checkpoint or publish
 
     def land(self, rows_by_table: dict[str, list[dict]], offsets: dict | None = None,
              run_id: str | None = None) -> Landing:
-        return self._land({table: [rows] for table, rows in rows_by_table.items()}, offsets, run_id, as_arrow=False)
+        """Rows held in memory (a stream's flush) through the row gate, then one commit of what passed."""
+        self.step = "commit"  # the gate's failures count as the commit's
+        run_id = run_id or new_run_id(self.run_kind)
+        now = dt.datetime.now(dt.timezone.utc)
+        started = time.perf_counter()
+        passed: dict[str, list[dict]] = {}
+        quarantined: list[dict] = []
+        gate_outcomes: list[Outcome] = []
+        for table, rows in rows_by_table.items():
+            checked = (gate(table, rows, run_id, now, self.config) if table not in NOT_VALIDATED and rows else None)
+            passed[table] = rows if checked is None else checked.passed
+            if checked is not None:
+                quarantined += checked.quarantined
+                gate_outcomes += checked.outcomes
+        seconds = {"row_gate": time.perf_counter() - started}
+        return self._commit_and_check(passed, quarantined, gate_outcomes, {t: len(r) for t, r in passed.items()},
+                                      offsets, run_id, now, seconds)
 
     def land_staged(self, files_by_table: dict[str, list[str]], offsets: dict | None = None,
                     run_id: str | None = None, spill_dir: str | None = None) -> Landing:
@@ -102,6 +118,7 @@ class ValidatedLanding:
 
         from transforms.staging import StagedRows
 
+        self.step = "commit"
         connection = getattr(self.warehouse, "connection", None)
         scratch = None
         if not isinstance(connection, duckdb.DuckDBPyConnection):
@@ -145,50 +162,17 @@ class ValidatedLanding:
             if scratch is not None:
                 scratch.close()
 
-    def _land(self, chunks_by_table: dict, offsets: dict | None, run_id: str | None, as_arrow: bool) -> Landing:
-        run_id = run_id or new_run_id(self.run_kind)
-        now = dt.datetime.now(dt.timezone.utc)
-        seconds = {"row_gate": 0.0}
-        landed = dict.fromkeys(chunks_by_table, 0)
-        quarantined: list[dict] = []
-        gate_outcomes: list[Outcome] = []
-
-        def gated(table: str, chunks):
-            """The chunks through the row gate, one at a time, as the commit takes them: a landing holds a chunk,
-            not a table."""
-            for rows in chunks:  # dicts, or Arrow tables of the contract's columns and RETRACTED (as_arrow)
-                if table not in NOT_VALIDATED and len(rows):
-                    started = time.perf_counter()
-                    checked = (gate_arrow if as_arrow else gate)(table, rows, run_id, now, self.config)
-                    seconds["row_gate"] += time.perf_counter() - started
-                    rows = checked.passed
-                    quarantined.extend(checked.quarantined)
-                    gate_outcomes.extend(checked.outcomes)
-                landed[table] += len(rows)
-                yield rows
-
-        return self._commit_and_check({table: gated(table, chunks) for table, chunks in chunks_by_table.items()},
-                                      quarantined, gate_outcomes, landed, offsets, run_id, now, seconds)
-
     def _commit_and_check(self, rows_by_table: dict, quarantined: list[dict], gate_outcomes: list[Outcome],
                           landed: dict, offsets: dict | None, run_id: str, now: dt.datetime, seconds: dict) -> Landing:
-        """One commit of the tables' rows, the quarantined ones, the gate's results and the offsets; then the
-        checkpoint. `quarantined`, `gate_outcomes` and `landed` may still fill while the commit takes the rows."""
-
-        def gate_results():
-            """Once every table's rows have passed: the gate records failures, and the first pass after one (so the
-            latest result says what fails now)."""
-            outcomes = merged(gate_outcomes)
-            recorded = [o for o in outcomes if not o.success or (o.table, o.stage, o.expectation) in self.alerter.failing]
-            yield result_rows(recorded, run_id, self.run_kind, now)
-
-        self.step = "commit"
-        started, gated_before = time.perf_counter(), seconds["row_gate"]
-        # The warehouse takes the tables in this order: the quarantine and the results come after every table's rows
-        self.warehouse.commit({**rows_by_table, "quarantine": iter([quarantined]), "dq_results": gate_results()},
-                              offsets)
-        # rows that stream into the commit pass the gate meanwhile: that time is the gate's
-        seconds["commit"] = time.perf_counter() - started - (seconds["row_gate"] - gated_before)
+        """One commit of the tables' rows that passed the gate, the quarantined ones, the gate's results and the
+        offsets; then the checkpoint."""
+        # The gate records failures, and the first pass after one (so the latest result says what fails now)
+        recorded = [o for o in merged(gate_outcomes)
+                    if not o.success or (o.table, o.stage, o.expectation) in self.alerter.failing]
+        started = time.perf_counter()
+        self.warehouse.commit({**rows_by_table, "quarantine": quarantined,
+                               "dq_results": result_rows(recorded, run_id, self.run_kind, now)}, offsets)
+        seconds["commit"] = time.perf_counter() - started
         return dataclasses.replace(
             self._check(run_id, now, merged(gate_outcomes), len(quarantined),
                         [t for t, n in landed.items() if n and t not in NOT_VALIDATED], seconds), landed=landed)
