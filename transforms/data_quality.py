@@ -129,7 +129,7 @@ class ValidatedLanding:
                 scratch.execute("SET temp_directory = ?", [spill_dir])
         run_id = run_id or new_run_id(self.run_kind)
         now = dt.datetime.now(dt.timezone.utc)
-        seconds = {"row_gate": 0.0}
+        seconds = {"stage": 0.0, "row_gate": 0.0}
         staged: dict = {}
         quarantined: list[dict] = []
         gate_outcomes: list[Outcome] = []
@@ -137,7 +137,7 @@ class ValidatedLanding:
             for table, files in files_by_table.items():
                 started = time.perf_counter()
                 staged[table] = rows = StagedRows(connection, table, files, GATE_CHUNK_ROWS)
-                seconds["stage"] = seconds.get("stage", 0.0) + time.perf_counter() - started
+                seconds["stage"] += time.perf_counter() - started
                 if table in NOT_VALIDATED:
                     continue
                 started = time.perf_counter()

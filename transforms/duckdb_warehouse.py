@@ -65,7 +65,7 @@ class DuckDBWarehouse:
                     self._gather_staged(table, rows)
                 else:
                     self._gather(table, chunks_of(rows))
-                _refuse_a_key_twice(con, table)
+                    _refuse_a_key_twice(con, table)  # staged rows are one per key by their query already
                 if contract(table).newer_revision_only:
                     con.execute(_older_groups_sql(table))
                 for statements, gathered in (((_delete_sql(table),), RETRACTING),
