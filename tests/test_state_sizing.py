@@ -11,7 +11,7 @@ from transforms.state_sizing import SAMPLED_ABOVE, _deep_size
 
 ROW = {"order_id": "o1", "credit": 0.5, "revenue_credit": Decimal("12.34"), "when": dt.datetime(2026, 5, 1),
        "touch_id": None, "path": ("Email", "Direct")}
-VALUES = [b"x" * 1000, [pickle.dumps(ROW)] * 3, (3, {("o1", "linear"): ROW}), ROW, 1.5, None]
+VALUES = [b"x" * 1000, [pickle.dumps(ROW)] * 3, [pickle.dumps(ROW), b"", b"y" * 70000], [], (3, {("o1", "linear"): ROW}), ROW, 1.5, None]
 
 
 def _beam_default(*objs):
