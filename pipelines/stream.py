@@ -103,7 +103,8 @@ START_ATTEMPTS = 3
 # (its new steps would start without the history the old ones held): a new version is a new job name, whose first
 # start replays the topics while the writer holds its commits until it passes what the warehouse stores.
 # 2: whole tables kept as running totals per group.
-STATE_VERSION = 2
+# 3: daily attribution's revisions kept per order, not per order_attribution row.
+STATE_VERSION = 3
 
 
 def job_name(args, beam_args) -> str:

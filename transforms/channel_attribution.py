@@ -1,7 +1,7 @@
 """channel_attribution_daily: attributed conversions and revenue per order date, model, channel and currency.
 
 order_attribution rows are corrected by re-emission (same key, higher revision), so summing them as they come
-would count a corrected order twice. A stateful step keyed by the row's primary key turns each new revision into
+would count a corrected order twice. A stateful step keyed by the rows' order turns each new revision into
 deltas (the old row taken back, the new one added); the daily totals are sums of deltas, correct whichever way
 emissions are grouped or fired. Sums are exact decimals (float sums round differently in different orders), and
 each delta counts the rows it adds or takes back: a daily key left with no row is retracted, not kept as zeros.
@@ -44,19 +44,28 @@ def _total_row(key: tuple, sums) -> dict:
 
 
 class _Deltas(beam.DoFn):
-    """Keyed by a row's primary key: emits (daily key, (conversions, revenue)) deltas as revisions supersede."""
+    """Keyed by an order: emits (daily key, (conversions, revenue, rows)) deltas as its rows' revisions supersede.
+    One state value per order, {row key: its newest revision's _revision_delta}: an order's rows (about twenty)
+    come together, and each state value a stream reads for the first time is one round trip to the runner."""
     CURRENT = ReadModifyWriteStateSpec("current", BytesCoder())
 
     def process(self, element, current=beam.DoFn.StateParam(CURRENT)):
         _, row = element
-        old = from_state(current, current.read())
-        if old is not None and old["revision"] >= row["revision"]:
+        newest = from_state(current, current.read()) or {}
+        key = row_key(row)
+        old = newest.get(key)
+        if old is not None and old[0] >= row["revision"]:
             return []  # an older revision arriving late changes nothing
-        current.write(to_state(current, row))
-        deltas = [(daily_key(row), contribution(row))] if row["credit"] else []  # no rows for uncredited channels
-        if old is not None and old["credit"]:
-            deltas.append((daily_key(old), contribution(old, rows=-1)))
+        newest[key] = new = _revision_delta(row)[:3]
+        current.write(to_state(current, newest))
+        deltas = [(new[1], new[2])] if new[2] else []  # no rows for uncredited channels
+        if old is not None and old[2]:
+            deltas.append((old[1], _taken_back(old[2])))
         return deltas
+
+
+def _taken_back(contribution: tuple[Decimal, Decimal, int]) -> tuple[Decimal, Decimal, int]:
+    return tuple(-part for part in contribution)
 
 
 def row_key(row: dict) -> tuple:
@@ -130,7 +139,7 @@ class ChannelAttributionDaily(beam.PTransform):
                       | "Deltas" >> beam.FlatMapTuple(_newest_deltas))
         else:
             deltas = (rows
-                      | "ByRowKey" >> beam.Map(lambda row: (row_key(row), row))
+                      | "ByOrder" >> beam.Map(lambda row: (row["order_id"], row))
                       | "Deltas" >> beam.ParDo(_Deltas()))
         return (deltas
                 | "Updating" >> updating_global_window(deltas, self.update_every_s)
