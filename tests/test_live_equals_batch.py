@@ -26,7 +26,7 @@ from pipelines.runners import runner_args
 from schemas.contracts import contracts
 from transforms.dq_suites import QualityConfig
 from transforms.journey_tables import TABLES, CustomerJourneyTables, TablesConfig
-from transforms.warehouse import READ, TICK, _CommitPeriodically, latest_rows
+from transforms.warehouse import READ, TICK, _CommitPeriodically, latest_rows, row_batch
 from writer_stubs import Bag, Landing, Value
 
 pytestmark = [pytest.mark.slow]
@@ -131,7 +131,7 @@ def _land_at_random_commits(items: list, target, seed: int) -> list[str]:
     after each commit, the rules it broke. Returns them all."""
     rng = random.Random(seed)
     writer = _CommitPeriodically(str(target), commit_every_s=3600, hold_after_catch_up_s=0, quality=QualityConfig())
-    writer.setup()
+    writer.open()
     writer.quality = Landing(writer.warehouse)
     state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
     broken = []
@@ -145,7 +145,7 @@ def _land_at_random_commits(items: list, target, seed: int) -> list[str]:
     deliver = lambda item: list(writer.process((None, item), **state))
     deliver((READ, ("orders", 0), 1))
     for position, (table, pane, row) in enumerate(items):
-        deliver((table, (pane,), row))
+        deliver(row_batch([(table, (pane,), row)]))
         if rng.random() < 0.01:
             commit()
     commit()

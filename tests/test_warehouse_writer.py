@@ -2,7 +2,7 @@
 while the worker, and what it knew, lives on: it must neither fail on the older state nor commit before the reads
 pass what the warehouse already holds."""
 from transforms.dq_suites import QualityConfig
-from transforms.warehouse import READ, TICK, _CommitPeriodically
+from transforms.warehouse import READ, TICK, _CommitPeriodically, row_batch
 from writer_stubs import Bag, Landing, Value
 
 PARTITION = ("orders", 0)
@@ -11,7 +11,7 @@ PARTITION = ("orders", 0)
 def test_state_restored_behind_the_last_commit_waits_for_the_reads_to_pass_the_stored_offsets(tmp_path):
     writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
                                  quality=QualityConfig())
-    writer.setup()
+    writer.open()
     writer.quality = Landing(writer.warehouse)
     state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
 
@@ -50,7 +50,7 @@ def test_an_emission_split_between_commits_lands_only_whole(tmp_path):
     none of them, the next lands them all, and a newer emission replaces the stored one whole."""
     writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
                                  quality=QualityConfig())
-    writer.setup()
+    writer.open()
     writer.quality = Landing(writer.warehouse)
     state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
     deliver = lambda item: list(writer.process((None, item), **state))
@@ -60,15 +60,15 @@ def test_an_emission_split_between_commits_lands_only_whole(tmp_path):
     deliver((READ, PARTITION, 1))
     first, second = _emission("o1", 3, revision=1), _emission("o1", 2, revision=2)
     for row in first[:4]:
-        deliver(("order_attribution", (0,), row))
+        deliver(row_batch([("order_attribution", (0,), row)]))
     deliver((TICK,))  # commits the read position, not the partial group
     assert stored() == []
     for row in first[4:] + second[:1]:
-        deliver(("order_attribution", (0,), row))
+        deliver(row_batch([("order_attribution", (0,), row)]))
     deliver((TICK,))
     assert stored() == [("last_touch", 3, 1.0, 1), ("linear", 3, 1.0, 1)]
     for row in second[1:]:
-        deliver(("order_attribution", (0,), row))
+        deliver(row_batch([("order_attribution", (0,), row)]))
     deliver((TICK,))
     assert stored() == [("last_touch", 2, 1.0, 2), ("linear", 2, 1.0, 2)]
     writer.teardown()
@@ -83,7 +83,7 @@ def test_a_failed_commit_of_rows_alone_is_reported_as_landing_nothing(tmp_path, 
 
     writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
                                  quality=QualityConfig())
-    writer.setup()
+    writer.open()
     state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
     deliver = lambda item: list(writer.process((None, item), **state))
     deliver((READ, PARTITION, 5))
@@ -92,7 +92,7 @@ def test_a_failed_commit_of_rows_alone_is_reported_as_landing_nothing(tmp_path, 
     def refuse(*args, **kwargs):
         raise OSError("Operation not permitted")
 
-    deliver(("touchpoints", (0,), touch("t1")))  # pending: the next tick commits it
+    deliver(row_batch([("touchpoints", (0,), touch("t1"))]))  # pending: the next tick commits it
     for step, told in (("commit", "nothing of this commit landed: no offset advanced past the last good commit "
                                   "(5 records)"),
                        ("publish", "this commit's rows landed with their offsets (5 records), but the publish "
