@@ -26,11 +26,12 @@ def test_a_stream_goes_to_the_local_cluster_with_durable_state(tmp_path):
     assert "--environment_type=EXTERNAL" in args and "--environment_config=localhost:28087" in args
     assert "--state_backend=rocksdb" in args and "--checkpointing_interval=10000" in args
     assert "--finish_bundle_before_checkpointing=true" in args  # no bundle output buffered in a checkpoint
+    assert "--sdk_worker_parallelism=2" in args  # one SDK worker per slot
     assert f"--state_backend_storage_path={(tmp_path / 'flink' / 'checkpoints' / 'journeys-stream-x').as_uri()}" in args
     assert "--retain_externalized_checkpoints_on_cancellation" in args and "--job_name=journeys-stream-x" in args
 
 
-def test_a_backfill_runs_one_sdk_worker_per_slot_and_no_checkpoints(tmp_path):
+def test_a_backfill_runs_one_sdk_worker_per_slot_too_and_no_checkpoints(tmp_path):
     args = flink.runner_args([], streaming=False, cluster=Cluster(tmp_path))
     assert "--sdk_worker_parallelism=2" in args and "--streaming" not in args
     assert not any(a.startswith(("--checkpointing_interval", "--state_backend")) for a in args)

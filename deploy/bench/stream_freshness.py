@@ -2,7 +2,7 @@
 
     .venv/bin/python deploy/bench/stream_freshness.py --rate 20 --customers 300 --days 30 [--runner R] [--json FILE]
     .venv/bin/python deploy/bench/stream_freshness.py --rate 2000 --duration-s 60 [--runner R] [--json FILE]
-    .venv/bin/python deploy/bench/stream_freshness.py --rate 2000 --duration-s 60 --sdk_worker_parallelism=2
+    .venv/bin/python deploy/bench/stream_freshness.py --rate 2000 --duration-s 60 --sdk_worker_parallelism=1
 
 With --duration-s it sends for that long at the rate (customers sized to fill it) and reports whether the job kept
 up (every record committed within 20 s of the last send), the backlog when sending ended, and how long the job
