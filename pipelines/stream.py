@@ -103,7 +103,7 @@ START_ATTEMPTS = 3
 # (its new steps would start without the history the old ones held): a new version is a new job name, whose first
 # start replays the topics while the writer holds its commits until it passes what the warehouse stores.
 # 2: whole tables kept as running totals per group.
-# 3: daily attribution's revisions kept per order, not per order_attribution row.
+# 3: daily attribution's revisions kept per order, not per order_attribution row; the writer's rows pending in batches.
 STATE_VERSION = 3
 
 

@@ -114,18 +114,25 @@ def rows_of(batch_item: tuple) -> list[tuple[str, tuple, dict]]:
 
 
 class _TagRows(beam.DoFn):
-    """A bundle's rows of one table → one row_batch of (table, (pane index,), row): a later firing of an updating
-    table supersedes an earlier one."""
+    """(table, (pane index,), row): a later firing of an updating table supersedes an earlier one. Before the rows
+    leave their windowing, which drops the pane."""
 
     def __init__(self, table: str):
         self.table = table
+
+    def process(self, row, pane=beam.DoFn.PaneInfoParam):
+        yield self.table, (pane.index,), row
+
+
+class _BatchRows(beam.DoFn):
+    """A bundle's tagged rows (in the global window) → one row_batch."""
 
     def start_bundle(self):
         self.rows: list = []
         self.earliest = None
 
-    def process(self, row, timestamp=beam.DoFn.TimestampParam, pane=beam.DoFn.PaneInfoParam):
-        self.rows.append((self.table, (pane.index,), row))
+    def process(self, tagged, timestamp=beam.DoFn.TimestampParam):
+        self.rows.append(tagged)
         self.earliest = timestamp if self.earliest is None else min(self.earliest, timestamp)
 
     def finish_bundle(self):
@@ -346,7 +353,8 @@ class WriteToWarehouse(beam.PTransform):
         tables, messages = inputs
         # Each input leaves its own windowing before they meet: Flatten wants one, and Prism panics on a mix.
         tagged = [rows | f"Tag{name}" >> beam.ParDo(_TagRows(name))
-                  | f"Unwindow{name}" >> beam.WindowInto(GlobalWindows()) for name, rows in tables.items()]
+                  | f"Unwindow{name}" >> beam.WindowInto(GlobalWindows())
+                  | f"Batch{name}" >> beam.ParDo(_BatchRows()) for name, rows in tables.items()]
         positions = messages | "ReadPositions" >> beam.ParDo(_ReadPositions())
         ticks = (messages.pipeline
                  | "Ticker" >> PeriodicImpulse(start_timestamp=Timestamp.now(), fire_interval=self.commit_every_s)
