@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.contracts import RETRACTED
 from transforms.currency import to_cents
@@ -43,24 +44,45 @@ def _total_row(key: tuple, sums) -> dict:
             **({RETRACTED: True} if rows == 0 else {})}
 
 
+@beam.typehints.with_output_types(beam.typehints.KV[str, beam.typehints.Any])
+class _RevisionsByOrder(beam.DoFn):
+    """order_attribution rows → per bundle, (order id, [(row key, its revision's _revision_delta)]) for each order
+    whose rows it held: an order's rows (about twenty) come together, and cross to _Deltas as one small item."""
+
+    def start_bundle(self):
+        self.orders: dict = {}
+
+    def process(self, row, timestamp=beam.DoFn.TimestampParam):
+        revisions, earliest = self.orders.get(row["order_id"], ([], timestamp))
+        revisions.append((row_key(row), _revision_delta(row)[:3]))
+        self.orders[row["order_id"]] = revisions, min(earliest, timestamp)
+
+    def finish_bundle(self):
+        for order_id, (revisions, earliest) in self.orders.items():
+            yield WindowedValue((order_id, revisions), earliest, [window.GlobalWindow()])
+
+
 class _Deltas(beam.DoFn):
     """Keyed by an order: emits (daily key, (conversions, revenue, rows)) deltas as its rows' revisions supersede.
-    One state value per order, {row key: its newest revision's _revision_delta}: an order's rows (about twenty)
-    come together, and each state value a stream reads for the first time is one round trip to the runner."""
+    One state value per order, {row key: its newest revision's _revision_delta}: each state value a stream reads
+    for the first time is one round trip to the runner."""
     CURRENT = ReadModifyWriteStateSpec("current", BytesCoder())
 
     def process(self, element, current=beam.DoFn.StateParam(CURRENT)):
-        _, row = element
+        _, revisions = element
         newest = from_state(current, current.read()) or {}
-        key = row_key(row)
-        old = newest.get(key)
-        if old is not None and old[0] >= row["revision"]:
-            return []  # an older revision arriving late changes nothing
-        newest[key] = new = _revision_delta(row)[:3]
-        current.write(to_state(current, newest))
-        deltas = [(new[1], new[2])] if new[2] else []  # no rows for uncredited channels
-        if old is not None and old[2]:
-            deltas.append((old[1], _taken_back(old[2])))
+        deltas, changed = [], False
+        for key, new in revisions:
+            old = newest.get(key)
+            if old is not None and old[0] >= new[0]:
+                continue  # an older revision arriving late changes nothing
+            newest[key], changed = new, True
+            if new[2]:  # no rows for uncredited channels
+                deltas.append((new[1], new[2]))
+            if old is not None and old[2]:
+                deltas.append((old[1], _taken_back(old[2])))
+        if changed:
+            current.write(to_state(current, newest))
         return deltas
 
 
@@ -139,7 +161,7 @@ class ChannelAttributionDaily(beam.PTransform):
                       | "Deltas" >> beam.FlatMapTuple(_newest_deltas))
         else:
             deltas = (rows
-                      | "ByOrder" >> beam.Map(lambda row: (row["order_id"], row))
+                      | "ByOrder" >> beam.ParDo(_RevisionsByOrder())
                       | "Deltas" >> beam.ParDo(_Deltas()))
         return (deltas
                 | "Updating" >> updating_global_window(deltas, self.update_every_s)
