@@ -306,7 +306,7 @@ class _CommitPeriodically(beam.DoFn):
             what = ("nothing of this commit landed: no offset advanced past the last good commit"
                     + (f" ({sum(stored.values()):,} records)" if stored is not None else ""))
         else:
-            what = (f"this commit's rows landed with their offsets"
+            what = ("this commit's rows landed with their offsets"
                     + (f" ({sum(stored.values()):,} records)" if stored is not None else "")
                     + f", but the {self.quality.step} after it failed: readers keep the last published copy")
         log.error("warehouse write failed at %s: %s: %s. %s. The job stops; restart it once the warehouse is "
