@@ -104,3 +104,16 @@ def test_a_failed_commit_of_rows_alone_is_reported_as_landing_nothing(tmp_path, 
         assert told in caplog.text
         monkeypatch.undo()
     writer.teardown()
+
+
+def test_the_writer_opens_the_warehouse_at_its_first_item_not_at_setup(tmp_path):
+    """Its instance on a subtask that never gets the single key (in another SDK worker) must leave the file alone."""
+    target = tmp_path / "w.duckdb"
+    writer = _CommitPeriodically(str(target), commit_every_s=0, hold_after_catch_up_s=0, quality=QualityConfig())
+    writer.setup()
+    writer.teardown()
+    assert writer.warehouse is None and not target.exists()
+    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
+    list(writer.process((None, (READ, PARTITION, 1)), **state))
+    assert writer.warehouse is not None and target.exists()
+    writer.teardown()
