@@ -10,8 +10,8 @@ per-call listing.
 A cached bag is weighed again whole each time a bundle adds to it (GlobalCachingStateHandler.extend): a stream's
 writer buffers every row between commits in one bag, and weighing it took 6 % of the SDK worker's time at 1,000
 events/s. A list longer than SAMPLED_ABOVE is weighed by a sample of its items: a cache weight, not an exact size.
-A list of bytes (what our DoFns keep: pickled values) is weighed without objsize, whose setup per call cost more than
-a tenth of a streaming SDK worker's time at 1,000 events/s.
+A list of bytes (what our DoFns keep: pickled values) is weighed without objsize, whose setup per call outweighs
+the bytes' own sizes by far.
 """
 from __future__ import annotations
 

@@ -104,8 +104,8 @@ def whole_groups(table: str, items: list) -> tuple[list, list]:
 
 
 def row_batch(rows: list[tuple[str, tuple, dict]]) -> tuple:
-    """The writer's item for (table, order, row) rows: pickled together, so that the writer (a single key) decodes
-    and stores one value where it pickled every row itself (most of its time at 2,000 events/s)."""
+    """The writer's item for (table, order, row) rows: pickled together in the parallel stages, so that the writer
+    (a single key, one process) decodes and stores one value where it would pickle every row into its state."""
     return ROWS, pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
 
 

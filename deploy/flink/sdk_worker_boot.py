@@ -39,9 +39,9 @@ def _send_writes(bag: bundle_processor.SynchronousBagRuntimeState):
 
 def _commit_user_state(context: bundle_processor.FnApiUserStateContext) -> None:
     """Beam's commit of a bundle's keyed state waits for each state cell's writes to come back before it sends the
-    next cell's: one round trip to the TaskManager per key and cell, in a row, at the end of every bundle (a third of
-    a stream's bundle time here). The writes go out on one ordered gRPC stream, so Beam itself waits only for a
-    cell's last request; this sends every bag's and value's writes first and then waits for them all."""
+    next cell's: one round trip to the TaskManager per key and cell, in a row, at the end of every bundle. The writes
+    go out on one ordered gRPC stream, so Beam itself waits only for a cell's last request; this sends every bag's
+    and value's writes first and then waits for them all."""
     pending = []
     for state in context._all_states.values():
         if type(state) is bundle_processor.ReadModifyWriteRuntimeState:
