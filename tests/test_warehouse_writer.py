@@ -117,3 +117,25 @@ def test_the_writer_opens_the_warehouse_at_its_first_item_not_at_setup(tmp_path)
     list(writer.process((None, (READ, PARTITION, 1)), **state))
     assert writer.warehouse is not None and target.exists()
     writer.teardown()
+
+
+def test_the_status_file_tells_what_the_last_commit_landed_and_how_long_each_step_took(tmp_path):
+    """An operator (and the freshness benchmark) sees a commit that grows with history in its step times."""
+    import json
+
+    from test_data_quality import touch
+    from transforms.warehouse import status_path
+
+    target = tmp_path / "w.duckdb"
+    writer = _CommitPeriodically(str(target), commit_every_s=0, hold_after_catch_up_s=0, quality=QualityConfig())
+    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
+    deliver = lambda item: list(writer.process((None, item), **state))
+    deliver((READ, PARTITION, 5))
+    deliver(row_batch([("touchpoints", (0,), touch("t1")), ("touchpoints", (0,), touch("t2"))]))
+    deliver((TICK,))
+    status = json.loads(status_path(str(target)).read_text())
+    assert (status["records"], status["rows"], status["published"]) == (5, 2, True)
+    assert set(status["took_s"]) == {"all", "row_gate", "commit", "checkpoint", "publish"}
+    assert 0 < sum(status["took_s"][step] for step in ("row_gate", "commit", "checkpoint", "publish")) \
+        <= status["took_s"]["all"]
+    writer.teardown()

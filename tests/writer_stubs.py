@@ -36,4 +36,4 @@ class Landing:
 
     def land(self, rows, offsets):
         self.warehouse.commit(rows, offsets)
-        return SimpleNamespace(published="here", quarantined=0, blocked=[], warned=[])
+        return SimpleNamespace(published="here", quarantined=0, blocked=[], warned=[], seconds={})

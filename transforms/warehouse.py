@@ -272,10 +272,10 @@ class _CommitPeriodically(beam.DoFn):
             pending.add((READ, partition, next_offset))
         if waiting:  # the rest of their group comes with the next items
             pending.add(row_batch(waiting))
+        took = time.perf_counter() - started
         log.info("committed %d rows of %d tables and offsets of %d partitions (%d records read) in %.2f s → %s",
-                 sum(map(len, latest.values())), len(latest), len(read), sum(read.values()),
-                 time.perf_counter() - started, where)
-        write_status(self.target, read, landing)
+                 sum(map(len, latest.values())), len(latest), len(read), sum(read.values()), took, where)
+        write_status(self.target, read, landing, took, sum(map(len, latest.values())))
         yield {"rows": {table: len(table_rows) for table, table_rows in latest.items()}, "read": read,
                "quarantined": landing.quarantined, "published": landing.published is not None}
 
@@ -318,16 +318,19 @@ def status_path(target) -> Path | None:
     return None if isinstance(target, BigQueryTarget) else Path(target).with_suffix(".status.json")
 
 
-def write_status(target, read: dict, landing) -> None:
+def write_status(target, read: dict, landing, took_s: float, rows: int) -> None:
     """The last commit as an operator (or `make demo`) reads it while the warehouse file is the writer's: records
-    read and committed, whether readers got a copy, and what held it back. Replaced whole, never half written."""
+    read and committed, whether readers got a copy, what held it back, and how long it took by step (a commit that
+    grows with history shows there first). Replaced whole, never half written."""
     path = status_path(target)
     if path is None:
         return
     status = {"committed_at": dt.datetime.now(dt.timezone.utc).isoformat(), "records": sum(read.values()),
               "published": landing.published is not None, "quarantined": landing.quarantined,
               "blocked": sorted({f"{o.table}: {o.expectation}" for o in landing.blocked}),
-              "warned": sorted({f"{o.table}: {o.expectation}" for o in landing.warned})}
+              "warned": sorted({f"{o.table}: {o.expectation}" for o in landing.warned}),
+              "rows": rows, "took_s": {"all": round(took_s, 3), **{step: round(seconds, 3)
+                                                                   for step, seconds in landing.seconds.items()}}}
     aside = path.with_name(f".{path.name}.{os.getpid()}")
     aside.write_text(json.dumps(status, indent=1) + "\n")
     os.replace(aside, path)

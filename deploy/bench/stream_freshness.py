@@ -28,6 +28,7 @@ progress) nowhere; the figures here come from the published copy and the consume
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -86,6 +87,28 @@ def poll(published: Path, seen: dict, committed: list, stop: threading.Event, ev
             except duckdb.Error:
                 pass  # swapped while opening: the next poll reads the new copy
         stop.wait(every_s)
+
+
+def poll_status(status: Path, commits: dict, stop: threading.Event, every_s: float = 0.25) -> None:
+    """The writer's status file (transforms/warehouse.py write_status): each commit's step times, by commit."""
+    while not stop.is_set():
+        try:
+            last = json.loads(status.read_text())
+            commits.setdefault(last["committed_at"], last)
+        except (OSError, ValueError, KeyError):
+            pass  # not written yet
+        stop.wait(every_s)
+
+
+def commit_steps(commits: dict) -> dict | None:
+    """Median and p95 of each step of the commits seen (a commit shorter than the polling interval may be missed)."""
+    took = [c["took_s"] for c in commits.values() if "took_s" in c]
+    if not took:
+        return None
+    steps = {step: sorted(t[step] for t in took if step in t) for step in took[-1]}
+    return {"commits_seen": len(took), "rows_p50": statistics.median(c.get("rows", 0) for c in commits.values()),
+            **{step: {"p50": round(statistics.median(v), 2), "p95": round(percentile(v, 95), 2)}
+               for step, v in steps.items() if v}}
 
 
 def poll_group(group: str, prefix: str, read: list, stop: threading.Event, every_s: float = 1.0) -> None:
@@ -163,9 +186,11 @@ def main() -> None:
     seen: dict = {}
     committed: list = []  # (when, records committed)
     read: list = []  # (when, records the source has read and finalized)
+    commits: dict = {}  # the writer's status at each commit, by when it committed
     stop = threading.Event()
     pollers = [threading.Thread(target=poll, args=(warehouse.with_suffix(".published.duckdb"), seen, committed, stop)),
-               threading.Thread(target=poll_group, args=(group, prefix, read, stop))]
+               threading.Thread(target=poll_group, args=(group, prefix, read, stop)),
+               threading.Thread(target=poll_status, args=(warehouse.with_suffix(".status.json"), commits, stop))]
     for poller in pollers:
         poller.start()
     stop_s = None
@@ -218,6 +243,7 @@ def main() -> None:
               "touches_identified_sent": len(identified),
               "publish_interval_s_p50": round(statistics.median(b - a for a, b in zip(changes, changes[1:])), 1)
               if len(changes) > 2 else None,
+              "commit_steps_s": commit_steps(commits),
               # from the first send until every record was committed: the rate the job sustained over the run
               "committed_per_s_overall": round(len(records) / (sent_end + caught_up - started), 1)
               if caught_up is not None else None,
