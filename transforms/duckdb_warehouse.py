@@ -2,7 +2,7 @@
 
 DuckDB lets one process open a database file for writing and then no other process may open it, not even to
 read. So the writer keeps its own file and, after the commits it chooses, publishes a consistent copy next to it
-(written aside, then renamed over the old one). Readers open the published copy read-only; a rename never
+(its bytes after a checkpoint, written aside, then renamed over the old one). Readers open the published copy read-only; a rename never
 disturbs a reader that still has the previous copy open.
 
 Every commit is one transaction: the rows it upserts (by each table's primary key, from schemas/tables/) and the
@@ -14,6 +14,7 @@ batch that brings a key twice, and the checkpoint's unique-key expectation check
 from __future__ import annotations
 
 import os
+import shutil
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -130,16 +131,16 @@ class DuckDBWarehouse:
         return {row[0]: row[1] for row in self.connection.execute(f'DESCRIBE "{table}"').fetchall()}
 
     def publish(self, to: str | Path | None = None) -> Path:
-        """A consistent copy for readers (default: `<name>.published.duckdb` beside the file), swapped in whole."""
+        """A consistent copy for readers (default: `<name>.published.duckdb` beside the file), swapped in whole.
+        After a CHECKPOINT the file holds every commit and nothing else (the WAL is empty, temporary tables live
+        elsewhere), and nothing writes it until the next commit, which this same thread makes: a copy of its bytes
+        is the database. DuckDB's own `COPY FROM DATABASE` rewrote every table, so each commit of a stream took
+        longer as the warehouse grew (README, "Publishing by copying the file")."""
         target = Path(to) if to else self.path.with_suffix(".published.duckdb")
         aside = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         aside.unlink(missing_ok=True)
-        own = self.connection.execute("SELECT current_database()").fetchone()[0]
-        self.connection.execute(f"ATTACH '{aside}' AS snapshot")
-        try:
-            self.connection.execute(f'COPY FROM DATABASE "{own}" TO snapshot')
-        finally:
-            self.connection.execute("DETACH snapshot")
+        self.connection.execute("CHECKPOINT")
+        shutil.copyfile(self.path, aside)
         os.replace(aside, target)
         return target
 
