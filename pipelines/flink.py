@@ -29,6 +29,9 @@ SCRIPT = REPO / "deploy" / "flink" / "flink.sh"
 FLINK_VERSION = "1.19"
 RUNNER = "FlinkRunner"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 10_000
+# A stream's record waits in each stage until its bundle ends, at most this long (Beam's Flink default: 1,000 ms),
+# and it crosses about four stages between the Kafka read and the writer.
+STREAM_BUNDLE_MS = 250
 STATE_CACHE_MB = 256  # per SDK worker
 LOCAL_SLOTS = 2  # the local cluster's TaskManager slots and default parallelism (deploy/flink/flink.sh)
 BATCH_WORKER_LINGER_MS = 30_000  # how long a batch job's idle SDK workers wait for its next stage
@@ -83,6 +86,8 @@ class FlinkStateOptions(PipelineOptions):
         parser.add_argument("--finish_bundle_before_checkpointing", type=lambda text: text.lower() == "true",
                             help="true: a checkpoint waits for the open bundles to finish, so none of their output "
                                  "is buffered in it")
+        parser.add_argument("--max_bundle_time_mills", type=int,
+                            help="ms at most that a bundle stays open (Beam's Flink option; spelt so by Beam)")
 
 
 def parallelism(options) -> int:
@@ -132,6 +137,7 @@ def runner_args(beam_args: list[str], streaming: bool, job_name: str | None = No
                     # computed for retention_cohorts reached social_impact's step and the other way round (both
                     # crashed). Bundles finished before the barrier leave nothing buffered.
                     "finish_bundle_before_checkpointing": "true",
+                    "max_bundle_time_mills": str(STREAM_BUNDLE_MS),
                     # a folder per job name: the newest checkpoint of this stream is found there after a crash
                     "state_backend_storage_path": (cluster.state / "checkpoints" / job_name).as_uri()
                     if job_name else None}

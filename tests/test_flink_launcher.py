@@ -27,6 +27,7 @@ def test_a_stream_goes_to_the_local_cluster_with_durable_state(tmp_path):
     assert "--state_backend=rocksdb" in args and "--checkpointing_interval=10000" in args
     assert "--finish_bundle_before_checkpointing=true" in args  # no bundle output buffered in a checkpoint
     assert "--sdk_worker_parallelism=2" in args  # one SDK worker per slot
+    assert "--max_bundle_time_mills=250" in args  # a record waits at most this long in each stage
     assert f"--state_backend_storage_path={(tmp_path / 'flink' / 'checkpoints' / 'journeys-stream-x').as_uri()}" in args
     assert "--retain_externalized_checkpoints_on_cancellation" in args and "--job_name=journeys-stream-x" in args
 
@@ -34,7 +35,8 @@ def test_a_stream_goes_to_the_local_cluster_with_durable_state(tmp_path):
 def test_a_backfill_runs_one_sdk_worker_per_slot_too_and_no_checkpoints(tmp_path):
     args = flink.runner_args([], streaming=False, cluster=Cluster(tmp_path))
     assert "--sdk_worker_parallelism=2" in args and "--streaming" not in args
-    assert not any(a.startswith(("--checkpointing_interval", "--state_backend")) for a in args)
+    stream_only = ("--checkpointing_interval", "--state_backend", "--max_bundle_time_mills")
+    assert not any(a.startswith(stream_only) for a in args)
     given = flink.runner_args(["--sdk_worker_parallelism=1"], streaming=False, cluster=Cluster(tmp_path))
     assert not any(a.startswith("--sdk_worker_parallelism") for a in given)  # the user's own stands
 
