@@ -104,7 +104,8 @@ START_ATTEMPTS = 3
 # start replays the topics while the writer holds its commits until it passes what the warehouse stores.
 # 2: whole tables kept as running totals per group.
 # 3: daily attribution's revisions kept per order, not per order_attribution row; the writer's rows pending in batches.
-STATE_VERSION = 3
+# 4: a device's link and waiting sessions in one state cell.
+STATE_VERSION = 4
 
 
 def job_name(args, beam_args) -> str:

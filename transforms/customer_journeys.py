@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
@@ -66,14 +66,6 @@ class JourneyConfig:
         return dt.timedelta(days=self.correction_days)
 
 
-def _add(bag, record) -> None:
-    bag.add(to_state(bag, record))
-
-
-def _items(bag) -> list:
-    return [from_state(bag, stored) for stored in bag.read()]
-
-
 def _load(state) -> "_Journey":
     return from_state(state, state.read()) or _Journey()
 
@@ -96,21 +88,22 @@ def social_touch(interaction: dict) -> dict:
 # --- 1. identity stitching -----------------------------------------------------------------------------------------
 
 class _Stitch(beam.DoFn):
-    # (customer id, time of the device's first link seen): a session counts for the customer when a link came no
-    # later than its lookback + allowed lateness. A session without such a link waits in state until that deadline
-    # passes, so links may arrive in any order (a backfill's are unordered) and the answer is the same.
-    LINK = ReadModifyWriteStateSpec("link", BytesCoder())
-    PENDING = BagStateSpec("pending", BytesCoder())
+    # A device's state: (customer id, time of the device's first link seen), or None, and the sessions waiting for
+    # such a link. A session counts for the customer when a link came no later than its lookback + allowed lateness.
+    # A session without such a link waits in state until that deadline passes, so links may arrive in any order (a
+    # backfill's are unordered) and the answer is the same. One cell, not a link and a bag: most devices are new to
+    # the worker, so each read is a round trip to the runner, and an element needed two.
+    DEVICE = ReadModifyWriteStateSpec("device", BytesCoder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
     def __init__(self, config: JourneyConfig):
         self.config = config
         self.wait = config.lookback + dt.timedelta(seconds=config.allowed_lateness_s)
 
-    def process(self, element, link=beam.DoFn.StateParam(LINK), pending=beam.DoFn.StateParam(PENDING),
-                expiry=beam.DoFn.TimerParam(EXPIRY)):
+    def process(self, element, device=beam.DoFn.StateParam(DEVICE), expiry=beam.DoFn.TimerParam(EXPIRY)):
         anonymous_id, (kind, payload) = element
-        known = from_state(link, link.read())
+        known, waiting = from_state(device, device.read()) or (None, [])
+        stored = (known, waiting)
         # A logged-in session comes as its link, an anonymous one as its touch (_RouteSession); a whole session,
         # maybe with its customer, comes only from a savepoint of a job that sent every session here as it was.
         whole = kind == "session"
@@ -118,42 +111,38 @@ class _Stitch(beam.DoFn):
                     (payload["customer_id"], payload["session_start"]) if whole and payload["customer_id"] else None)
         if new_link and (known is None or new_link[1] < known[1]):
             known = new_link
-            link.write(to_state(link, known))
             # The sessions this link covers go to its customer; the others keep waiting for an earlier one.
-            waiting = _items(pending)
-            if waiting:
-                yield from ((known[0], touch) for touch in waiting if self._covers(known, touch))
-                self._keep(pending, expiry, [touch for touch in waiting if not self._covers(known, touch)])
-        if kind == "link":
-            return
-        touch = session_touch(payload, self.config.channels) if whole else payload
-        if whole and payload["customer_id"]:
-            yield payload["customer_id"], touch
-        elif known and self._covers(known, touch):
-            yield known[0], touch
-        else:
-            waiting = _items(pending)
-            _add(pending, touch)
-            expiry.set(timestamp_of(min(t["time"] for t in waiting + [touch]) + self.wait))
+            yield from ((known[0], touch) for touch in waiting if self._covers(known, touch))
+            waiting = self._waiting(expiry, [touch for touch in waiting if not self._covers(known, touch)])
+        if kind != "link":
+            touch = session_touch(payload, self.config.channels) if whole else payload
+            if whole and payload["customer_id"]:
+                yield payload["customer_id"], touch
+            elif known and self._covers(known, touch):
+                yield known[0], touch
+            else:
+                waiting = self._waiting(expiry, waiting + [touch])
+        if (known, waiting) != stored:
+            device.write(to_state(device, (known, waiting)))
 
     def _covers(self, link: tuple[str, dt.datetime], touch: dict) -> bool:
         return link[1] <= touch["time"] + self.wait
 
-    def _keep(self, pending, expiry, waiting: list) -> None:
-        pending.clear()
-        for touch in waiting:
-            _add(pending, touch)
+    def _waiting(self, expiry, waiting: list) -> list:
         if waiting:
             expiry.set(timestamp_of(min(touch["time"] for touch in waiting) + self.wait))
+        return waiting
 
     @on_timer(EXPIRY)
     def expire(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam,
-               pending=beam.DoFn.StateParam(PENDING), expiry=beam.DoFn.TimerParam(EXPIRY)):
+               device=beam.DoFn.StateParam(DEVICE), expiry=beam.DoFn.TimerParam(EXPIRY)):
         # Never linked while any order could still have used them: an anonymous visitor's own journey.
-        waiting = _items(pending)
+        known, waiting = from_state(device, device.read()) or (None, [])
         settled = from_micros(fired_at.micros) - self.wait  # a session up to this time can no longer be linked
         yield from ((f"anon:{key}", touch) for touch in waiting if touch["time"] <= settled)
-        self._keep(pending, expiry, [touch for touch in waiting if touch["time"] > settled])
+        left = self._waiting(expiry, [touch for touch in waiting if touch["time"] > settled])
+        if len(left) != len(waiting):
+            device.write(to_state(device, (known, left)))
 
 
 class StitchIdentities(beam.PTransform):
