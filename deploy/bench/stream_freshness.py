@@ -28,6 +28,7 @@ progress) nowhere; the figures here come from the published copy and the consume
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import statistics
@@ -106,7 +107,10 @@ def commit_steps(commits: dict) -> dict | None:
     if not took:
         return None
     steps = {step: sorted(t[step] for t in took if step in t) for step in took[-1]}
+    at = sorted(dt.datetime.fromisoformat(when).timestamp() for when in commits)
+    between = sorted(b - a for a, b in zip(at, at[1:]))
     return {"commits_seen": len(took), "rows_p50": statistics.median(c.get("rows", 0) for c in commits.values()),
+            "between_s": {"p50": round(statistics.median(between), 2), "max": round(between[-1], 2)} if between else None,
             **{step: {"p50": round(statistics.median(v), 2), "p95": round(percentile(v, 95), 2)}
                for step, v in steps.items() if v}}
 
