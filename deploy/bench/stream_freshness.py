@@ -147,6 +147,15 @@ def rate_in(samples: list, start: float, end: float) -> float | None:
     return (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0])
 
 
+def by_send_time(delays: dict, sent_at: dict, started: float, every_s: float = 10) -> list:
+    """[[seconds from the first send, p50, max] of the delays of the touches sent in each `every_s`]."""
+    buckets: dict[int, list] = {}
+    for touch, delay in delays.items():
+        buckets.setdefault(int((sent_at[touch] - started) // every_s), []).append(delay)
+    return [[int(bucket * every_s), round(statistics.median(d), 1), round(max(d), 1)]
+            for bucket, d in sorted(buckets.items())]
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -245,6 +254,9 @@ def main() -> None:
               # the touches whose rows can show at once: what the job's own latency is
               "freshness_s_identified": percentiles([seen[t] - sent_at[t] for t in seen if t in identified]),
               "touches_identified_sent": len(identified),
+              # when the slow ones were sent: a tail from periodic work (table updates, checkpoints) shows as peaks
+              "identified_by_10s_sent": by_send_time({t: seen[t] - sent_at[t] for t in seen if t in identified},
+                                                              sent_at, started),
               "publish_interval_s_p50": round(statistics.median(b - a for a, b in zip(changes, changes[1:])), 1)
               if len(changes) > 2 else None,
               "commit_steps_s": commit_steps(commits),
