@@ -198,3 +198,27 @@ def test_markov_ranks_email_above_display_beyond_sampling_noise(outputs):
         effects = markov_removal_effects([paths[rng.randrange(len(paths))] for _ in paths]).removal_effects
         gaps.append(effects.get("Email", 0.0) - effects.get("Display", 0.0))
     assert sorted(gaps)[5] > 0, sorted(gaps)[:10]
+
+
+def test_stitching_reads_one_state_cell_per_element_and_sends_waiting_sessions_to_the_link():
+    """Most devices are new to a stream's worker, so each state cell an element reads is a round trip to the runner:
+    a device's link and its waiting sessions are one cell."""
+    from apache_beam.transforms.userstate import get_dofn_specs
+
+    from transforms.customer_journeys import _Stitch
+    from writer_stubs import Value
+
+    class Timer:
+        def set(self, when):
+            self.when = when
+
+    stitch, device, expiry = _Stitch(JourneyConfig()), Value(), Timer()
+    assert [spec.name for spec in get_dofn_specs(stitch)[0]] == ["device"]
+    at = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
+    touch = {"touch_id": "s1", "time": at}
+    assert list(stitch.process(("d1", ("touch", touch)), device, expiry)) == []  # waits for a link
+    assert expiry.when.micros == int((at + stitch.wait).timestamp() * 1e6)
+    assert list(stitch.process(("d1", ("link", ("C1", at + dt.timedelta(hours=1)))), device, expiry)) == [
+        ("C1", touch)]
+    later = {"touch_id": "s2", "time": at + dt.timedelta(days=1)}
+    assert list(stitch.process(("d1", ("touch", later)), device, expiry)) == [("C1", later)]
