@@ -110,7 +110,8 @@ def commit_steps(commits: dict) -> dict | None:
     at = sorted(dt.datetime.fromisoformat(when).timestamp() for when in commits)
     between = sorted(b - a for a, b in zip(at, at[1:]))
     return {"commits_seen": len(took), "rows_p50": statistics.median(c.get("rows", 0) for c in commits.values()),
-            "between_s": {"p50": round(statistics.median(between), 2), "max": round(between[-1], 2)} if between else None,
+            "between_s": ({"p50": round(statistics.median(between), 2), "max": round(between[-1], 2)}
+                          if between else None),
             **{step: {"p50": round(statistics.median(v), 2), "p95": round(percentile(v, 95), 2)}
                for step, v in steps.items() if v}}
 
@@ -255,8 +256,8 @@ def main() -> None:
               "freshness_s_identified": percentiles([seen[t] - sent_at[t] for t in seen if t in identified]),
               "touches_identified_sent": len(identified),
               # when the slow ones were sent: a tail from periodic work (table updates, checkpoints) shows as peaks
-              "identified_by_10s_sent": by_send_time({t: seen[t] - sent_at[t] for t in seen if t in identified},
-                                                              sent_at, started),
+              "identified_by_10s_sent": by_send_time(
+                  {t: seen[t] - sent_at[t] for t in seen if t in identified}, sent_at, started),
               "publish_interval_s_p50": round(statistics.median(b - a for a, b in zip(changes, changes[1:])), 1)
               if len(changes) > 2 else None,
               "commit_steps_s": commit_steps(commits),
