@@ -2,8 +2,8 @@
 
 DuckDB lets one process open a database file for writing and then no other process may open it, not even to
 read. So the writer keeps its own file and, after the commits it chooses, publishes a consistent copy next to it
-(its bytes after a checkpoint, written aside, then renamed over the old one). Readers open the published copy read-only; a rename never
-disturbs a reader that still has the previous copy open.
+(its bytes after a checkpoint, written aside, then renamed over the old one). Readers open the published copy
+read-only; a rename never disturbs a reader that still has the previous copy open.
 
 Every commit is one transaction: the rows it upserts (by each table's primary key, from schemas/tables/) and the
 source offsets they account for, so a restarted job resumes exactly where the stored rows end. The tables declare no
