@@ -43,7 +43,7 @@ from apache_beam.transforms.userstate import (BagStateSpec, CombiningValueStateS
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
-import pipelines.flink  # noqa: F401 (declares --checkpointing_interval, --state_backend, ... to the Python SDK)
+import pipelines.flink  # noqa: F401 (declares --checkpointing_interval, --max_bundle_time_mills, ... to the SDK)
 from pipelines.flink import FLINK_VERSION, LocalCluster
 from tests.ports import free_port_block
 
@@ -62,8 +62,7 @@ class _FlinkRunnerOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--shutdown_sources_after_idle_ms", type=int)
-        parser.add_argument("--max_bundle_size", type=int)
-        parser.add_argument("--max_bundle_time_mills", type=int)
+        parser.add_argument("--max_bundle_size", type=int)  # --max_bundle_time_mills: pipelines.flink declares it
 
 
 # --- the job server ------------------------------------------------------------------------------------------------
