@@ -105,7 +105,8 @@ START_ATTEMPTS = 3
 # 2: whole tables kept as running totals per group.
 # 3: daily attribution's revisions kept per order, not per order_attribution row; the writer's rows pending in batches.
 # 4: a device's link and waiting sessions in one state cell.
-STATE_VERSION = 4
+# 5: the writer keeps its count of commits and the whole tables as it landed them.
+STATE_VERSION = 5
 
 
 def job_name(args, beam_args) -> str:

@@ -133,7 +133,7 @@ def _land_at_random_commits(items: list, target, seed: int) -> list[str]:
     writer = _CommitPeriodically(str(target), commit_every_s=3600, hold_after_catch_up_s=0, quality=QualityConfig())
     writer.open()
     writer.quality = Landing(writer.warehouse)
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value())
+    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
     broken = []
 
     def commit():

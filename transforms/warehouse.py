@@ -170,6 +170,9 @@ class _CommitPeriodically(beam.DoFn):
     PENDING = BagStateSpec("pending", PickleCoder())
     LAST_COMMIT = ReadModifyWriteStateSpec("last_commit", PickleCoder())  # wall time of the last commit (or start)
     CAUGHT_UP_AT = ReadModifyWriteStateSpec("caught_up_at", PickleCoder())
+    # (commits made, {whole table: {key: row}} as landed): restored with the rest of the state, it tells the writer
+    # that a checkpoint it resumes from is behind commits it made, and what the whole tables held at that checkpoint.
+    LANDED = ReadModifyWriteStateSpec("landed", PickleCoder())
 
     def __init__(self, target, commit_every_s: float, hold_after_catch_up_s: float, quality: QualityConfig):
         self.target = target
@@ -187,8 +190,9 @@ class _CommitPeriodically(beam.DoFn):
         self.stored = self.warehouse.offsets()  # where the last run's commits ended
         self.stale_checked: set[str] = set()  # whole tables whose stored rows this job has reconciled
         self.committed = dict(self.stored)
-        self.landed: dict = {}  # the read positions of this worker's own last commit
+        self.commits = None  # this worker's count of the job's commits; None until it has made one
         self.read_past_stored = False  # this worker has read past the stored offsets (at once when none are)
+        self.restore_whole = False  # the next commit puts the whole tables back to the restored state's own
         if self.stored:
             log.info("resuming: the last run committed %d records; holding commits until the reads pass them",
                      sum(self.stored.values()))
@@ -198,17 +202,18 @@ class _CommitPeriodically(beam.DoFn):
             self.warehouse.close()
 
     def process(self, element, pending=beam.DoFn.StateParam(PENDING),
-                last_commit=beam.DoFn.StateParam(LAST_COMMIT), caught_up_at=beam.DoFn.StateParam(CAUGHT_UP_AT)):
+                last_commit=beam.DoFn.StateParam(LAST_COMMIT), caught_up_at=beam.DoFn.StateParam(CAUGHT_UP_AT),
+                landed=beam.DoFn.StateParam(LANDED)):
         liveness.beat()
         if self.warehouse is None:
             self.open()
         # The arriving item goes to the next commit, not this one: the other rows of its emission (an order's
         # credits) most likely follow it (whole_groups holds a group back until they have).
-        yield from self._commit_if_due(pending, last_commit, caught_up_at)
+        yield from self._commit_if_due(pending, last_commit, caught_up_at, landed)
         if element[1][0] != TICK:
             pending.add(element[1])
 
-    def _commit_if_due(self, pending, last_commit, caught_up_at):
+    def _commit_if_due(self, pending, last_commit, caught_up_at, landed):
         now = time.time()
         last = last_commit.read()
         if last is None:
@@ -227,12 +232,13 @@ class _CommitPeriodically(beam.DoFn):
             else:
                 for table, order, row in rows_of(item):
                     rows.setdefault(table, []).append((order, row))
-        if any(read.get(p, 0) < offset for p, offset in self.landed.items()):
+        commits, whole_view = landed.read() or (0, {})
+        if self.commits is not None and commits < self.commits:
             # State older than this worker's last commit: a task failed and its state was restored from a
             # checkpoint, while this worker (and what it knew) lived on. Start over as after a restart.
             log.info("state restored from a checkpoint behind this worker's last commit: holding commits until "
                      "the reads pass the stored offsets again")
-            self.stored, self.landed, self.read_past_stored = self.warehouse.offsets(), {}, False
+            self.stored, self.commits, self.read_past_stored = self.warehouse.offsets(), None, False
             self.committed = dict(self.stored)
         since = caught_up_at.read()
         if not self.read_past_stored or since is None:
@@ -241,8 +247,8 @@ class _CommitPeriodically(beam.DoFn):
             if since is None:  # state rebuilt by a replay: let every whole table fire in full once
                 since = now - (self.hold_after_catch_up_s if not self.stored else 0)
                 caught_up_at.write(since)
-            elif not self.read_past_stored:  # state restored from a checkpoint: the stored rows are its own
-                self.stale_checked |= WHOLE_TABLES
+            elif not self.read_past_stored:  # state restored from a checkpoint, perhaps behind commits made
+                self.restore_whole = True
             self.read_past_stored = True
         if now - since < self.hold_after_catch_up_s:
             return  # still replaying what the warehouse holds: wait
@@ -252,9 +258,12 @@ class _CommitPeriodically(beam.DoFn):
             latest[table] = latest_rows(table, whole)
             waiting += [(table, order, row) for order, row in incomplete]
         latest = {table: table_rows for table, table_rows in latest.items() if table_rows}
-        if not latest and not any(read.get(p, 0) > self.committed.get(p, 0) for p in read):
+        if not latest and not self.restore_whole and not any(read.get(p, 0) > self.committed.get(p, 0)
+                                                             for p in read):
             return  # nothing new since the last commit
-        if self.stored:
+        if self.restore_whole:
+            self._restore_whole_tables(latest, whole_view)
+        elif self.stored:
             self._retract_stale(latest)
         started = time.perf_counter()
         try:
@@ -264,7 +273,8 @@ class _CommitPeriodically(beam.DoFn):
             raise
         where = landing.published or "not published: a block-severity expectation failed"
         self.committed = dict(read)
-        self.landed = dict(read)
+        self.commits, self.restore_whole = commits + 1, False
+        landed.write((self.commits, _landed_whole(whole_view, latest)))
         last_commit.write(time.time())  # the interval runs from the end of a commit, which may take seconds
         pending.clear()
         # Read positions are kept for the next commit: offsets are stored as "read up to", never backwards.
@@ -292,6 +302,24 @@ class _CommitPeriodically(beam.DoFn):
                          len(stale))
                 latest[table] = latest[table] + stale
             self.stale_checked.add(table)
+
+    def _restore_whole_tables(self, latest: dict[str, list[dict]], whole_view: dict) -> None:
+        """The first commit after a restore from a checkpoint: the whole tables go back to what the writer had
+        landed by then, and on from there with this commit's rows. Rows it landed after the checkpoint came from a
+        course of events the restore discarded; the restored steps will not compute them again, so no update or
+        retraction of them would ever come (a cohort under "(none)" whose member's link has now come first)."""
+        for table in sorted(WHOLE_TABLES):
+            key = contract(table).primary_key
+            fresh = {_key(row, key) for row in latest.get(table, [])}
+            at_checkpoint = whole_view.get(table, {})
+            restored = [row for row_key, row in at_checkpoint.items() if row_key not in fresh]
+            stale = [{**row, RETRACTED: True} for row in self.warehouse.rows(table)
+                     if _key(row, key) not in fresh and _key(row, key) not in at_checkpoint]
+            if stale:
+                log.info("%s: retracting %d rows landed after the checkpoint the job resumed from", table, len(stale))
+            if restored or stale:
+                latest[table] = latest.get(table, []) + restored + stale
+        self.stale_checked |= WHOLE_TABLES
 
     def _stop_on(self, error: Exception, read: dict) -> None:
         """One line for the on-call person: where, what failed, and where the stored offsets stand. The job then
@@ -334,6 +362,21 @@ def write_status(target, read: dict, landing, took_s: float, rows: int) -> None:
     aside = path.with_name(f".{path.name}.{os.getpid()}")
     aside.write_text(json.dumps(status, indent=1) + "\n")
     os.replace(aside, path)
+
+
+def _landed_whole(whole_view: dict, latest: dict[str, list[dict]]) -> dict:
+    """{whole table: {key: row}} after a commit of `latest`: what a restore to the next checkpoint puts back. A new
+    dict: the state's value may be the one a checkpoint holds."""
+    view = {table: dict(rows) for table, rows in whole_view.items()}
+    for table in WHOLE_TABLES & latest.keys():
+        key = contract(table).primary_key
+        rows = view.setdefault(table, {})
+        for row in latest[table]:
+            if row.get(RETRACTED):
+                rows.pop(_key(row, key), None)
+            else:
+                rows[_key(row, key)] = row
+    return view
 
 
 def _key(row: dict, key: tuple[str, ...]) -> tuple:
