@@ -9,7 +9,9 @@ read positions restored), on the local runners from the topics' start (they keep
 writer holds its commits until it has read past the offsets stored by the last run (after a replay, plus
 `hold_after_catch_up_s`: one table update), so readers never see a table step back to an older value; the rows it
 then writes are the same as or newer than those stored, and the upserts replace them: nothing lost, nothing counted
-twice.
+twice. A whole table's row landed after the checkpoint a job resumes from may never be computed again (it came from
+a course of events the restore discarded): the writer's state holds the whole tables as it landed them, and its
+first commit after a restore puts them back.
 """
 from __future__ import annotations
 
