@@ -106,7 +106,8 @@ START_ATTEMPTS = 3
 # 3: daily attribution's revisions kept per order, not per order_attribution row; the writer's rows pending in batches.
 # 4: a device's link and waiting sessions in one state cell.
 # 5: the writer keeps its count of commits and the whole tables as it landed them.
-STATE_VERSION = 5
+# 6: what a customer contributes to every whole table in one state cell.
+STATE_VERSION = 6
 
 
 def job_name(args, beam_args) -> str:

@@ -18,7 +18,7 @@ from transforms.customer_profiles import (CustomerProfiles, _profile_of, acquisi
                                          updating_global_window)
 from transforms.retention import RetentionCohorts, retention_cohorts
 from transforms.social_impact import SocialImpact, social_impact
-from transforms.whole_table import _UpdatedRows
+from transforms.whole_table import WholeTable, _ContributionDeltas, _UpdatedRows
 
 T0 = dt.datetime(2026, 9, 7, 10, tzinfo=dt.timezone.utc)  # a Monday
 DAY = dt.timedelta(days=1)
@@ -164,16 +164,59 @@ def test_a_whole_table_sends_the_rows_that_changed_and_retracts_the_keys_that_va
     def rows(totals, earliest, latest):
         return [cohort(segment, sums["size"]) for segment, sums in sorted(totals.items()) if sums["size"] > 0]
 
-    gatherings = [(None, [("Direct", 0, ({"size": 1}, None, None)), ("Email", 0, ({"size": 1}, None, None)),
-                          ("Web", 0, ({"size": 3}, None, None))]),
+    table = "retention_cohorts"
+    gatherings = [(table, [("Direct", 0, ({"size": 1}, None, None)), ("Email", 0, ({"size": 1}, None, None)),
+                           ("Web", 0, ({"size": 3}, None, None))]),
                   # a late touch: the Direct customer came through Email first
-                  (None, [("Direct", 1, ({"size": 0}, None, None)), ("Email", 1, ({"size": 2}, None, None))]),
-                  (None, [("Direct", 0, ({"size": 1}, None, None))])]  # an older firing, late: the newer stands
+                  (table, [("Direct", 1, ({"size": 0}, None, None)), ("Email", 1, ({"size": 2}, None, None))]),
+                  (table, [("Direct", 0, ({"size": 1}, None, None))])]  # an older firing, late: the newer stands
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        got = pipeline | beam.Create(gatherings) | beam.ParDo(_UpdatedRows("retention_cohorts", rows))
+        got = (pipeline | beam.Create(gatherings)
+               | beam.ParDo(_UpdatedRows((WholeTable(table, None, rows),))).with_outputs(table))[table]
         assert_that(got | beam.Map(lambda r: (r["segment"], r["cohort_size"], RETRACTED in r)), equal_to([
             ("Direct", 1, False), ("Email", 1, False), ("Web", 3, False),  # Web unchanged: sent once
             ("Email", 2, False), ("Direct", 1, True)]))
+
+
+def test_one_profile_update_reads_one_state_cell_for_every_whole_table():
+    """A state read is a round trip to the runner: what a customer contributed to both tables lives in one cell.
+    A newer profile sends each table only what changed, an older one nothing."""
+    from writer_stubs import Value
+
+    from transforms.retention import RETENTION_COHORTS
+    from transforms.social_impact import social_impact_table
+
+    reads = []
+
+    class Counted(Value):
+        def read(self):
+            reads.append(1)
+            return super().read()
+
+    profile = lambda orders, likes: _profile_of("A", {"touches": [], "orders": orders, "attribution": [],
+                                                      "interactions": [interaction_fact(i) for i in likes],
+                                                      "devices": []})[0]
+    deltas = _ContributionDeltas((RETENTION_COHORTS, social_impact_table()))
+    cell = Counted()
+    first = list(deltas.process(("A", profile(ORDERS[:1], [])), last=cell))
+    assert {table for (table, _), _ in first} == {"retention_cohorts", "social_impact"}
+    second = list(deltas.process(("A", profile(ORDERS[:1], LIKES)), last=cell))
+    assert list(deltas.process(("A", profile(ORDERS[:1], [])), last=cell)) == []  # older: counted already
+    assert len(reads) == 3
+    # engaged now: social_impact moves the customer between groups; every change nets out per (table, group)
+    moved = merged_contributions_of(first + second)
+    assert moved == merged_contributions_of(deltas.process(("B", profile(ORDERS[:1], LIKES)), last=Value()))
+
+
+def merged_contributions_of(deltas) -> dict:
+    """((table, group), (sums, ...)) deltas → their net sums per (table, group), zeros left out."""
+    from transforms.whole_table import add_sums
+
+    net: dict = {}
+    for table_group, (sums, _, _) in deltas:
+        add_sums(net.setdefault(table_group, {}), sums)
+    return {key: {k: v for k, v in sums.items() if v} for key, sums in net.items()
+            if any(sums.values())}
 
 
 def _updating(profiles):

@@ -7,7 +7,7 @@ its contract in schemas/tables/.
                                    AttributeOrders ──┼─ order_attribution ─ ChannelAttributionDaily
                                                      └─ paths ─ DataDrivenAttribution
     touches, orders, social, attribution ─ CustomerProfiles ─ customers
-                                                 └ RetentionCohorts, SocialImpact (running totals)
+                                                 └ WholeTables: retention_cohorts, social_impact (running totals)
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from transforms.customer_journeys import (AttributeOrders, CustomerTouches, Data
                                           StitchIdentities)
 from transforms.customer_profiles import CustomerProfiles
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
-from transforms.retention import RetentionCohorts
-from transforms.social_impact import SocialImpact
+from transforms.retention import RETENTION_COHORTS
+from transforms.social_impact import social_impact_table
+from transforms.whole_table import WholeTables
 
 TABLES = ("touchpoints", "order_attribution", "channel_attribution_daily", "data_driven_attribution", "customers",
           "retention_cohorts", "social_impact")
@@ -69,8 +70,7 @@ class CustomerJourneyTables(beam.PTransform):
             "data_driven_attribution": attributed["paths"] | "DataDriven" >> DataDrivenAttribution(
                 config.data_driven_window_days, config.journeys),
             "customers": profiles | "CustomerRows" >> beam.Map(lambda profile: profile.row()),
-            "retention_cohorts": profiles | "Retention" >> RetentionCohorts(),
-            "social_impact": profiles | "SocialImpact" >> SocialImpact(),
+            **(profiles | "WholeTables" >> WholeTables(RETENTION_COHORTS, social_impact_table())),
         }
         for name in ("customers", "retention_cohorts", "social_impact", "data_driven_attribution"):
             tables[name] = tables[name] | f"Currency{name}" >> beam.Map(lambda row: {**row, **in_reporting_currency})

@@ -13,7 +13,7 @@ from decimal import Decimal
 import apache_beam as beam
 
 from transforms.currency import to_cents
-from transforms.whole_table import WholeTable, merged_contributions
+from transforms.whole_table import WholeTable, WholeTables, merged_contributions
 
 GRAINS = ("week", "month")
 
@@ -104,10 +104,14 @@ def _rows(totals: dict, earliest, until) -> list[dict]:
     return cohort_rows(totals, until) if until is not None else []
 
 
+# retention_cohorts from CustomerProfiles (re-emitted as they grow, in a stream): weekly and monthly cohorts,
+# segmented by acquisition channel (last and first touch of the first order) and social engagement, as of the latest
+# event seen. Computed with the other whole tables by WholeTables.
+RETENTION_COHORTS = WholeTable("retention_cohorts", _contributions, _rows)
+
+
 class RetentionCohorts(beam.PTransform):
-    """CustomerProfile per customer (re-emitted as it grows, in a stream) → retention_cohorts rows for weekly and
-    monthly cohorts, segmented by acquisition channel (last and first touch of the first order) and social
-    engagement, as of the latest event seen."""
+    """CustomerProfile per customer → retention_cohorts rows alone."""
 
     def expand(self, profiles):
-        return profiles | "Cohorts" >> WholeTable("retention_cohorts", _contributions, _rows)
+        return (profiles | "Cohorts" >> WholeTables(RETENTION_COHORTS))["retention_cohorts"]

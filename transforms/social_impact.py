@@ -13,6 +13,7 @@ per customer (LTV).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from decimal import Decimal
 
@@ -21,7 +22,7 @@ import apache_beam as beam
 from transforms.currency import to_cents
 from transforms.customer_profiles import CustomerProfile
 from transforms.retention import cohort_start
-from transforms.whole_table import WholeTable, merged_contributions
+from transforms.whole_table import WholeTable, WholeTables, merged_contributions
 
 ALL = "all"
 GROUPS = ("engaged", "not_engaged", "mention_answered", "mention_unanswered")
@@ -143,16 +144,19 @@ def social_impact(profiles: list[CustomerProfile], until: dt.datetime,
     return social_rows(totals, min(p.first_seen for p in profiles), until)
 
 
+def social_impact_table(reply_window: dt.timedelta = REPLY_WINDOW) -> WholeTable:
+    """social_impact from CustomerProfiles (re-emitted as they grow, in a stream), as of the latest event seen.
+    Computed with the other whole tables by WholeTables."""
+    return WholeTable("social_impact", functools.partial(social_contributions, reply_window=reply_window),
+                      social_rows)
+
+
 class SocialImpact(beam.PTransform):
-    """CustomerProfile per customer (re-emitted as it grows, in a stream) → social_impact rows, as of the latest
-    event seen."""
+    """CustomerProfile per customer → social_impact rows alone."""
 
     def __init__(self, reply_window: dt.timedelta = REPLY_WINDOW):
         super().__init__()
         self.reply_window = reply_window
 
     def expand(self, profiles):
-        return profiles | "SocialImpact" >> WholeTable("social_impact", self._contributions, social_rows)
-
-    def _contributions(self, profile: CustomerProfile):
-        return social_contributions(profile, self.reply_window)
+        return (profiles | "SocialImpact" >> WholeTables(social_impact_table(self.reply_window)))["social_impact"]

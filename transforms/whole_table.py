@@ -1,4 +1,4 @@
-"""WholeTable: a table over every customer (retention_cohorts, social_impact), kept as running totals.
+"""WholeTables: tables over every customer (retention_cohorts, social_impact), kept as running totals.
 
 Each customer's profile contributes sums to a few groups (a cohort and segment, a platform and group): counts and
 amounts per period. The totals of a group are the sum of its members' contributions, folded by a combiner (in a
@@ -7,7 +7,8 @@ changed, not all of history. A table's rows are computed from its groups' totals
 (the earliest first_seen, the latest last_seen).
 
 In a stream a customer's profile is emitted again as it grows: one keyed step remembers what the customer
-contributed last and sends the difference, so the totals always hold each customer once; each firing folds only the
+contributed last, to every table in one state cell (a state read is a round trip to the runner, the stream's costliest
+wait), and sends the difference, so the totals always hold each customer once; each firing folds only the
 differences since the last, and one keyed step per group keeps its running totals. A key an earlier firing
 produced may vanish from a later one (a late touch changes a customer's first-touch channel, and the cohort of the
 old channel loses its only member): the step that computes the rows remembers the last ones and retracts
@@ -15,6 +16,7 @@ old channel loses its only member): the step that computes the rows remembers th
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import apache_beam as beam
@@ -79,43 +81,65 @@ def _later(one, other):
     return other if one is None or (other is not None and other > one) else one
 
 
-def _once(profile, contribute) -> list:
+@dataclass(frozen=True)
+class WholeTable:
+    """A table over every customer: `contribute(profile)` gives its (group, sums) pairs, `rows(totals, earliest,
+    latest)` the table from {group: sums} and the bounds of every profile seen (None, None before any)."""
+    table: str
+    contribute: Callable
+    rows: Callable
+
+    def __post_init__(self):
+        if self.table not in WHOLE_TABLES:
+            raise ValueError(f"{self.table} is computed whole: add it to WHOLE_TABLES")
+
+
+def contributions(profile, tables: tuple[WholeTable, ...]) -> dict:
+    """{(table, group): sums} of one profile to every table."""
+    return {(table.table, group): sums for table in tables
+            for group, sums in merged_contributions(table.contribute(profile)).items()}
+
+
+def _once(profile, tables: tuple[WholeTable, ...]) -> list:
     """A profile emitted once (a backfill): its contributions and bounds as they are."""
-    return [*((group, (sums, None, None)) for group, sums in merged_contributions(contribute(profile)).items()),
-            (BOUNDS, ({}, profile.first_seen, profile.last_seen))]
+    return [*((table_group, (sums, None, None)) for table_group, sums in contributions(profile, tables).items()),
+            *(((table.table, BOUNDS), ({}, profile.first_seen, profile.last_seen)) for table in tables)]
 
 
 class _ContributionDeltas(beam.DoFn):
-    """(customer id, profile) → what changed in the customer's contributions since their last, fuller profile."""
-    LAST = ReadModifyWriteStateSpec("last", PickleCoder())  # (events, {group: sums}) of the newest profile
+    """(customer id, profile) → what changed in the customer's contributions to each table since their last, fuller
+    profile: ((table, group), sums)."""
+    LAST = ReadModifyWriteStateSpec("last", PickleCoder())  # (events, {(table, group): sums}) of the newest profile
 
-    def __init__(self, contribute: Callable):
-        self.contribute = contribute
+    def __init__(self, tables: tuple[WholeTable, ...]):
+        self.tables = tables
 
     def process(self, element, last=beam.DoFn.StateParam(LAST)):
         _, profile = element
         events, before = last.read() or (-1, {})
         if profile.events <= events:
             return  # an older or the same profile: what it contributes is counted already
-        now = merged_contributions(self.contribute(profile))
+        now = contributions(profile, self.tables)
         last.write((profile.events, now))
-        for group in before.keys() | now.keys():
-            delta = {k: v for k, v in add_sums(dict(now.get(group, {})), before.get(group, {}), -1).items() if v}
+        for table_group in before.keys() | now.keys():
+            delta = {k: v for k, v in add_sums(dict(now.get(table_group, {})), before.get(table_group, {}),
+                                               -1).items() if v}
             if delta:
-                yield group, (delta, None, None)
-        yield BOUNDS, ({}, profile.first_seen, profile.last_seen)
+                yield table_group, (delta, None, None)
+        for table in self.tables:
+            yield (table.table, BOUNDS), ({}, profile.first_seen, profile.last_seen)
 
 
 class _RunningTotals(beam.DoFn):
-    """(group, what a firing changed in its totals) → (None, (group, version, the group's totals))."""
+    """((table, group), what a firing changed in its totals) → (table, (group, version, the group's totals))."""
     TOTALS = ReadModifyWriteStateSpec("totals", PickleCoder())  # (version, (sums, earliest, latest))
 
     def process(self, element, totals=beam.DoFn.StateParam(TOTALS)):
-        group, change = element
+        (table, group), change = element
         version, before = totals.read() or (0, _Fold().create_accumulator())
         now = _Fold().merge_accumulators([before, change])
         totals.write((version + 1, now))
-        yield None, (group, version + 1, now)
+        yield table, (group, version + 1, now)
 
 
 def _split_bounds(folded: dict) -> tuple[dict, object, object]:
@@ -124,58 +148,63 @@ def _split_bounds(folded: dict) -> tuple[dict, object, object]:
     return sums, earliest, latest
 
 
-def _rows_once(_, folded, rows: Callable = None) -> list[dict]:
-    return rows(*_split_bounds(dict(folded)))
+class _RowsOnce(beam.DoFn):
+    """(table, every group's totals) → the table's rows, under the table's tag."""
+
+    def __init__(self, tables: tuple[WholeTable, ...]):
+        self.rows = {table.table: table.rows for table in tables}
+
+    def process(self, element):
+        table, folded = element
+        for row in self.rows[table](*_split_bounds(dict(folded))):
+            yield beam.pvalue.TaggedOutput(table, row)
 
 
 class _UpdatedRows(beam.DoFn):
-    """Each gathering of the groups that changed → the table's rows that changed, and retractions of vanished keys."""
+    """Each gathering of a table's groups that changed → the table's rows that changed, and retractions of vanished
+    keys, under the table's tag."""
     LAST = ReadModifyWriteStateSpec("last", PickleCoder())  # ({group: (version, totals)}, {key: row})
 
-    def __init__(self, table: str, rows: Callable):
-        self.key = contract(table).primary_key
-        self.rows = rows
+    def __init__(self, tables: tuple[WholeTable, ...]):
+        self.tables = {table.table: (contract(table.table).primary_key, table.rows) for table in tables}
 
     def process(self, element, last=beam.DoFn.StateParam(LAST)):
-        _, changed = element
+        table, changed = element
+        key, rows = self.tables[table]
         groups, last_rows = last.read() or ({}, {})
         for group, version, totals in changed:
             if group not in groups or version > groups[group][0]:  # a group's older totals arriving late lose
                 groups[group] = (version, totals)
-        current = {tuple(row[k] for k in self.key): row
-                   for row in self.rows(*_split_bounds({g: totals for g, (_, totals) in groups.items()}))}
+        current = {tuple(row[k] for k in key): row
+                   for row in rows(*_split_bounds({g: totals for g, (_, totals) in groups.items()}))}
         last.write((groups, current))
-        for key, row in current.items():
-            if last_rows.get(key) != row:
-                yield row
-        for key in last_rows.keys() - current.keys():
-            yield {**last_rows[key], RETRACTED: True}
+        for row_key, row in current.items():
+            if last_rows.get(row_key) != row:
+                yield beam.pvalue.TaggedOutput(table, row)
+        for row_key in last_rows.keys() - current.keys():
+            yield beam.pvalue.TaggedOutput(table, {**last_rows[row_key], RETRACTED: True})
 
 
-class WholeTable(beam.PTransform):
-    """CustomerProfile (one per customer, or re-emitted as it grows) → rows of `table`.
+class WholeTables(beam.PTransform):
+    """CustomerProfile (one per customer, or re-emitted as it grows) → {table name: rows} of each WholeTable."""
 
-    `contribute(profile)` gives (group, sums) pairs; `rows(totals, earliest, latest)` the table from {group: sums}
-    and the bounds of every profile seen (None, None before any)."""
-
-    def __init__(self, table: str, contribute: Callable, rows: Callable):
+    def __init__(self, *tables: WholeTable):
         super().__init__()
-        if table not in WHOLE_TABLES:
-            raise ValueError(f"{table} is computed whole: add it to WHOLE_TABLES")
-        self.table = table
-        self.contribute = contribute
-        self.rows = rows
+        self.tables = tables
 
     def expand(self, profiles):
+        names = [table.table for table in self.tables]
         # A profile emitted again (an updating trigger) must replace what the customer contributed before.
         updating = profiles.windowing.triggerfn != trigger.DefaultTrigger()
         if not updating:
-            return (profiles
-                    | "Contribute" >> beam.FlatMap(_once, self.contribute)
-                    | "Fold" >> beam.CombinePerKey(_Fold())
-                    | "OneKey" >> beam.Map(lambda folded: (None, folded))
-                    | "Gather" >> beam.GroupByKey()
-                    | "Rows" >> beam.FlatMapTuple(_rows_once, self.rows))
+            outputs = (profiles
+                       | "Contribute" >> beam.FlatMap(_once, self.tables)
+                       | "Fold" >> beam.CombinePerKey(_Fold())
+                       | "ByTable" >> beam.MapTuple(lambda table_group, folded: (table_group[0],
+                                                                                 (table_group[1], folded)))
+                       | "Gather" >> beam.GroupByKey()
+                       | "Rows" >> beam.ParDo(_RowsOnce(self.tables)).with_outputs(*names))
+            return {name: outputs[name] for name in names}
         # Each firing carries only what changed since the last (discarding): no grouping's state grows with firings.
         # It fires early where the profiles do (Prism 2.77 panics when an early firing falls due after a bounded
         # input ended).
@@ -183,12 +212,13 @@ class WholeTable(beam.PTransform):
                  if getattr(profiles.windowing.triggerfn, "early", None) is not None else None)
         changes = lambda: beam.WindowInto(window.GlobalWindows(), trigger=trigger.AfterWatermark(early=early),
                                           accumulation_mode=trigger.AccumulationMode.DISCARDING)
-        return (profiles
-                | "ByCustomer" >> beam.Map(lambda profile: (profile.customer_id, profile))
-                | "Contribute" >> beam.ParDo(_ContributionDeltas(self.contribute))
-                | "Changes" >> changes()
-                | "Fold" >> beam.CombinePerKey(_Fold())
-                | "Totals" >> beam.ParDo(_RunningTotals())
-                | "ChangedTotals" >> changes()
-                | "Gather" >> beam.GroupByKey()
-                | "Rows" >> beam.ParDo(_UpdatedRows(self.table, self.rows)))
+        outputs = (profiles
+                   | "ByCustomer" >> beam.Map(lambda profile: (profile.customer_id, profile))
+                   | "Contribute" >> beam.ParDo(_ContributionDeltas(self.tables))
+                   | "Changes" >> changes()
+                   | "Fold" >> beam.CombinePerKey(_Fold())
+                   | "Totals" >> beam.ParDo(_RunningTotals())
+                   | "ChangedTotals" >> changes()
+                   | "Gather" >> beam.GroupByKey()
+                   | "Rows" >> beam.ParDo(_UpdatedRows(self.tables)).with_outputs(*names))
+        return {name: outputs[name] for name in names}
