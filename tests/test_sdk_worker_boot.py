@@ -67,3 +67,17 @@ def test_beams_own_commit_sends_the_same_requests():
     bundle_processor.FnApiUserStateContext.commit(_states(beams))
     assert sorted(e for e in ours.log if e[0] == "send") == sorted(e for e in beams.log if e[0] == "send")
     assert beams.log[2] == ("wait", "extend", b"customer-1", (b"journey",))  # Beam waits before the next state's
+
+
+def test_the_boot_reports_each_state_caches_hit_ratio(monkeypatch, capsys):
+    """A keyed-state read the cache misses is a round trip to the TaskManager: the ratio is worth a log line."""
+    from apache_beam.runners.worker import statecache
+
+    monkeypatch.setattr(statecache.StateCache, "__init__", statecache.StateCache.__init__)  # undone after the test
+    monkeypatch.setenv("WORKER_ID", "w1")
+    report = _boot()._report_state_cache(every_s=3600)
+    cache = statecache.StateCache(1 << 20)
+    cache.get("k", lambda key: [1])
+    cache.get("k", lambda key: [1])
+    report()
+    assert "journeys sdk worker w1: state cache used/max 0/1 MB, hit 50.00%, lookups 2" in capsys.readouterr().err

@@ -6,7 +6,8 @@ keyed-state read crosses gRPC to the TaskManager) and no log handler (a worker's
 are lost). Given as the pool's --container_executable, this is called with the worker's endpoints instead: it asks
 the job's provisioning service for the pipeline options and runs `sdk_worker_main`, which sizes the state cache
 from them (--max_cache_memory_usage_mb) and sends the worker's log to the runner (the TaskManager's log). A bundle's
-keyed-state writes go out together (_commit_user_state).
+keyed-state writes go out together (_commit_user_state). Each state cache's hit ratio goes to stderr every
+JOURNEYS_STATE_CACHE_REPORT_S (default 60).
 
     sdk_worker_boot.py --id=ID --provision_endpoint=HOST:PORT --control_endpoint=HOST:PORT
                        --logging_endpoint=HOST:PORT [--artifact_endpoint=HOST:PORT]
@@ -16,10 +17,12 @@ import faulthandler
 import os
 import sys
 import tempfile
+import threading
+import time
 
 import grpc
 from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
-from apache_beam.runners.worker import bundle_processor, sdk_worker_main
+from apache_beam.runners.worker import bundle_processor, sdk_worker_main, statecache
 from google.protobuf import json_format, text_format
 
 
@@ -55,6 +58,32 @@ def _commit_user_state(context: bundle_processor.FnApiUserStateContext) -> None:
             future.get()
 
 
+def _report_state_cache(every_s: float):
+    """Every `every_s`, each state cache's hit ratio on stderr (the pool's workers.log): on Flink a keyed-state read
+    the cache misses is a round trip to the TaskManager, a stream's costliest wait. Returns one report."""
+    caches = []
+    create = statecache.StateCache.__init__
+
+    def created(self, *args, **kwargs):
+        create(self, *args, **kwargs)
+        caches.append(self)
+
+    statecache.StateCache.__init__ = created
+
+    def report():
+        for cache in caches:
+            print(f"journeys sdk worker {os.environ.get('WORKER_ID')}: state cache {cache.describe_stats()}",
+                  file=sys.stderr, flush=True)
+
+    def every():
+        while True:
+            time.sleep(every_s)
+            report()
+
+    threading.Thread(target=every, name="journeys-state-cache-report", daemon=True).start()
+    return report
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     for name in ("id", "provision_endpoint", "control_endpoint", "logging_endpoint", "artifact_endpoint"):
@@ -72,6 +101,7 @@ def main(argv=None) -> None:
         "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
     })
     bundle_processor.FnApiUserStateContext.commit = _commit_user_state
+    _report_state_cache(float(os.environ.get("JOURNEYS_STATE_CACHE_REPORT_S", "60")))
     faulthandler.enable()  # a worker that dies in native code leaves its stack in the pool's log
     sdk_worker_main.main(sys.argv)
 
