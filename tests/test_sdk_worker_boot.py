@@ -81,3 +81,72 @@ def test_the_boot_reports_each_state_caches_hit_ratio(monkeypatch, capsys):
     cache.get("k", lambda key: [1])
     report()
     assert "journeys sdk worker w1: state cache used/max 0/1 MB, hit 50.00%, lookups 2" in capsys.readouterr().err
+
+
+class _Runner:
+    """The runner's side of keyed state: GETs answered from `stored` ({key: value}), each one logged."""
+
+    def __init__(self, stored: dict):
+        from apache_beam.coders import PickleCoder
+
+        self.coder = PickleCoder().get_impl()
+        self.stored = stored
+        self.gets = []
+        self._exception = None
+
+    def process_instruction_id(self, bundle_id):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _encoded(self, state_key) -> bytes:
+        from apache_beam.coders import coder_impl
+
+        key = state_key.bag_user_state.key
+        out = coder_impl.create_OutputStream()
+        if key in self.stored:
+            self.coder.encode_to_stream(self.stored[key], out, True)
+        return out.get()
+
+    def _request(self, request):
+        from apache_beam.runners.worker.sdk_worker import _Future
+
+        self.gets.append(request.state_key.bag_user_state.key)
+        future = _Future()
+        future.set(beam_fn_api_pb2.StateResponse(get=beam_fn_api_pb2.StateGetResponse(
+            data=self._encoded(request.state_key))))
+        return future
+
+    def get_raw(self, state_key, continuation_token=None):
+        self.gets.append(state_key.bag_user_state.key)
+        return self._encoded(state_key), b""
+
+
+def test_a_chunks_keyed_state_is_asked_for_before_its_first_element_is_processed():
+    """One GET per key and cell the cache lacks, sent together; the reads then find them, decoded as Beam would."""
+    from apache_beam.coders import PickleCoder, StrUtf8Coder
+    from apache_beam.coders.coders import GlobalWindowCoder
+    from apache_beam.runners.worker import statecache
+    from apache_beam.runners.worker.sdk_worker import GlobalCachingStateHandler
+    from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    key = lambda k: StrUtf8Coder().encode_nested(k)
+    runner = _Runner({key("A"): (3, "a"), key("B"): (1, "b")})
+    handler = GlobalCachingStateHandler(statecache.StateCache(1 << 20), runner)
+    spec = ReadModifyWriteStateSpec("last", PickleCoder())
+    context = bundle_processor.FnApiUserStateContext(handler, "t1", StrUtf8Coder(), GlobalWindowCoder())
+    chunk = [WindowedValue((k, None), 0, [GlobalWindow()]) for k in ("A", "B", "A", "C")]
+    token = beam_fn_api_pb2.ProcessBundleRequest.CacheToken(
+        user_state=beam_fn_api_pb2.ProcessBundleRequest.CacheToken.UserState(), token=b"t")
+    boot = _boot()
+    with handler.process_instruction_id("bundle-1", [token]):
+        boot._prefetch(context, [spec], chunk)
+        assert runner.gets == [key("A"), key("B"), key("C")]
+        assert [context.get_state(spec, k, GlobalWindow()).read() for k in ("A", "B", "C")] == [(3, "a"), (1, "b"),
+                                                                                                 None]
+        context.get_state(spec, "A", GlobalWindow()).write((4, "a"))
+    with handler.process_instruction_id("bundle-2", [token]):
+        boot._prefetch(context, [spec], chunk)  # cached since: nothing asked again
+        assert runner.gets == [key("A"), key("B"), key("C")]

@@ -6,7 +6,10 @@ keyed-state read crosses gRPC to the TaskManager) and no log handler (a worker's
 are lost). Given as the pool's --container_executable, this is called with the worker's endpoints instead: it asks
 the job's provisioning service for the pipeline options and runs `sdk_worker_main`, which sizes the state cache
 from them (--max_cache_memory_usage_mb) and sends the worker's log to the runner (the TaskManager's log). A bundle's
-keyed-state writes go out together (_commit_user_state). Each state cache's hit ratio goes to stderr every
+keyed-state writes go out together (_commit_user_state), and the reads a chunk of a stateful step's input will make
+of keys the state cache lacks are asked for together before its first element (_process_encoded; most of a stream's
+keys are new to the worker, and each read would otherwise wait for its own round trip;
+JOURNEYS_PREFETCH_STATE=0 leaves Beam's own). Each state cache's hit ratio goes to stderr every
 JOURNEYS_STATE_CACHE_REPORT_S (default 60).
 
     sdk_worker_boot.py --id=ID --provision_endpoint=HOST:PORT --control_endpoint=HOST:PORT
@@ -21,8 +24,11 @@ import threading
 import time
 
 import grpc
-from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
+from apache_beam.coders import coder_impl
+from apache_beam.portability.api import (beam_fn_api_pb2, beam_provision_api_pb2, beam_provision_api_pb2_grpc,
+                                         endpoints_pb2)
 from apache_beam.runners.worker import bundle_processor, sdk_worker_main, statecache
+from apache_beam.transforms import userstate
 from google.protobuf import json_format, text_format
 
 
@@ -56,6 +62,132 @@ def _commit_user_state(context: bundle_processor.FnApiUserStateContext) -> None:
     for future in pending:
         if future is not None:
             future.get()
+
+
+class _Prefetched:
+    """A state cache entry whose value a GET already on its way will bring: the cache treats it as a value (a hit)
+    and, the first time it is asked, it waits for the answer and decodes it as Beam's own read would."""
+    PENDING_WEIGHT = 8
+
+    def __init__(self, cache, cache_key, state_key, future, coder_impl, state_handler):
+        self.cache, self.cache_key, self.state_key, self.future = cache, cache_key, state_key, future
+        self.coder_impl, self.state_handler = coder_impl, state_handler
+        self.values = None
+        self._weight = self.PENDING_WEIGHT
+
+    def weight(self) -> int:
+        return self._weight
+
+    def value(self):
+        if self.values is not None:
+            return self.values
+        grpc_handler = self.state_handler._underlying
+        while not self.future.wait(timeout=1):
+            if grpc_handler._exception:
+                self._forget()
+                raise grpc_handler._exception
+        response = self.future.get()
+        if response.error or response.get.continuation_token:  # Flink sends state whole; else read as Beam does
+            self._forget()
+            if response.error:
+                raise RuntimeError(response.error)
+            return self.state_handler._partially_cached_iterable(self.state_key, self.coder_impl)
+        stream = coder_impl.create_InputStream(response.get.data)
+        values = []
+        while stream.size() > 0:
+            values.append(self.coder_impl.decode_from_stream(stream, True))
+        with self.cache._lock:
+            self.values = values
+            if self.cache._cache.get(self.cache_key) is self:  # not replaced by a write meanwhile
+                self._weight = max(statecache.get_deep_size(values), 1)
+                self.cache._current_weight += self._weight - self.PENDING_WEIGHT
+        return values
+
+    def _forget(self):
+        with self.cache._lock:
+            if self.cache._cache.get(self.cache_key) is self:
+                del self.cache._cache[self.cache_key]
+                self.cache._current_weight -= self._weight
+
+
+def _prefetch_targets(operation) -> list:
+    """The stateful DoFns an input operation feeds directly: (user state context, its ReadModifyWrite specs)."""
+    targets = getattr(operation, "_journeys_prefetch", None)
+    if targets is None:
+        targets = []
+        for receiver in operation.receivers:
+            for consumer in getattr(receiver, "consumers", ()):
+                context = getattr(consumer, "user_state_context", None)
+                if isinstance(context, bundle_processor.FnApiUserStateContext):
+                    state_specs, _ = userstate.get_dofn_specs(consumer.fn)
+                    specs = [spec for spec in state_specs if isinstance(spec, userstate.ReadModifyWriteStateSpec)]
+                    if specs:
+                        targets.append((context, specs))
+        operation._journeys_prefetch = targets
+    return targets
+
+
+def _prefetch(context, specs, windowed_values) -> None:
+    """Sends a GET for every ReadModifyWrite cell of each element's key the state cache lacks, before the first
+    element is processed: a bundle's reads of new keys wait on one round trip together, not one after another."""
+    handler = context._state_handler
+    cache = getattr(handler, "_state_cache", None)
+    if cache is None or not cache.is_cache_enabled():
+        return
+    seen = set()
+    for windowed_value in windowed_values:
+        key = windowed_value.value[0]
+        encoded_key = context._key_coder.encode_nested(key)
+        for window in windowed_value.windows:
+            encoded_window = context._window_coder.encode(window)
+            for spec in specs:
+                state_key = beam_fn_api_pb2.StateKey(bag_user_state=beam_fn_api_pb2.StateKey.BagUserState(
+                    transform_id=context._transform_id, user_state_id=spec.name, window=encoded_window,
+                    key=encoded_key))
+                token = handler._get_cache_token(state_key)
+                if not token:
+                    return
+                cache_key = (handler._convert_to_cache_key(state_key), token)
+                if cache_key in seen:
+                    continue
+                seen.add(cache_key)
+                with cache._lock:
+                    if cache_key in cache._cache:
+                        continue
+                future = handler._underlying._request(beam_fn_api_pb2.StateRequest(
+                    state_key=state_key, get=beam_fn_api_pb2.StateGetRequest()))
+                entry = _Prefetched(cache, cache_key, state_key, future, spec.coder.get_impl(), handler)
+                with cache._lock:
+                    if cache_key not in cache._cache:
+                        cache._cache[cache_key] = entry
+                        cache._current_weight += entry.weight()
+
+
+def _process_encoded(self, encoded_windowed_values: bytes) -> None:
+    """DataInputOperation.process_encoded that decodes a whole data chunk, prefetches the keyed state its stateful
+    consumer will read, and then processes the elements as Beam does."""
+    targets = _prefetch_targets(self)
+    if not targets:
+        return _beam_process_encoded(self, encoded_windowed_values)
+    input_stream = coder_impl.create_InputStream(encoded_windowed_values)
+    decoded = []
+    while input_stream.size() > 0:
+        try:
+            decoded.append(self.windowed_coder_impl.decode_from_stream(input_stream, True))
+        except Exception as exn:
+            raise ValueError(f"Error decoding input stream with coder {self.windowed_coder} in step "
+                             f"{self.name_context.step_name}") from exn
+    for context, specs in targets:
+        _prefetch(context, specs, decoded)
+    for decoded_value in decoded:
+        with self.splitting_lock:
+            if self.index == self.stop - 1:
+                return
+            self.index += 1
+        self.output(decoded_value)
+
+
+_beam_process_encoded = bundle_processor.DataInputOperation.process_encoded
 
 
 def _report_state_cache(every_s: float):
@@ -101,6 +233,8 @@ def main(argv=None) -> None:
         "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
     })
     bundle_processor.FnApiUserStateContext.commit = _commit_user_state
+    if os.environ.get("JOURNEYS_PREFETCH_STATE", "1") == "1":
+        bundle_processor.DataInputOperation.process_encoded = _process_encoded
     _report_state_cache(float(os.environ.get("JOURNEYS_STATE_CACHE_REPORT_S", "60")))
     faulthandler.enable()  # a worker that dies in native code leaves its stack in the pool's log
     sdk_worker_main.main(sys.argv)
