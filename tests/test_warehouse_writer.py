@@ -8,12 +8,16 @@ from writer_stubs import Bag, Landing, Value
 PARTITION = ("orders", 0)
 
 
-def test_state_restored_behind_the_last_commit_waits_for_the_reads_to_pass_the_stored_offsets(tmp_path):
-    writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
-                                 quality=QualityConfig())
+def _landing_writer(target) -> tuple[_CommitPeriodically, dict]:
+    """The commit step on `target`, committing at every item, its checks reduced to the commit; and its state."""
+    writer = _CommitPeriodically(str(target), commit_every_s=0, hold_after_catch_up_s=0, quality=QualityConfig())
     writer.open()
     writer.quality = Landing(writer.warehouse)
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    return writer, dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+
+
+def test_state_restored_behind_the_last_commit_waits_for_the_reads_to_pass_the_stored_offsets(tmp_path):
+    writer, state = _landing_writer(tmp_path / "w.duckdb")
 
     def deliver(item, state):
         return list(writer.process((None, item), **state))
@@ -48,11 +52,7 @@ def _emission(order_id: str, touches: int, revision: int) -> list[dict]:
 def test_an_emission_split_between_commits_lands_only_whole(tmp_path):
     """An order's rows reach the writer in two bundles with a commit due between them: the first commit lands
     none of them, the next lands them all, and a newer emission replaces the stored one whole."""
-    writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
-                                 quality=QualityConfig())
-    writer.open()
-    writer.quality = Landing(writer.warehouse)
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    writer, state = _landing_writer(tmp_path / "w.duckdb")
     deliver = lambda item: list(writer.process((None, item), **state))
     stored = lambda: writer.warehouse.connection.execute(
         "SELECT model, count(*), sum(credit), max(revision) FROM order_attribution GROUP BY ALL ORDER BY ALL").fetchall()
@@ -155,11 +155,7 @@ def test_a_whole_table_row_committed_after_the_checkpoint_a_task_is_restored_to_
     """A cohort the writer landed from a course of events the restore discarded is computed no more, so no
     retraction for it ever comes: the writer puts the whole tables back to what it had landed at the checkpoint
     (what test_flink's TaskManager kills caught, one run in four)."""
-    writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
-                                 quality=QualityConfig())
-    writer.open()
-    writer.quality = Landing(writer.warehouse)
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    writer, state = _landing_writer(tmp_path / "w.duckdb")
     deliver = lambda item, state: list(writer.process((None, item), **state))
     segments = lambda: sorted(row["segment"] for row in writer.warehouse.rows("retention_cohorts"))
 
@@ -189,11 +185,7 @@ def _restore(state: dict) -> dict:
 def test_a_whole_table_update_committed_after_the_checkpoint_with_no_new_reads_is_undone_by_a_restore(tmp_path):
     """A commit can carry rows alone (a cohort's update as the watermark passes), with the offsets stored before:
     the reads do not tell that the state is behind it, the count of commits does."""
-    writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
-                                 quality=QualityConfig())
-    writer.open()
-    writer.quality = Landing(writer.warehouse)
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    writer, state = _landing_writer(tmp_path / "w.duckdb")
     deliver = lambda item, state: list(writer.process((None, item), **state))
     sizes = lambda: [(row["segment"], row["cohort_size"]) for row in writer.warehouse.rows("retention_cohorts")]
 
@@ -217,11 +209,7 @@ def test_a_whole_table_update_committed_after_the_checkpoint_with_no_new_reads_i
 def test_a_new_worker_on_restored_state_puts_the_whole_tables_back_to_the_checkpoint(tmp_path):
     """The TaskManager (and the SDK worker with it) died: the writer that takes over knows nothing of the commits
     made after the checkpoint, so it puts back what the checkpoint's state says was landed."""
-    target = str(tmp_path / "w.duckdb")
-    writer = _CommitPeriodically(target, commit_every_s=0, hold_after_catch_up_s=0, quality=QualityConfig())
-    writer.open()
-    writer.quality = Landing(writer.warehouse)
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    writer, state = _landing_writer(tmp_path / "w.duckdb")
     deliver = lambda writer, item, state: list(writer.process((None, item), **state))
     deliver(writer, (READ, PARTITION, 5), state)
     deliver(writer, row_batch([("retention_cohorts", (0,), _cohort("Email", 2))]), state)
@@ -232,9 +220,7 @@ def test_a_new_worker_on_restored_state_puts_the_whole_tables_back_to_the_checkp
     deliver(writer, (TICK,), state)
     writer.teardown()
 
-    successor = _CommitPeriodically(target, commit_every_s=0, hold_after_catch_up_s=0, quality=QualityConfig())
-    successor.open()
-    successor.quality = Landing(successor.warehouse)
+    successor, _ = _landing_writer(tmp_path / "w.duckdb")
     restored = _restore(checkpoint)
     deliver(successor, (READ, PARTITION, 6), restored)
     assert deliver(successor, (TICK,), restored) == []  # behind the stored offsets: no commit
