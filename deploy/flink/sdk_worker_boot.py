@@ -16,6 +16,7 @@ JOURNEYS_STATE_CACHE_REPORT_S (default 60).
                        --logging_endpoint=HOST:PORT [--artifact_endpoint=HOST:PORT]
 """
 import argparse
+import collections
 import faulthandler
 import os
 import sys
@@ -25,10 +26,13 @@ import time
 
 import grpc
 from apache_beam.coders import coder_impl
+from apache_beam.internal import pickler
+from apache_beam.portability import common_urns
 from apache_beam.portability.api import (beam_fn_api_pb2, beam_provision_api_pb2, beam_provision_api_pb2_grpc,
-                                         endpoints_pb2)
+                                         beam_runner_api_pb2, endpoints_pb2)
 from apache_beam.runners.worker import bundle_processor, sdk_worker_main, statecache
 from apache_beam.transforms import userstate
+from apache_beam.utils import proto_utils
 from google.protobuf import json_format, text_format
 
 
@@ -110,21 +114,38 @@ class _Prefetched:
                 self.cache._current_weight -= self._weight
 
 
-def _prefetch_targets(operation) -> list:
-    """The stateful DoFns an input operation feeds directly: (user state context, its ReadModifyWrite specs)."""
-    targets = getattr(operation, "_journeys_prefetch", None)
-    if targets is None:
-        targets = []
-        for receiver in operation.receivers:
-            for consumer in getattr(receiver, "consumers", ()):
-                context = getattr(consumer, "user_state_context", None)
-                if isinstance(context, bundle_processor.FnApiUserStateContext):
-                    state_specs, _ = userstate.get_dofn_specs(consumer.fn)
-                    specs = [spec for spec in state_specs if isinstance(spec, userstate.ReadModifyWriteStateSpec)]
-                    if specs:
-                        targets.append((context, specs))
-        operation._journeys_prefetch = targets
-    return targets
+PREFETCHED = collections.Counter()  # transform id → GETs sent ahead of its elements, for the cache's report
+_STATE_CONTEXTS: dict = {}  # (state handler, transform id) → the user state context last made for it
+
+
+def _remember_state_context(self, state_handler, transform_id, *args, **kwargs):
+    _beam_state_context_init(self, state_handler, transform_id, *args, **kwargs)
+    _STATE_CONTEXTS[(id(state_handler), transform_id)] = self
+
+
+def _create_execution_tree(self, descriptor):
+    """Beam's, and then each input operation learns which stateful DoFns it feeds directly: (their user state
+    context, their ReadModifyWrite specs)."""
+    ops = _beam_create_execution_tree(self, descriptor)
+    for source_id, op in ops.items():
+        if isinstance(op, bundle_processor.DataInputOperation):
+            outputs = set(descriptor.transforms[source_id].outputs.values())
+            op._journeys_prefetch = [
+                target for transform_id, transform in descriptor.transforms.items()
+                if transform.spec.urn == common_urns.primitives.PAR_DO.urn and outputs & set(transform.inputs.values())
+                for target in [_stateful_reader(self, transform_id, transform)] if target]
+    return ops
+
+
+def _stateful_reader(processor, transform_id, transform):
+    payload = proto_utils.parse_Bytes(transform.spec.payload, beam_runner_api_pb2.ParDoPayload)
+    context = _STATE_CONTEXTS.pop((id(processor.state_handler), transform_id), None)
+    if not payload.state_specs or context is None or payload.side_inputs:
+        return None
+    dofn = pickler.loads(payload.do_fn.payload)[0]
+    state_specs, _ = userstate.get_dofn_specs(dofn)
+    specs = [spec for spec in state_specs if isinstance(spec, userstate.ReadModifyWriteStateSpec)]
+    return (context, specs) if specs else None
 
 
 def _prefetch(context, specs, windowed_values) -> None:
@@ -154,6 +175,7 @@ def _prefetch(context, specs, windowed_values) -> None:
                 with cache._lock:
                     if cache_key in cache._cache:
                         continue
+                PREFETCHED[context._transform_id] += 1
                 future = handler._underlying._request(beam_fn_api_pb2.StateRequest(
                     state_key=state_key, get=beam_fn_api_pb2.StateGetRequest()))
                 entry = _Prefetched(cache, cache_key, state_key, future, spec.coder.get_impl(), handler)
@@ -166,7 +188,7 @@ def _prefetch(context, specs, windowed_values) -> None:
 def _process_encoded(self, encoded_windowed_values: bytes) -> None:
     """DataInputOperation.process_encoded that decodes a whole data chunk, prefetches the keyed state its stateful
     consumer will read, and then processes the elements as Beam does."""
-    targets = _prefetch_targets(self)
+    targets = getattr(self, "_journeys_prefetch", None)
     if not targets:
         return _beam_process_encoded(self, encoded_windowed_values)
     input_stream = coder_impl.create_InputStream(encoded_windowed_values)
@@ -188,6 +210,14 @@ def _process_encoded(self, encoded_windowed_values: bytes) -> None:
 
 
 _beam_process_encoded = bundle_processor.DataInputOperation.process_encoded
+_beam_create_execution_tree = bundle_processor.BundleProcessor.create_execution_tree
+_beam_state_context_init = bundle_processor.FnApiUserStateContext.__init__
+
+
+def _prefetch_state() -> None:
+    bundle_processor.FnApiUserStateContext.__init__ = _remember_state_context
+    bundle_processor.BundleProcessor.create_execution_tree = _create_execution_tree
+    bundle_processor.DataInputOperation.process_encoded = _process_encoded
 
 
 def _report_state_cache(every_s: float):
@@ -204,8 +234,8 @@ def _report_state_cache(every_s: float):
 
     def report():
         for cache in caches:
-            print(f"journeys sdk worker {os.environ.get('WORKER_ID')}: state cache {cache.describe_stats()}",
-                  file=sys.stderr, flush=True)
+            print(f"journeys sdk worker {os.environ.get('WORKER_ID')}: state cache {cache.describe_stats()}; "
+                  f"reads asked ahead: {dict(PREFETCHED) or 'none'}", file=sys.stderr, flush=True)
 
     def every():
         while True:
@@ -234,7 +264,7 @@ def main(argv=None) -> None:
     })
     bundle_processor.FnApiUserStateContext.commit = _commit_user_state
     if os.environ.get("JOURNEYS_PREFETCH_STATE", "1") == "1":
-        bundle_processor.DataInputOperation.process_encoded = _process_encoded
+        _prefetch_state()
     _report_state_cache(float(os.environ.get("JOURNEYS_STATE_CACHE_REPORT_S", "60")))
     faulthandler.enable()  # a worker that dies in native code leaves its stack in the pool's log
     sdk_worker_main.main(sys.argv)
