@@ -134,12 +134,14 @@ def _create_execution_tree(self, descriptor):
                 target for transform_id, transform in descriptor.transforms.items()
                 if transform.spec.urn == common_urns.primitives.PAR_DO.urn and outputs & set(transform.inputs.values())
                 for target in [_stateful_reader(self, transform_id, transform)] if target]
+    for transform_id in descriptor.transforms:
+        _STATE_CONTEXTS.pop((id(self.state_handler), transform_id), None)
     return ops
 
 
 def _stateful_reader(processor, transform_id, transform):
     payload = proto_utils.parse_Bytes(transform.spec.payload, beam_runner_api_pb2.ParDoPayload)
-    context = _STATE_CONTEXTS.pop((id(processor.state_handler), transform_id), None)
+    context = _STATE_CONTEXTS.get((id(processor.state_handler), transform_id))
     if not payload.state_specs or context is None or payload.side_inputs:
         return None
     dofn = pickler.loads(payload.do_fn.payload)[0]
