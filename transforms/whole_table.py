@@ -16,11 +16,12 @@ old channel loses its only member): the step that computes the rows remembers th
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import BytesCoder
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
@@ -100,6 +101,17 @@ def contributions(profile, tables: tuple[WholeTable, ...]) -> dict:
             for group, sums in merged_contributions(table.contribute(profile)).items()}
 
 
+def _stored(value) -> bytes:
+    """A state cell's value as pickled bytes: Beam's state cache weighs every value a bundle writes, bytes at once,
+    where it would walk a customer's contributions, or a whole table's groups and rows, at every write."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _loaded(cell):
+    stored = cell.read()
+    return None if stored is None else pickle.loads(stored)
+
+
 def _once(profile, tables: tuple[WholeTable, ...]) -> list:
     """A profile emitted once (a backfill): its contributions and bounds as they are."""
     return [*((table_group, (sums, None, None)) for table_group, sums in contributions(profile, tables).items()),
@@ -109,18 +121,18 @@ def _once(profile, tables: tuple[WholeTable, ...]) -> list:
 class _ContributionDeltas(beam.DoFn):
     """(customer id, profile) → what changed in the customer's contributions to each table since their last, fuller
     profile: ((table, group), sums)."""
-    LAST = ReadModifyWriteStateSpec("last", PickleCoder())  # (events, {(table, group): sums}) of the newest profile
+    LAST = ReadModifyWriteStateSpec("last", BytesCoder())  # (events, {(table, group): sums}) of the newest profile
 
     def __init__(self, tables: tuple[WholeTable, ...]):
         self.tables = tables
 
     def process(self, element, last=beam.DoFn.StateParam(LAST)):
         _, profile = element
-        events, before = last.read() or (-1, {})
+        events, before = _loaded(last) or (-1, {})
         if profile.events <= events:
             return  # an older or the same profile: what it contributes is counted already
         now = contributions(profile, self.tables)
-        last.write((profile.events, now))
+        last.write(_stored((profile.events, now)))
         for table_group in before.keys() | now.keys():
             delta = {k: v for k, v in add_sums(dict(now.get(table_group, {})), before.get(table_group, {}),
                                                -1).items() if v}
@@ -132,13 +144,13 @@ class _ContributionDeltas(beam.DoFn):
 
 class _RunningTotals(beam.DoFn):
     """((table, group), what a firing changed in its totals) → (table, (group, version, the group's totals))."""
-    TOTALS = ReadModifyWriteStateSpec("totals", PickleCoder())  # (version, (sums, earliest, latest))
+    TOTALS = ReadModifyWriteStateSpec("totals", BytesCoder())  # (version, (sums, earliest, latest))
 
     def process(self, element, totals=beam.DoFn.StateParam(TOTALS)):
         (table, group), change = element
-        version, before = totals.read() or (0, _Fold().create_accumulator())
+        version, before = _loaded(totals) or (0, _Fold().create_accumulator())
         now = _Fold().merge_accumulators([before, change])
-        totals.write((version + 1, now))
+        totals.write(_stored((version + 1, now)))
         yield table, (group, version + 1, now)
 
 
@@ -163,7 +175,7 @@ class _RowsOnce(beam.DoFn):
 class _UpdatedRows(beam.DoFn):
     """Each gathering of a table's groups that changed → the table's rows that changed, and retractions of vanished
     keys, under the table's tag."""
-    LAST = ReadModifyWriteStateSpec("last", PickleCoder())  # ({group: (version, totals)}, {key: row})
+    LAST = ReadModifyWriteStateSpec("last", BytesCoder())  # ({group: (version, totals)}, {key: row})
 
     def __init__(self, tables: tuple[WholeTable, ...]):
         self.tables = {table.table: (contract(table.table).primary_key, table.rows) for table in tables}
@@ -171,13 +183,13 @@ class _UpdatedRows(beam.DoFn):
     def process(self, element, last=beam.DoFn.StateParam(LAST)):
         table, changed = element
         key, rows = self.tables[table]
-        groups, last_rows = last.read() or ({}, {})
+        groups, last_rows = _loaded(last) or ({}, {})
         for group, version, totals in changed:
             if group not in groups or version > groups[group][0]:  # a group's older totals arriving late lose
                 groups[group] = (version, totals)
         current = {tuple(row[k] for k in key): row
                    for row in rows(*_split_bounds({g: totals for g, (_, totals) in groups.items()}))}
-        last.write((groups, current))
+        last.write(_stored((groups, current)))
         for row_key, row in current.items():
             if last_rows.get(row_key) != row:
                 yield beam.pvalue.TaggedOutput(table, row)
