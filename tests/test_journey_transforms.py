@@ -210,13 +210,10 @@ def test_one_profile_update_reads_one_state_cell_for_every_whole_table():
 
 def merged_contributions_of(deltas) -> dict:
     """((table, group), (sums, ...)) deltas → their net sums per (table, group), zeros left out."""
-    from transforms.whole_table import add_sums
+    from transforms.whole_table import merged_contributions
 
-    net: dict = {}
-    for table_group, (sums, _, _) in deltas:
-        add_sums(net.setdefault(table_group, {}), sums)
-    return {key: {k: v for k, v in sums.items() if v} for key, sums in net.items()
-            if any(sums.values())}
+    net = merged_contributions((table_group, sums) for table_group, (sums, _, _) in deltas)
+    return {key: {k: v for k, v in sums.items() if v} for key, sums in net.items() if any(sums.values())}
 
 
 def _updating(profiles):

@@ -8,12 +8,21 @@ from writer_stubs import Bag, Landing, Value
 PARTITION = ("orders", 0)
 
 
+def _writer_state() -> dict:
+    return dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+
+
+def _restore(state: dict) -> dict:
+    """A checkpoint of the writer's state, or the state restored from one."""
+    return {name: type(s)(s.read()) for name, s in state.items()}
+
+
 def _landing_writer(target) -> tuple[_CommitPeriodically, dict]:
     """The commit step on `target`, committing at every item, its checks reduced to the commit; and its state."""
     writer = _CommitPeriodically(str(target), commit_every_s=0, hold_after_catch_up_s=0, quality=QualityConfig())
     writer.open()
     writer.quality = Landing(writer.warehouse)
-    return writer, dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    return writer, _writer_state()
 
 
 def test_state_restored_behind_the_last_commit_waits_for_the_reads_to_pass_the_stored_offsets(tmp_path):
@@ -23,12 +32,12 @@ def test_state_restored_behind_the_last_commit_waits_for_the_reads_to_pass_the_s
         return list(writer.process((None, item), **state))
 
     deliver((READ, PARTITION, 5), state)  # the first item starts the interval
-    checkpoint = {name: type(s)(s.read()) for name, s in state.items()}  # taken before any commit
+    checkpoint = _restore(state)  # taken before any commit
     assert deliver((TICK,), state)[0]["read"] == {PARTITION: 5}
     assert writer.warehouse.offsets() == {PARTITION: 5}
 
     # A task failed: the state is the checkpoint's again, and the read resumes from the checkpoint's position.
-    restored = {name: type(s)(s.read()) for name, s in checkpoint.items()}
+    restored = _restore(checkpoint)
     assert deliver((READ, PARTITION, 3), restored) == []
     assert deliver((TICK,), restored) == []  # behind the stored offsets: no commit
     assert writer.warehouse.offsets() == {PARTITION: 5}
@@ -84,7 +93,7 @@ def test_a_failed_commit_of_rows_alone_is_reported_as_landing_nothing(tmp_path, 
     writer = _CommitPeriodically(str(tmp_path / "w.duckdb"), commit_every_s=0, hold_after_catch_up_s=0,
                                  quality=QualityConfig())
     writer.open()
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    state = _writer_state()
     deliver = lambda item: list(writer.process((None, item), **state))
     deliver((READ, PARTITION, 5))
     assert deliver((TICK,))[0]["read"] == {PARTITION: 5}
@@ -113,7 +122,7 @@ def test_the_writer_opens_the_warehouse_at_its_first_item_not_at_setup(tmp_path)
     writer.setup()
     writer.teardown()
     assert writer.warehouse is None and not target.exists()
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    state = _writer_state()
     list(writer.process((None, (READ, PARTITION, 1)), **state))
     assert writer.warehouse is not None and target.exists()
     writer.teardown()
@@ -128,7 +137,7 @@ def test_the_status_file_tells_what_the_last_commit_landed_and_how_long_each_ste
 
     target = tmp_path / "w.duckdb"
     writer = _CommitPeriodically(str(target), commit_every_s=0, hold_after_catch_up_s=0, quality=QualityConfig())
-    state = dict(pending=Bag(), last_commit=Value(), caught_up_at=Value(), landed=Value())
+    state = _writer_state()
     deliver = lambda item: list(writer.process((None, item), **state))
     deliver((READ, PARTITION, 5))
     deliver(row_batch([("touchpoints", (0,), touch("t1")), ("touchpoints", (0,), touch("t2"))]))
@@ -161,25 +170,20 @@ def test_a_whole_table_row_committed_after_the_checkpoint_a_task_is_restored_to_
 
     deliver((READ, PARTITION, 5), state)
     deliver((TICK,), state)  # a first commit: the job has caught up, mid-stream from here
-    checkpoint = {name: type(s)(s.read()) for name, s in state.items()}
+    checkpoint = _restore(state)
     deliver(row_batch([("retention_cohorts", (0,), _cohort("(none)", 2))]), state)  # before the link came
     deliver((READ, PARTITION, 7), state)
     deliver((TICK,), state)
     assert segments() == ["(none)"]
 
     # The TaskManager dies; every step resumes from the checkpoint, and this time the link comes with the session.
-    restored = {name: type(s)(s.read()) for name, s in checkpoint.items()}
+    restored = _restore(checkpoint)
     deliver((READ, PARTITION, 8), restored)
     deliver(row_batch([("retention_cohorts", (0,), _cohort("Email", 2))]), restored)
     deliver((TICK,), restored)
     deliver((TICK,), restored)
     assert segments() == ["Email"]
     writer.teardown()
-
-
-def _restore(state: dict) -> dict:
-    """A checkpoint of the writer's state, or the state restored from one."""
-    return {name: type(s)(s.read()) for name, s in state.items()}
 
 
 def test_a_whole_table_update_committed_after_the_checkpoint_with_no_new_reads_is_undone_by_a_restore(tmp_path):
