@@ -157,12 +157,14 @@ def _prefetch(context, specs, windowed_values) -> None:
     cache = getattr(handler, "_state_cache", None)
     if cache is None or not cache.is_cache_enabled():
         return
-    seen = set()
+    seen = set()  # (key, window) pairs of this chunk: a key's cells are asked for once
     for windowed_value in windowed_values:
-        key = windowed_value.value[0]
-        encoded_key = context._key_coder.encode_nested(key)
+        encoded_key = context._key_coder.encode_nested(windowed_value.value[0])
         for window in windowed_value.windows:
             encoded_window = context._window_coder.encode(window)
+            if (encoded_key, encoded_window) in seen:
+                continue
+            seen.add((encoded_key, encoded_window))
             for spec in specs:
                 state_key = beam_fn_api_pb2.StateKey(bag_user_state=beam_fn_api_pb2.StateKey.BagUserState(
                     transform_id=context._transform_id, user_state_id=spec.name, window=encoded_window,
@@ -171,9 +173,6 @@ def _prefetch(context, specs, windowed_values) -> None:
                 if not token:
                     return
                 cache_key = (handler._convert_to_cache_key(state_key), token)
-                if cache_key in seen:
-                    continue
-                seen.add(cache_key)
                 with cache._lock:
                     if cache_key in cache._cache:
                         continue
