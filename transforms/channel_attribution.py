@@ -102,33 +102,51 @@ def _revision_delta(row: dict) -> tuple:
     return row["revision"], key, contribution(row), (key,)
 
 
-class _NewestRevision(beam.CombineFn):
-    """A row key's _revision_delta of each revision → its newest one's, with every daily key any of them credited."""
+def _newer(one: tuple, other: tuple) -> tuple:
+    """Two _revision_delta of one row key → the newest one's, with every daily key either credited."""
+    newest = one if one[0] >= other[0] else other
+    credited = one[3] if one[3] == other[3] else tuple(sorted({*one[3], *other[3]}))
+    return (*newest[:3], credited)
+
+
+class _NewestRevisions(beam.CombineFn):
+    """An order's rows as (row key, _revision_delta) → {row key: _newer of all its revisions}. Keyed by the order,
+    not the row: an order's rows (about thirty) come out of AttributeOrders together, so the bundle combines them
+    into one accumulator and only that crosses the grouping, not a million rows."""
 
     def create_accumulator(self):
-        return -1, None, None, ()
+        return {}
 
-    def add_input(self, accumulator, revision_delta):
-        return self.merge_accumulators([accumulator, revision_delta])
+    def add_input(self, newest, keyed_delta):
+        key, delta = keyed_delta
+        old = newest.get(key)
+        newest[key] = delta if old is None else _newer(old, delta)
+        return newest
 
     def merge_accumulators(self, accumulators):
-        accumulators = list(accumulators)
-        newest = max(accumulators, key=lambda accumulator: accumulator[0])
-        return (*newest[:3], tuple(sorted({key for accumulator in accumulators for key in accumulator[3]})))
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for accumulator in accumulators:
+            for keyed_delta in accumulator.items():
+                self.add_input(merged, keyed_delta)
+        return merged
 
-    def extract_output(self, accumulator):
-        return accumulator
+    def extract_output(self, newest):
+        return newest
 
 
 NOTHING = (Decimal(0), Decimal(0), 0)
 
 
-def _newest_deltas(_, newest) -> list[tuple]:
-    """(daily key, delta): the newest revision's contribution, and nothing to the days only older ones credited
-    (so that a day left with no row is retracted, as _Deltas retracts it)."""
-    _, key, contribution, credited = newest
-    deltas = [(key, contribution)] if contribution else []
-    return deltas + [(other, NOTHING) for other in credited if not (contribution and other == key)]
+def _newest_deltas(_, newest: dict) -> list[tuple]:
+    """(daily key, delta) for each row key of an order: its newest revision's contribution, and nothing to the
+    days only older ones credited (so that a day left with no row is retracted, as _Deltas retracts it)."""
+    deltas = []
+    for _, key, contribution, credited in newest.values():
+        if contribution:
+            deltas.append((key, contribution))
+        deltas.extend((other, NOTHING) for other in credited if not (contribution and other == key))
+    return deltas
 
 
 def _sum_deltas(deltas) -> tuple[Decimal, Decimal, int]:
@@ -153,11 +171,11 @@ class ChannelAttributionDaily(beam.PTransform):
         if self.replay:
             # With every revision in, a row key's deltas add up to what its newest revision adds, and nothing to
             # the days the older ones credited (which then keep a row only if another order credits them).
-            # Combined in the bundles before the grouping, only that summary crosses it, never the rows.
+            # Combined in the bundles before the grouping, only each order's summary crosses it, never the rows.
             deltas = (rows
-                      | "ByRowKey" >> beam.Map(lambda row: (row_key(row), _revision_delta(row))).with_output_types(
-                          beam.typehints.KV[beam.typehints.Any, beam.typehints.Any])  # values of several lengths
-                      | "Newest" >> beam.CombinePerKey(_NewestRevision())
+                      | "ByOrder" >> beam.Map(lambda row: (row["order_id"], (row_key(row), _revision_delta(row))))
+                      .with_output_types(beam.typehints.KV[str, beam.typehints.Any])
+                      | "Newest" >> beam.CombinePerKey(_NewestRevisions())
                       | "Deltas" >> beam.FlatMapTuple(_newest_deltas))
         else:
             deltas = (rows
