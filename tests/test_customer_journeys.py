@@ -183,7 +183,7 @@ def test_each_session_goes_to_the_first_link_within_its_own_deadline_whatever_th
     for replay in (False, True):
         with TestPipeline(runner="FnApiRunner") as pipeline:
             keyed = ((_timestamped(pipeline, "Sessions", sessions), _timestamped(pipeline, "Orders", orders))
-                     | StitchIdentities(JourneyConfig(), replay))
+                     | StitchIdentities(JourneyConfig(), replay) | beam.Flatten())
             assert_that(keyed | beam.MapTuple(lambda owner, touch: (touch["touch_id"], owner)),
                         equal_to([("a0", "C1"), ("b0", "anon:b"), ("b20", "C2")]))
 

@@ -146,8 +146,10 @@ class _Stitch(beam.DoFn):
 
 
 class StitchIdentities(beam.PTransform):
-    """(sessions, orders) → (customer or "anon:<id>", touch) for every session. `replay`: a bounded input's
-    devices are replayed in memory (transforms/keyed_replay.py) instead of through keyed state."""
+    """(sessions, orders) → (customer or "anon:<id>", touch) for every session, as two PCollections: the logged-in
+    sessions and those stitched by device (CustomerTouches flattens them with the social touches in one Flatten;
+    FnApiRunner copies every element a Flatten passes, once per Flatten). `replay`: a bounded input's devices are
+    replayed in memory (transforms/keyed_replay.py) instead of through keyed state."""
 
     def __init__(self, config: JourneyConfig, replay: bool = False):
         super().__init__()
@@ -163,7 +165,7 @@ class StitchIdentities(beam.PTransform):
                      lambda o: (o["anonymous_id"], ("link", (o["customer_id"], o["event_time"]))), self.replay))
         stitched = ((routed.by_device, links) | "Devices" >> beam.Flatten()
                     | "Stitch" >> stateful_step(_Stitch(self.config), self.replay))
-        return (routed[LOGGED_IN], stitched) | "Sessions" >> beam.Flatten()
+        return routed[LOGGED_IN], stitched
 
 
 LOGGED_IN = "logged_in"
@@ -180,10 +182,18 @@ class _RouteSession(beam.DoFn):
         self.rules = rules
         self.replay = replay
 
-    def process(self, session, timestamp=beam.DoFn.TimestampParam):
+    def start_bundle(self):
+        self.earliest_links: dict = {}
+
+    def process(self, session, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         device, customer = session["anonymous_id"], session["customer_id"]
         if customer:
-            yield keyed_value(device, ("link", (customer, session["session_start"])), timestamp, self.replay)
+            # _Stitch keeps a device's earliest link: a link no earlier than one this bundle sent changes nothing
+            # there, and most of a device's sessions are logged in.
+            earliest = self.earliest_links.get((device, window))
+            if earliest is None or session["session_start"] < earliest:
+                self.earliest_links[device, window] = session["session_start"]
+                yield keyed_value(device, ("link", (customer, session["session_start"])), timestamp, self.replay)
             yield beam.pvalue.TaggedOutput(LOGGED_IN, (customer, session_touch(session, self.rules)))
         else:
             yield keyed_value(device, ("touch", session_touch(session, self.rules)), timestamp, self.replay)
@@ -422,8 +432,9 @@ def _path(customer_id: str, order: dict, rows: list[dict], rates: ExchangeRates)
 
 
 class CustomerTouches(beam.PTransform):
-    """(customer-keyed sessions from StitchIdentities, social interactions) → (customer key, touch) for every
-    touch: the sessions, and the social interactions of identified people whose type counts as a touch."""
+    """(customer-keyed sessions from StitchIdentities: one PCollection or several, social interactions) →
+    (customer key, touch) for every touch: the sessions, and the social interactions of identified people whose
+    type counts as a touch."""
 
     def __init__(self, config: JourneyConfig = JourneyConfig()):
         super().__init__()
@@ -431,11 +442,13 @@ class CustomerTouches(beam.PTransform):
 
     def expand(self, inputs):
         keyed_sessions, social = inputs
+        if isinstance(keyed_sessions, beam.PCollection):
+            keyed_sessions = (keyed_sessions,)
         touch_types = self.config.touch_interactions
         social_touches = (social
                           | "KnownPeople" >> beam.Filter(lambda s: s["customer_id"] and s["interaction_type"] in touch_types)
                           | "SocialTouch" >> beam.Map(lambda s: (s["customer_id"], social_touch(s))))
-        return (keyed_sessions, social_touches) | "AllTouches" >> beam.Flatten()
+        return (*keyed_sessions, social_touches) | "AllTouches" >> beam.Flatten()
 
 
 class AttributeOrders(beam.PTransform):
