@@ -117,6 +117,20 @@ def test_customer_profiles_net_out_refunds_and_convert_currencies():
                               ("B", 1, Decimal("92.00"), "none")]))  # USD at the default 0.92
 
 
+def test_a_profile_counts_each_device_once_however_many_sessions_and_orders_name_it():
+    sessions = [{"customer_id": customer, "anonymous_id": device, "session_start": T0}
+                for customer, device in [("A", "d1")] * 5 + [("A", "d2"), (None, "d3")]]
+    orders = [{**_order("A1", "A", T0 + DAY, "10.00"), "anonymous_id": "d1"},
+              {**_order("A2", "A", T0 + 2 * DAY, "10.00"), "anonymous_id": "d4"}]
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        created = lambda label, records: pipeline | label >> beam.Create(records)
+        rows = ({"touches": created("NoTouches", []), "web_sessions": created("Sessions", sessions),
+                 "order_attribution": created("NoAttribution", []), "orders": created("Orders", orders),
+                 "social_interactions": created("NoSocial", [])}
+                | CustomerProfiles() | beam.Map(lambda p: p.row()))
+        assert_that(rows | beam.Map(lambda r: (r["customer_id"], r["devices"])), equal_to([("A", 3)]))
+
+
 def test_retention_cohorts_from_all_profiles():
     with TestPipeline(runner="FnApiRunner") as pipeline:
         rows = _profiles(pipeline, ORDERS, LIKES) | RetentionCohorts()

@@ -172,8 +172,8 @@ class CustomerProfiles(beam.PTransform):
                 lambda i: [(i["customer_id"], interaction_fact(i))] if known(i["customer_id"]) else []),
             "attribution": inputs["order_attribution"] | "AcquisitionRows" >> beam.FlatMap(
                 lambda r: [(r["customer_id"], acquisition_row(r))] if is_acquisition_row(r) else []),
-            "devices": ((inputs["web_sessions"] | "SessionDevices" >> beam.FlatMap(_device_of),
-                         inputs["orders"] | "OrderDevices" >> beam.FlatMap(_device_of))
+            "devices": ((inputs["web_sessions"] | "SessionDevices" >> beam.ParDo(_NewDevices()),
+                         inputs["orders"] | "OrderDevices" >> beam.ParDo(_NewDevices()))
                         | "AllDevices" >> beam.Flatten()),
         }
         windowed = {name: pcoll | f"Window{name}" >> updating_global_window(pcoll, self.update_every_s)
@@ -193,6 +193,20 @@ def _device_of(session_or_order: dict) -> list[tuple[str, str]]:
     """(customer, device) when a logged-in session or an order names both."""
     customer, device = session_or_order["customer_id"], session_or_order["anonymous_id"]
     return [(customer, device)] if customer and device else []
+
+
+class _NewDevices(beam.DoFn):
+    """_device_of each session or order, each pair once per bundle and window: a profile counts a customer's
+    distinct devices, and the many sessions of one pair need not all cross the grouping."""
+
+    def start_bundle(self):
+        self.seen = set()
+
+    def process(self, session_or_order, window=beam.DoFn.WindowParam):
+        for pair in _device_of(session_or_order):
+            if (pair, window) not in self.seen:
+                self.seen.add((pair, window))
+                yield pair
 
 
 # A stream restored from a savepoint of a job that grouped whole touches, interactions and attribution rows may
