@@ -180,8 +180,12 @@ def shapley_values(paths: list[tuple[list[str], bool]], exact_max_channels: int 
     conversions_by_set = Counter(frozenset(steps) for steps, converted in paths if converted and steps)
     channels = sorted({c for s in conversions_by_set for c in s} | {c for steps, _ in paths for c in steps})
 
+    worths: dict = {}  # an exact solve asks for each coalition's worth once per channel in or out of it
+
     def worth(coalition: frozenset) -> float:
-        return float(sum(n for used, n in conversions_by_set.items() if used <= coalition))
+        if coalition not in worths:
+            worths[coalition] = float(sum(n for used, n in conversions_by_set.items() if used <= coalition))
+        return worths[coalition]
 
     n = len(channels)
     if n <= exact_max_channels:
