@@ -17,6 +17,8 @@
 # config, logs, pid files, checkpoints and savepoints.
 # Ports: JOURNEYS_FLINK_PORT (web UI and REST, default 18081); the JobManager's RPC +1, blob server +2, the job
 # server's job, artifact and expansion services +3..+5, the SDK worker pool +6.
+# Memory: JOURNEYS_FLINK_TASKMANAGER_MEMORY (the TaskManager's process size, default 4096m) and
+# JOURNEYS_FLINK_MANAGED_FRACTION (its share for RocksDB and batch sorting, default Flink's 0.4).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,6 +39,8 @@ jar=$state/beam-flink-job-server.jar
 conf=$state/conf
 logs=$state/logs
 start_timeout=${JOURNEYS_FLINK_START_TIMEOUT:-120}
+taskmanager_memory=${JOURNEYS_FLINK_TASKMANAGER_MEMORY:-4096m}
+managed_fraction=${JOURNEYS_FLINK_MANAGED_FRACTION:-0.4}
 parts=(jobmanager taskmanager jobserver workers supervisor)
 
 say() { printf 'flink: %s\n' "$*" >&2; }
@@ -109,7 +113,7 @@ taskmanager:
   numberOfTaskSlots: 2
   # Each SDK worker's data streams are Netty buffers in the TaskManager's direct memory; the default 0 bytes of task
   # off-heap leaves them only what the network stack does not use.
-  memory: {process: {size: 4096m}, task: {off-heap: {size: 512m}}}
+  memory: {process: {size: $taskmanager_memory}, task: {off-heap: {size: 512m}}, managed: {fraction: $managed_fraction}}
 rest: {port: $rest_port, address: $host, bind-address: $host}
 blob: {server: {port: '$blob_port'}}
 parallelism: {default: 2}
