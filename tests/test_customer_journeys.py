@@ -9,14 +9,15 @@ import duckdb
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.generate import GeneratorConfig, records_by_topic
 from transforms.channel_grouping import ChannelRules
 from transforms.attribution import markov_removal_effects
 from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
-                                           StitchIdentities)
+                                           StitchIdentities, _RouteSession)
 from transforms.json_lines import AppendJsonLines, read_json_lines
 
 LOOKBACK_DAYS = 30
@@ -186,6 +187,22 @@ def test_each_session_goes_to_the_first_link_within_its_own_deadline_whatever_th
                      | StitchIdentities(JourneyConfig(), replay) | beam.Flatten())
             assert_that(keyed | beam.MapTuple(lambda owner, touch: (touch["touch_id"], owner)),
                         equal_to([("a0", "C1"), ("b0", "anon:b"), ("b20", "C2")]))
+
+
+def test_a_bundle_sends_a_devices_link_only_when_it_is_earlier_than_the_one_it_sent():
+    route = _RouteSession(ChannelRules(), replay=False)
+    route.start_bundle()
+
+    def links(customer, device, day):
+        session = _device_event("session", device, day, customer, session_id=f"{device}{day}")
+        outputs = route.process(session, Timestamp(0), GlobalWindow())
+        return [(key, link) for key, (_, link) in (o for o in outputs if not isinstance(o, TaggedOutput))]
+
+    day = lambda d: _device_event("session", "a", d)["session_start"]
+    assert links("C1", "a", 20) == [("a", ("C1", day(20)))]
+    assert links("C2", "a", 30) == []  # later than the link sent: the device step keeps the earliest
+    assert links("C2", "a", 10) == [("a", ("C2", day(10)))]
+    assert links("C1", "b", 30) == [("b", ("C1", day(30)))]  # another device
 
 
 def test_markov_ranks_email_above_display_beyond_sampling_noise(outputs):

@@ -121,14 +121,15 @@ def test_a_profile_counts_each_device_once_however_many_sessions_and_orders_name
     sessions = [{"customer_id": customer, "anonymous_id": device, "session_start": T0}
                 for customer, device in [("A", "d1")] * 5 + [("A", "d2"), (None, "d3")]]
     orders = [{**_order("A1", "A", T0 + DAY, "10.00"), "anonymous_id": "d1"},
-              {**_order("A2", "A", T0 + 2 * DAY, "10.00"), "anonymous_id": "d4"}]
+              {**_order("A2", "A", T0 + 2 * DAY, "10.00"), "anonymous_id": "d4"},
+              {**_order("B1", "B", T0 + 2 * DAY, "10.00"), "anonymous_id": "d1"}]  # A's device, B's pair
     with TestPipeline(runner="FnApiRunner") as pipeline:
         created = lambda label, records: pipeline | label >> beam.Create(records)
         rows = ({"touches": created("NoTouches", []), "web_sessions": created("Sessions", sessions),
                  "order_attribution": created("NoAttribution", []), "orders": created("Orders", orders),
                  "social_interactions": created("NoSocial", [])}
                 | CustomerProfiles() | beam.Map(lambda p: p.row()))
-        assert_that(rows | beam.Map(lambda r: (r["customer_id"], r["devices"])), equal_to([("A", 3)]))
+        assert_that(rows | beam.Map(lambda r: (r["customer_id"], r["devices"])), equal_to([("A", 3), ("B", 1)]))
 
 
 def test_retention_cohorts_from_all_profiles():

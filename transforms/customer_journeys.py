@@ -432,9 +432,8 @@ def _path(customer_id: str, order: dict, rows: list[dict], rates: ExchangeRates)
 
 
 class CustomerTouches(beam.PTransform):
-    """(customer-keyed sessions from StitchIdentities: one PCollection or several, social interactions) →
-    (customer key, touch) for every touch: the sessions, and the social interactions of identified people whose
-    type counts as a touch."""
+    """(StitchIdentities' customer-keyed sessions, social interactions) → (customer key, touch) for every touch:
+    the sessions, and the social interactions of identified people whose type counts as a touch."""
 
     def __init__(self, config: JourneyConfig = JourneyConfig()):
         super().__init__()
@@ -442,8 +441,6 @@ class CustomerTouches(beam.PTransform):
 
     def expand(self, inputs):
         keyed_sessions, social = inputs
-        if isinstance(keyed_sessions, beam.PCollection):
-            keyed_sessions = (keyed_sessions,)
         touch_types = self.config.touch_interactions
         social_touches = (social
                           | "KnownPeople" >> beam.Filter(lambda s: s["customer_id"] and s["interaction_type"] in touch_types)
