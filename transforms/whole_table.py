@@ -160,15 +160,18 @@ def _split_bounds(folded: dict) -> tuple[dict, object, object]:
     return sums, earliest, latest
 
 
-class _RowsOnce(beam.DoFn):
-    """(table, every group's totals) → the table's rows, under the table's tag."""
+class _GroupRowsOnce(beam.DoFn):
+    """((table, group), the group's totals) → the group's rows, under the table's tag. A row depends on its own
+    group's totals and the table's bounds only, so no step gathers a table's groups into one element (at ten million
+    events one table's groups outgrow what a runner's sort buffer takes as one record)."""
 
     def __init__(self, tables: tuple[WholeTable, ...]):
         self.rows = {table.table: table.rows for table in tables}
 
-    def process(self, element):
-        table, folded = element
-        for row in self.rows[table](*_split_bounds(dict(folded))):
+    def process(self, element, bounds):
+        (table, group), (sums, _, _) = element
+        earliest, latest = bounds.get(table, (None, None))
+        for row in self.rows[table]({group: sums}, earliest, latest):
             yield beam.pvalue.TaggedOutput(table, row)
 
 
@@ -209,13 +212,16 @@ class WholeTables(beam.PTransform):
         # A profile emitted again (an updating trigger) must replace what the customer contributed before.
         updating = profiles.windowing.triggerfn != trigger.DefaultTrigger()
         if not updating:
-            outputs = (profiles
-                       | "Contribute" >> beam.FlatMap(_once, self.tables)
-                       | "Fold" >> beam.CombinePerKey(_Fold())
-                       | "ByTable" >> beam.MapTuple(lambda table_group, folded: (table_group[0],
-                                                                                 (table_group[1], folded)))
-                       | "Gather" >> beam.GroupByKey()
-                       | "Rows" >> beam.ParDo(_RowsOnce(self.tables)).with_outputs(*names))
+            folded = (profiles
+                      | "Contribute" >> beam.FlatMap(_once, self.tables)
+                      | "Fold" >> beam.CombinePerKey(_Fold()))
+            bounds = (folded
+                      | "Bounds" >> beam.Filter(lambda folded_group: folded_group[0][1] == BOUNDS)
+                      | "ByTable" >> beam.MapTuple(lambda table_group, totals: (table_group[0], totals[1:])))
+            outputs = (folded
+                       | "Groups" >> beam.Filter(lambda folded_group: folded_group[0][1] != BOUNDS)
+                       | "Rows" >> beam.ParDo(_GroupRowsOnce(self.tables), beam.pvalue.AsDict(bounds))
+                       .with_outputs(*names))
             return {name: outputs[name] for name in names}
         # Each firing carries only what changed since the last (discarding): no grouping's state grows with firings.
         # It fires early where the profiles do (Prism 2.77 panics when an early firing falls due after a bounded
