@@ -76,3 +76,22 @@ def test_every_class_of_the_bad_input_corpus_is_dead_lettered_with_its_own_reaso
     # Each built from a valid event: the same record with a key and its own bytes decodes.
     valid = codec.encode("orders", sample_events["orders"])
     assert decoder(_message("orders", *valid), NOW) == sample_events["orders"]
+
+
+def test_whatever_the_decoder_or_a_rule_raises_becomes_a_dead_letter(sample_events, monkeypatch):
+    decoder = EventDecoder.for_prefix("")
+    value, headers = codec.encode("orders", sample_events["orders"])
+
+    def broken(*_):
+        raise RecursionError("maximum recursion depth exceeded " + "x" * 10_000)
+    monkeypatch.setattr(codec, "decode", broken)
+    dead = decoder(_message("orders", value, headers, offset=5), NOW)
+    assert (dead.stage, dead.reason, dead.offset, dead.value) == ("decode", "decoder_error", 5, value)
+    assert dead.error.startswith("RecursionError: maximum recursion") and len(dead.error) < 600
+    monkeypatch.undo()
+
+    class BrokenRules:
+        def check(self, *_):
+            raise KeyError("event_time")
+    dead = EventDecoder(decoder.logical_topics, BrokenRules())(_message("orders", value, headers), NOW)
+    assert (dead.stage, dead.reason, dead.error) == ("validate", "rule_error", "KeyError: 'event_time'")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import struct
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation, localcontext
 
 import fastavro
 
@@ -77,7 +78,7 @@ def decode(topic: str, value: bytes | None, headers: Headers | None = None) -> d
     reader = schemas.latest(topic)
     fmt = detect_format(value, headers)
     if fmt == "json":
-        return _decode_json(reader, value)
+        return _within_limits(reader, _decode_json(reader, value))
     if fmt == "confluent":
         if len(value) < 5 or value[0] != MAGIC_BYTE:
             raise DecodeError("bad_magic_byte", f"expected magic byte 0 and a 4-byte schema id, got {value[:5].hex()}")
@@ -92,7 +93,7 @@ def decode(topic: str, value: bytes | None, headers: Headers | None = None) -> d
     else:
         writer = _header_version(topic, headers) or reader
         body = value
-    return _decode_avro(writer, reader, body)
+    return _within_limits(reader, _decode_avro(writer, reader, body))
 
 
 def _header_version(topic: str, headers: Headers | None) -> schemas.TopicSchema | None:
@@ -101,7 +102,7 @@ def _header_version(topic: str, headers: Headers | None) -> schemas.TopicSchema 
             try:
                 return schemas.version(topic, int(header_value))
             except (KeyError, ValueError):
-                raise DecodeError("unknown_schema_version", f"{topic} has no schema version {header_value!r}") from None
+                raise DecodeError("unknown_schema_version", f"{topic} has no schema version {_shown(header_value)}") from None
     return None
 
 
@@ -125,6 +126,8 @@ def _decode_json(reader: schemas.TopicSchema, value: bytes) -> dict:
         document = json.loads(value)
     except UnicodeDecodeError as error:
         raise DecodeError("invalid_utf8", str(error)) from None
+    except RecursionError:
+        raise DecodeError("json_too_deep", "nested deeper than the parser's recursion limit") from None
     except ValueError as error:
         raise DecodeError("invalid_json", str(error)) from None
     if not isinstance(document, dict):
@@ -168,7 +171,7 @@ def from_json(schema, value, path: str = "", named: dict | None = None):
                 return from_json(branch, value, path, named)
             except DecodeError as error:
                 errors.append(error)
-        raise errors[0] if errors else DecodeError("wrong_type", f"{where}: no union branch takes {value!r}")
+        raise errors[0] if errors else DecodeError("wrong_type", f"{where}: no union branch takes {_shown(value)}")
     kind = schema["type"]
     if "name" in schema:
         named[schema["name"]] = schema
@@ -192,7 +195,7 @@ def from_json(schema, value, path: str = "", named: dict | None = None):
         return out
     if kind == "enum":
         if value not in schema["symbols"]:
-            raise DecodeError("unknown_enum", f"{where}={value!r} is not one of {schema['symbols']}")
+            raise DecodeError("unknown_enum", f"{where}={_shown(value)} is not one of {schema['symbols']}")
         return value
     if kind == "array":
         if not isinstance(value, list):
@@ -229,11 +232,11 @@ def _timestamp(value, where: str) -> dt.datetime:
         if isinstance(value, str):
             parsed = dt.datetime.fromisoformat(value)
             if parsed.tzinfo is None:
-                raise DecodeError("wrong_type", f"{where}={value!r} has no time zone")
+                raise DecodeError("wrong_type", f"{where}={_shown(value)} has no time zone")
             parsed = parsed.astimezone(dt.timezone.utc)
             return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
     except (ValueError, OverflowError) as error:
-        raise DecodeError("wrong_type", f"{where}={value!r} is not a timestamp: {error}") from None
+        raise DecodeError("wrong_type", f"{where}={_shown(value)} is not a timestamp: {error}") from None
     raise DecodeError("wrong_type", f"{where} should be epoch millis or ISO-8601, got {type(value).__name__}")
 
 
@@ -245,12 +248,117 @@ def _decimal(value, scale: int, precision: int, where: str) -> Decimal:
     try:
         number = Decimal(str(value))
     except InvalidOperation:
-        raise DecodeError("wrong_type", f"{where}={value!r} is not a decimal") from None
+        raise DecodeError("wrong_type", f"{where}={_shown(value)} is not a decimal") from None
     if not number.is_finite():
-        raise DecodeError("wrong_type", f"{where}={value!r} is not finite")
-    quantized = number.quantize(Decimal(1).scaleb(-scale))
+        raise DecodeError("wrong_type", f"{where}={_shown(value)} is not finite")
+    # Checked before quantizing: quantizing 1e30 to cents needs more digits than the decimal context has.
+    if number and number.adjusted() >= precision - scale:
+        raise DecodeError("decimal_out_of_range", f"{where}={_shown(value)} exceeds {precision} digits")
+    with localcontext(Context(prec=max(precision, 28))):
+        quantized = number.quantize(Decimal(1).scaleb(-scale))
     if quantized != number:
-        raise DecodeError("wrong_type", f"{where}={value!r} has more than {scale} decimal places")
-    if len(quantized.as_tuple().digits) > precision:
-        raise DecodeError("wrong_type", f"{where}={value!r} exceeds {precision} digits")
+        raise DecodeError("wrong_type", f"{where}={_shown(value)} has more than {scale} decimal places")
     return quantized
+
+
+def _shown(value, limit: int = 80) -> str:
+    """A value as an error message quotes it: cut short, since a dead letter's reason need not repeat its bytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+# --- Limits: what the schemas declare (maxLength, maxItems, a decimal's precision), and what no string may hold ------
+
+DEFAULT_MAX_LENGTH = 2048  # a string field without its own maxLength: URLs are the longest our events carry
+# C0 and C1 controls, zero-width spaces, bidirectional marks and overrides, the byte order mark: never part of an id,
+# a URL or a campaign name, and printed raw they hide or reorder what a reader sees.
+_HIDDEN_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_limit_checks: dict[int, object] = {}
+
+
+def _within_limits(reader: schemas.TopicSchema, record: dict) -> dict:
+    """`record` if every field is within the limits of the reader's schema; else DecodeError naming the field."""
+    check = _limit_checks.get(reader.schema_id)
+    if check is None:
+        check = _limit_checks.setdefault(reader.schema_id, _checks(reader.definition, "", {}, {}))
+    check(record)
+    return record
+
+
+def _checks(schema, where: str, field_limits: dict, named: dict):
+    """A function that raises DecodeError where a decoded value of `schema` breaks a limit (None: nothing to check).
+    `field_limits`: the maxLength / maxItems the enclosing field declares."""
+    if isinstance(schema, str):
+        if schema in named:
+            return _checks(named[schema], where, field_limits, named)
+        if schema == "string":
+            return _string_check(where, field_limits.get("maxLength", DEFAULT_MAX_LENGTH))
+        return None
+    if isinstance(schema, list):
+        branches = [(b, c) for b in schema if b != "null"
+                    for c in [_checks(b, where, field_limits, named)] if c is not None]
+        if not branches:
+            return None
+        if len(branches) == 1:
+            (_, only), = branches
+            return lambda value: value is None or only(value)
+        return lambda value: value is None or next(
+            (c for b, c in branches if isinstance(value, _PYTHON_TYPES.get(_type_name(b), object))), _none)(value)
+    if "name" in schema:
+        named[schema["name"]] = schema
+    if schema.get("logicalType") == "decimal":
+        return _decimal_check(where, schema["precision"], schema.get("scale", 0))
+    kind = schema["type"]
+    if kind == "record":
+        fields = [(f["name"], c) for f in schema["fields"]
+                  for c in [_checks(f["type"], f"{where}.{f['name']}" if where else f["name"], f, named)]
+                  if c is not None]
+
+        def check_record(record):
+            for name, check in fields:
+                check(record[name])
+        return check_record
+    if kind == "array":
+        items = _checks(schema["items"], f"{where}[]", {}, named)
+        most = field_limits.get("maxItems", schema.get("maxItems"))
+
+        def check_array(values):
+            if most is not None and len(values) > most:
+                raise DecodeError("array_too_long", f"{where} has {len(values):,} items, more than {most:,}")
+            if items is not None:
+                for value in values:
+                    items(value)
+        return check_array
+    return _checks(kind, where, field_limits, named) if isinstance(kind, str) and kind not in (
+        "enum", "fixed", "map") else None
+
+
+_PYTHON_TYPES = {"string": str, "bytes": Decimal, "array": list, "record": dict}
+
+
+def _type_name(schema) -> str:
+    return schema if isinstance(schema, str) else schema.get("type", "")
+
+
+def _none(_value) -> None:
+    return None
+
+
+def _string_check(where: str, longest: int):
+    def check(value: str):
+        if len(value) > longest:
+            raise DecodeError("string_too_long", f"{where} has {len(value):,} characters, more than {longest:,}")
+        hidden = _HIDDEN_CHARACTERS.search(value)
+        if hidden:
+            raise DecodeError("hidden_characters", f"{where} holds the control or formatting character "
+                                                   f"U+{ord(hidden.group()):04X} at {hidden.start()}")
+    return check
+
+
+def _decimal_check(where: str, precision: int, scale: int):
+    def check(value: Decimal):
+        # fastavro reads an unscaled integer of any size, rounded to the schema's precision: 1E+16 at precision 12
+        # comes back as 1.00000000000E+16, which no column of that precision holds
+        if value and value.adjusted() >= precision - scale:
+            raise DecodeError("decimal_out_of_range", f"{where}={_shown(value)} exceeds {precision} digits")
+    return check

@@ -70,10 +70,14 @@ class EventDecoder:
             record = codec.decode(topic, message.value, list(message.headers))
         except codec.DecodeError as error:
             return _dead(message, "decode", error.reason, error.detail, now)
+        except Exception as error:  # noqa: BLE001 — a record the decoder cannot handle must not stop the job
+            return _dead(message, "decode", "decoder_error", _described(error), now)
         try:
             self.rules.check(topic, record, now)
         except codec.DecodeError as error:
             return _dead(message, "validate", error.reason, error.detail, now)
+        except Exception as error:  # noqa: BLE001
+            return _dead(message, "validate", "rule_error", _described(error), now)
         if message.key is None:  # every topic is keyed by customer or visitor: without one, ordering is lost
             return _dead(message, "validate", "null_key", "the message has no key (customer or anonymous id)", now)
         return record
@@ -84,7 +88,17 @@ class EventDecoder:
         return message.decoded if message.decoded is not None else self(message)
 
 
+# A dead letter keeps the message's raw bytes; its error only says what broke, in a line a reader can take in.
+MAX_ERROR_CHARACTERS = 500
+
+
+def _described(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 def _dead(message: KafkaMessage, stage: str, reason: str, error: str, now: dt.datetime) -> DeadLetter:
+    if len(error) > MAX_ERROR_CHARACTERS:
+        error = f"{error[:MAX_ERROR_CHARACTERS]}… ({len(error):,} characters)"
     return DeadLetter(message.topic, message.partition, message.offset, message.timestamp_ms, message.key,
                       message.value, message.headers, stage, reason, error, now)
 

@@ -17,6 +17,9 @@ EARLIEST_EVENT_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 @dataclass(frozen=True)
 class EventRules:
     max_clock_skew: dt.timedelta = dt.timedelta(days=1)  # how far past "now" an event time may lie
+    # A web session ends after 30 minutes without a hit (GA4's default) and at most a day after it starts: a longer
+    # one is a broken clock or tracker, and would stretch a journey's touches across its whole span.
+    max_session: dt.timedelta = dt.timedelta(days=1)
 
     def check(self, topic: str, record: dict, now: dt.datetime) -> None:
         """Raise DecodeError with the reason of the first rule `record` breaks."""
@@ -28,6 +31,10 @@ class EventRules:
         elif topic == "web_sessions":
             if record["session_end"] < record["session_start"]:
                 raise DecodeError("session_ends_before_start", f"session {record['session_id']} ends before it starts")
+            if record["session_end"] - record["session_start"] > self.max_session:
+                raise DecodeError("session_too_long", f"session {record['session_id']} lasts "
+                                                      f"{record['session_end'] - record['session_start']}, more than "
+                                                      f"{self.max_session}")
             if record["pageviews"] < 0:
                 raise DecodeError("negative_pageviews", f"pageviews={record['pageviews']}")
         elif topic == "social_interactions":

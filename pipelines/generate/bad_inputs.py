@@ -48,6 +48,9 @@ def bad_inputs(order: dict, session: dict) -> list[BadInput]:
         return json.dumps({k: v for k, v in as_json.items() if k != field}).encode()
 
     session_value, _ = codec.encode("web_sessions", session, "confluent")
+    session_key = session["anonymous_id"].encode()
+    from_epoch = codec.encode("web_sessions", dict(session, session_start=dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)),
+                              "confluent")[0]
     return [
         bad("truncated_avro", "truncated_avro", confluent[:-3]),
         bad("wrong_magic_byte", "bad_magic_byte", b"\x07" + confluent[1:]),
@@ -69,4 +72,12 @@ def bad_inputs(order: dict, session: dict) -> list[BadInput]:
         bad("timestamp_in_year_9999", "event_time_out_of_range",
             order_as(event_time=dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc)), stage="validate"),
         bad("null_key", "null_key", confluent, stage="validate", record_key=None),
+        # Each of these decoded once, and then stopped the job or every commit after it.
+        bad("amount_beyond_precision", "decimal_out_of_range", order_as(amount=Decimal("1E+16"))),
+        bad("json_nested_deeply", "json_too_deep", b'{"items": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON),
+        bad("huge_identifier", "string_too_long", order_as(customer_id="c" * 400_000)),
+        bad("control_characters_in_identifier", "hidden_characters", order_as(order_id="o-1\x00\x1b[2J\u202e")),
+        bad("too_many_items", "array_too_long", order_as(items=[order["items"][0]] * 10_000)),
+        bad("session_since_epoch", "session_too_long", from_epoch, stage="validate", topic="web_sessions",
+            record_key=session_key),
     ]
