@@ -223,7 +223,11 @@ def add_quality_args(parser) -> None:
 def quality_config(args):
     from transforms.dq_suites import QualityConfig
 
-    webhook = Path(args.alert_webhook_file).read_text().strip() if args.alert_webhook_file else None
+    from transforms.secret import Secret
+
+    webhook = Secret(file=str(Path(args.alert_webhook_file).resolve())) if args.alert_webhook_file else None
+    if webhook:
+        webhook.reveal()  # a missing or unreadable file fails at launch, not at the first alert
     return QualityConfig.from_env(max_event_age_hours=args.max_event_age_hours,
                                   max_dead_letter_rate=args.max_dead_letter_rate,
                                   data_docs_dir=str(args.data_docs_dir.resolve()) if args.data_docs_dir else None,

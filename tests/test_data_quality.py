@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from schemas.contracts import contract
+from transforms.secret import Secret
 from transforms.data_quality import ValidatedLanding
 from transforms.dq_gate import gate, gate_arrow
 from transforms.dq_suites import QualityConfig, checks
@@ -202,7 +203,7 @@ def test_a_frame_with_a_row_that_may_break_an_expectation_goes_to_great_expectat
 
 
 def test_good_data_lands_published_with_passing_results_and_no_alert(warehouse, receiver, tmp_path):
-    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url,
+    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=Secret(value=receiver.url),
                                                         data_docs_dir=str(tmp_path / "docs")), "backfill")
     result = landing.land({"order_attribution": attribution("o1"), "retention_cohorts": [cohort(0, 4), cohort(1, 2)],
                            "touchpoints": [touch("t1")]}, {("orders", 0): 7})
@@ -219,7 +220,7 @@ def test_good_data_lands_published_with_passing_results_and_no_alert(warehouse, 
 
 
 def test_a_block_failure_holds_back_publishing_and_alerts_once_per_incident(warehouse, receiver):
-    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "stream")
+    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=Secret(value=receiver.url)), "stream")
     landing.land({"order_attribution": attribution("o1")}, {("orders", 0): 1})
     # Credits of 0.7 + 0.5: each row is fine on its own, the order is not (nor its revenue: 120 of 100).
     bad = landing.land({"order_attribution": attribution("o2", credits=(0.7, 0.5))}, {("orders", 0): 2})
@@ -272,7 +273,7 @@ def test_great_expectations_own_slack_and_email_actions_notify_once_per_incident
 
 
 def test_bad_rows_are_quarantined_not_landed_and_alerted_once(warehouse, receiver):
-    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "stream")
+    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=Secret(value=receiver.url)), "stream")
     result = landing.land({"retention_cohorts": [cohort(0, 4), cohort(1, 6)]})
     assert result.quarantined == 1 and result.published is not None  # the gate removed the bad row
     assert _published(warehouse, "SELECT period_index FROM retention_cohorts") == [(0,)]
@@ -286,7 +287,7 @@ def test_bad_rows_are_quarantined_not_landed_and_alerted_once(warehouse, receive
 
 
 def test_a_restarted_job_does_not_page_again_for_an_incident_already_reported(warehouse, receiver):
-    config = QualityConfig(webhook_url=receiver.url, max_event_age_hours=1)
+    config = QualityConfig(webhook_url=Secret(value=receiver.url), max_event_age_hours=1)
     ValidatedLanding(warehouse, config, "stream").land({"touchpoints": [touch("t1", NOW - dt.timedelta(hours=5))]})
     assert [a["failed"][0]["expectation"] for a in receiver.received] == ["fresh_events"]
     assert receiver.received[0]["severity"] == "warn"
@@ -363,7 +364,7 @@ def test_backfill_and_validate_on_the_real_broker_alert_once_per_incident_and_ex
 def test_validate_finds_a_hand_changed_column_type_and_revenue_kept_on_a_cancelled_order(warehouse, receiver):
     """Damage the gate cannot see, made by hand in the warehouse: a column migrated to another type, and a cancelled
     order whose reversal took back only half its revenue. The checkpoint fails each, with its rule, once."""
-    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "backfill")
+    landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=Secret(value=receiver.url)), "backfill")
     placed = attribution("o5", models=("linear",))
     half_back = [{**row, "status": "cancelled", "credit": row["credit"],
                   "revenue_credit": -row["revenue_credit"] / 2} for row in placed]
@@ -373,7 +374,7 @@ def test_validate_finds_a_hand_changed_column_type_and_revenue_kept_on_a_cancell
     assert [f["expectation"] for f in alert["failed"]] == ["no_revenue_from_cancelled_orders"]
     assert alert["failed"][0]["observed_value"] == "50"  # linear keeps 100 - 50 of the cancelled order
     warehouse.connection.execute('ALTER TABLE touchpoints ALTER view_through TYPE VARCHAR')
-    result = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "validate").validate(["touchpoints"])
+    result = ValidatedLanding(warehouse, QualityConfig(webhook_url=Secret(value=receiver.url)), "validate").validate(["touchpoints"])
     [broken] = [o for o in result.outcomes if not o.success]
     assert (broken.expectation, broken.severity) == ("columns_match_contract", "block")
     assert broken.observed_value == "column=view_through, contract_type=bool, landed_type=string"
@@ -394,7 +395,7 @@ def test_on_bigquery_a_block_failure_holds_the_readers_dataset_back(bigquery_emu
     warehouse = BigQueryWarehouse(target)
     rows = lambda dataset, sql: [tuple(r.values()) for r in warehouse.client.query(sql.format(d=dataset)).result()]
     try:
-        landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=receiver.url), "stream")
+        landing = ValidatedLanding(warehouse, QualityConfig(webhook_url=Secret(value=receiver.url)), "stream")
         assert landing.land({"order_attribution": attribution("o1")}, {("orders", 0): 1}).published == warehouse.published
         bad = landing.land({"order_attribution": attribution("o2", credits=(0.7, 0.5)),
                             "retention_cohorts": [cohort(0, 4), cohort(1, 6)]}, {("orders", 0): 2})
@@ -449,3 +450,20 @@ def test_a_clean_small_frame_of_the_checkpoint_gets_great_expectations_outcomes_
     assert outcome(shortcut[0]) == outcome(ran[0]) and all(o.success for o in shortcut[0])
     assert all(o.validation is None for o in shortcut[0]) and all(o.validation for o in ran[0])  # no GX run
     assert outcome(shortcut[1]) == outcome(ran[1]) and not any(o.success for o in shortcut[1])
+
+
+def test_the_alert_webhook_is_neither_in_the_configs_repr_nor_in_its_pickle(tmp_path, monkeypatch):
+    import pickle
+
+    url = "https://hooks.example.com/services/T000/B000/very-secret-token"
+    monkeypatch.setenv("JOURNEYS_ALERT_WEBHOOK", url)
+    config = QualityConfig.from_env(max_event_age_hours=2)
+    assert config.webhook_url.reveal() == url
+    assert "very-secret-token" not in repr(config) and b"very-secret-token" not in pickle.dumps(config)
+    assert pickle.loads(pickle.dumps(config)).webhook_url.reveal() == url  # resolved where it is used
+    from_file = tmp_path / "webhook"
+    from_file.write_text(url + "\n")
+    config = QualityConfig(webhook_url=Secret(file=str(from_file)))
+    assert b"very-secret-token" not in pickle.dumps(config) and "very-secret-token" not in repr(config)
+    with pytest.raises(TypeError, match="cannot travel"):  # a bare value stays in its process
+        pickle.dumps(QualityConfig(webhook_url=Secret(value=url)))

@@ -46,3 +46,28 @@ def test_a_password_from_a_file_is_not_pickled_with_the_connection(tmp_path):
     assert pickle.loads(shipped).client_config()["sasl_plain_password"] == "file-borne-secret"
     secret.write_text("rotated")  # read where it is used: a rotated secret needs no new job
     assert pickle.loads(shipped).client_config()["sasl_plain_password"] == "rotated"
+
+
+def test_a_password_from_the_environment_or_an_env_file_is_not_pickled_with_the_connection(tmp_path, monkeypatch):
+    import pickle
+
+    from transforms.secret import SecretUnavailable
+
+    settings = {"JOURNEYS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "JOURNEYS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "JOURNEYS_KAFKA_SASL_USERNAME": "svc", "JOURNEYS_KAFKA_SASL_PASSWORD": "env-borne-secret"}
+    connection = KafkaConnection.from_env(settings)
+    assert connection.client_config()["sasl_plain_password"] == "env-borne-secret"  # the launcher has it
+    shipped = pickle.dumps(connection)
+    assert b"env-borne-secret" not in shipped and "env-borne-secret" not in repr(connection)
+    with pytest.raises(SecretUnavailable, match="JOURNEYS_KAFKA_SASL_PASSWORD"):  # a worker without it says so
+        pickle.loads(shipped).client_config()
+    monkeypatch.setenv("JOURNEYS_KAFKA_SASL_PASSWORD", "set-on-the-worker")
+    assert pickle.loads(shipped).client_config()["sasl_plain_password"] == "set-on-the-worker"
+    monkeypatch.delenv("JOURNEYS_KAFKA_SASL_PASSWORD")
+
+    env_file = tmp_path / "kafka.env"
+    env_file.write_text("\n".join(f"{k}={v}" for k, v in {**settings,
+                                                          "JOURNEYS_KAFKA_SASL_PASSWORD": "file-held"}.items()))
+    shipped = pickle.dumps(KafkaConnection.from_env({}, env_file))
+    assert b"file-held" not in shipped
+    assert pickle.loads(shipped).client_config()["sasl_plain_password"] == "file-held"  # read again where used

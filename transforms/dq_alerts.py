@@ -51,7 +51,7 @@ class Alerter:
             payload = alert_payload(table, failed, run_id, data_docs)
             log.warning("%s", payload["text"])
             if self.config.webhook_url:
-                post_json(self.config.webhook_url, payload)
+                post_json(self.config.webhook_url.reveal(), payload)
             if self.config.gx_actions:
                 try:
                     run_gx_actions(self.config.gx_actions, table, failed, run_id)

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.contracts import TableRule, contract
+from transforms.secret import Secret
 
 ROW_GATE, CHECKPOINT = "row_gate", "checkpoint"
+WEBHOOK_ENV = "JOURNEYS_ALERT_WEBHOOK"
 _GX_SEVERITY = {"warn": "warning", "block": "critical"}
 SAMPLE = 5  # offending values quoted in an observed value
 
@@ -27,11 +29,11 @@ SAMPLE = 5  # offending values quoted in an observed value
 @dataclass(frozen=True)
 class QualityConfig:
     """Thresholds of the parametrised rules, and where results and alerts go. The webhook URL is a secret: from the
-    environment or a file, never the command line, never logged."""
+    environment or a file, never the command line, never logged, never in this config's repr or pickle."""
     max_event_age_hours: float = 24.0
     max_dead_letter_rate: float = 0.05
     data_docs_dir: str | None = None  # Data Docs HTML is written here when set
-    webhook_url: str | None = None  # Slack-compatible JSON alerts (JOURNEYS_ALERT_WEBHOOK)
+    webhook_url: Secret | None = None  # Slack-compatible JSON alerts (JOURNEYS_ALERT_WEBHOOK)
     # Great Expectations' own actions (Slack, email, Teams, …) as JSON: a list of action configs, secrets written as
     # ${ENV_VAR} for GX to substitute where the action runs (--gx-actions-file).
     gx_actions: str | None = None
@@ -41,7 +43,8 @@ class QualityConfig:
 
     @classmethod
     def from_env(cls, **overrides) -> "QualityConfig":
-        return cls(**{"webhook_url": os.environ.get("JOURNEYS_ALERT_WEBHOOK") or None,
+        webhook = os.environ.get(WEBHOOK_ENV)
+        return cls(**{"webhook_url": Secret(env=WEBHOOK_ENV, value=webhook) if webhook else None,
                       **{k: v for k, v in overrides.items() if v is not None}})
 
 

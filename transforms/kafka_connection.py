@@ -2,34 +2,23 @@
 
 Settings come from the environment (JOURNEYS_KAFKA_*) or an env file; secrets may instead come from files
 (JOURNEYS_KAFKA_SASL_PASSWORD_FILE, JOURNEYS_KAFKA_SSL_PASSWORD_FILE) so they never sit in a command line.
-Secrets are excluded from repr() and from describe(), so logging a connection never leaks them. A secret read from
-a file is read again where it is used and is left out when the connection is pickled, so it never travels inside
-a Beam job graph: on a cluster, mount the file on the workers.
+Secrets are excluded from repr() and from describe(), so logging a connection never leaks them. A secret is resolved
+where it is used (transforms/secret.py): pickled into a Beam job graph, the connection keeps only the file or the
+variable that holds it, so on a cluster, mount the file on the workers or set the variable there.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
+from transforms.secret import Secret, read_env_file
 
 PREFIX = "JOURNEYS_KAFKA_"
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"  # deploy/local/kafka.sh
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A password, given as its value or as the file it lives in."""
-    value: str | None = field(default=None, repr=False)
-    file: str | None = None
-
-    def reveal(self) -> str:
-        return Path(self.file).read_text().strip() if self.file else self.value
-
-    def __getstate__(self):
-        return {"value": None if self.file else self.value, "file": self.file}
 
 
 @dataclass(frozen=True)
@@ -59,7 +48,8 @@ class KafkaConnection:
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> "KafkaConnection":
         """Settings from JOURNEYS_KAFKA_* variables; an env file (KEY=VALUE lines) fills what they leave unset."""
         values = dict(read_env_file(env_file)) if env_file else {}
-        values.update({k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith(PREFIX)})
+        environ_values = {k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith(PREFIX)}
+        values.update(environ_values)
 
         def get(name: str) -> str | None:
             return values.get(PREFIX + name) or None
@@ -67,7 +57,10 @@ class KafkaConnection:
         def secret(name: str) -> Secret | None:
             if get(name + "_FILE"):
                 return Secret(file=get(name + "_FILE"))
-            return Secret(value=get(name)) if get(name) else None
+            if not get(name):
+                return None
+            from_file = env_file is not None and PREFIX + name not in environ_values
+            return Secret(env=PREFIX + name, env_file=str(env_file) if from_file else None, value=get(name))
 
         if not get("BOOTSTRAP") and get("PORT"):
             values[PREFIX + "BOOTSTRAP"] = f"127.0.0.1:{get('PORT')}"
@@ -105,13 +98,3 @@ class KafkaConnection:
         """For logs: where and how, never the secrets."""
         auth = f" sasl={self.sasl_mechanism} user={self.sasl_username}" if self.sasl_mechanism else ""
         return f"{self.bootstrap_servers} ({self.security_protocol}{auth})"
-
-
-def read_env_file(path: str | Path) -> list[tuple[str, str]]:
-    pairs = []
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            pairs.append((key.strip(), value.strip()))
-    return pairs
