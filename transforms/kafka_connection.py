@@ -60,7 +60,8 @@ class KafkaConnection:
             if not get(name):
                 return None
             from_file = env_file is not None and PREFIX + name not in environ_values
-            return Secret(env=PREFIX + name, env_file=str(env_file) if from_file else None, value=get(name))
+            return Secret(env=PREFIX + name, env_file=str(Path(env_file).resolve()) if from_file else None,
+                          value=get(name))
 
         if not get("BOOTSTRAP") and get("PORT"):
             values[PREFIX + "BOOTSTRAP"] = f"127.0.0.1:{get('PORT')}"
