@@ -113,10 +113,9 @@ def cmd_peek(args) -> int:
 
 def cmd_sql(args) -> int:
     """A query on the published copy of the warehouse (read-only: the writer may be running)."""
-    import duckdb
+    from transforms.duckdb_warehouse import connect_read_only
 
-    with duckdb.connect(str(args.warehouse), read_only=True) as con:
-        con.execute("SET TimeZone = 'UTC'")
+    with connect_read_only(args.warehouse) as con:
         cursor = con.execute(args.query)
         if cursor.description is None:
             return 0

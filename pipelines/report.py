@@ -73,10 +73,9 @@ QUERIES = {
 
 def read_report_data(warehouse: Path) -> dict[str, list[dict]]:
     """{query name: rows as dicts} from a DuckDB warehouse, read-only (a writer may be running)."""
-    import duckdb
+    from transforms.duckdb_warehouse import connect_read_only
 
-    with duckdb.connect(str(warehouse), read_only=True) as con:
-        con.execute("SET TimeZone = 'UTC'")
+    with connect_read_only(warehouse) as con:
         data = {}
         for name, query in QUERIES.items():
             cursor = con.execute(query)

@@ -2,7 +2,8 @@
 
     journeys validate [--table order_attribution] [--warehouse FILE | --bigquery-project P ...]
 
-Exit code 0: every expectation held; 1: only warn-severity ones failed; 2: a block-severity one failed. Results
+Exit code 0: every expectation held; 1: only warn-severity ones failed; 2: a block-severity one failed; 3: the
+warehouse could not be opened (a corrupt or unreadable file: nothing was validated). Results
 land in dq_results, new incidents alert (deduplicated with what the pipeline already reported), and Data Docs are
 written. While a stream holds the DuckDB file, the published copy is validated instead, read-only (results are
 printed and alerted, not stored).
@@ -11,11 +12,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from pipelines.runners import add_quality_args, add_warehouse_args, quality_config, warehouse_target
 
 log = logging.getLogger("journeys.validate")
+UNREADABLE = 3
+# DuckDB's words when another process holds the file for writing, and only then (its checksum errors name a "block")
+HELD_BY_A_WRITER = re.compile(r"Could not set lock on file|Conflicting lock is held", re.IGNORECASE)
+
+
+class WarehouseUnreadable(Exception):
+    pass
 
 
 def exit_code(results) -> int:
@@ -47,9 +56,9 @@ def _open(args):
 
     try:
         return open_warehouse(warehouse_target(args)), True
-    except duckdb.IOException as error:
-        if "lock" not in str(error).lower():
-            raise
+    except duckdb.Error as error:
+        if not HELD_BY_A_WRITER.search(str(error)):
+            raise WarehouseUnreadable(f"journeys validate: cannot open {args.warehouse}: {error}") from None
         published = args.warehouse.with_suffix(".published.duckdb")
         log.warning("%s is held by a running job: validating its published copy %s, read-only", args.warehouse,
                     published)
@@ -69,7 +78,11 @@ def main(argv=None) -> int:
     unknown = set(tables) - set(validated_tables())
     if unknown:
         parser.error(f"not a validated table: {', '.join(sorted(unknown))}; known: {', '.join(validated_tables())}")
-    warehouse, writable = _open(args)
+    try:
+        warehouse, writable = _open(args)
+    except WarehouseUnreadable as error:
+        print(error, file=sys.stderr)
+        return UNREADABLE
     try:
         landing = ValidatedLanding(warehouse, quality_config(args), "validate", record=writable).validate(tables)
     finally:

@@ -65,3 +65,60 @@ def test_a_pipeline_started_with_the_broker_down_fails_once_with_a_clear_error(c
     assert "Kafka is unreachable" in done.stderr and f"127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
     assert not warehouse.exists()
+
+
+def _published_warehouse(tmp_path):
+    from transforms.duckdb_warehouse import DuckDBWarehouse
+
+    writer = DuckDBWarehouse(tmp_path / "journeys.duckdb")
+    try:
+        return writer.publish()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("statement", [
+    "ATTACH '{published}' AS w (READ_WRITE); DELETE FROM w.customers",
+    "DELETE FROM customers",
+    "COPY (SELECT 1) TO '{published}'",
+    "ATTACH '{writer}' AS w (READ_WRITE); DELETE FROM w.customers",
+    "ATTACH '{elsewhere}' AS other",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "INSTALL httpfs",
+    "SET enable_external_access = true",
+    "RESET lock_configuration",
+])
+def test_journeys_sql_cannot_write_any_file_or_read_another(tmp_path, statement):
+    import argparse
+    import hashlib
+
+    import duckdb
+
+    from pipelines.cli import cmd_sql
+
+    published = _published_warehouse(tmp_path)
+    files = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in tmp_path.iterdir()}
+    query = statement.format(published=published, writer=tmp_path / "journeys.duckdb",
+                             elsewhere=tmp_path / "elsewhere.duckdb")
+    with pytest.raises(duckdb.Error):
+        cmd_sql(argparse.Namespace(warehouse=published, query=query))
+    assert {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in tmp_path.iterdir()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journeys.duckdb", "journeys.published.duckdb"]
+    assert cmd_sql(argparse.Namespace(warehouse=published, query="SELECT count(*) FROM customers")) == 0
+
+
+def test_validate_on_a_corrupt_warehouse_fails_loudly_instead_of_validating_the_published_copy(tmp_path, capsys):
+    from pipelines import validate
+    from transforms.duckdb_warehouse import DuckDBWarehouse
+
+    writer = DuckDBWarehouse(tmp_path / "journeys.duckdb")
+    writer.connection.execute("CREATE TABLE filler AS SELECT range AS n, repeat('x', 100) AS s FROM range(100000)")
+    writer.publish()
+    writer.close()
+    corrupt = bytearray((tmp_path / "journeys.duckdb").read_bytes())
+    for at in range(12288 + 64, len(corrupt), 262144):  # inside every block, after each block's checksum
+        corrupt[at:at + 64] = b"\xa5" * 64
+    (tmp_path / "journeys.duckdb").write_bytes(bytes(corrupt))
+    status = validate.main(["--warehouse", str(tmp_path / "journeys.duckdb")])
+    assert status == validate.UNREADABLE
+    assert "cannot open" in capsys.readouterr().err

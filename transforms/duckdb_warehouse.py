@@ -37,12 +37,22 @@ DEFAULT_MEMORY_LIMIT = "1GB"
 RETRACTING, LANDING = "retracting", "landing"  # temporary tables: a commit's rows of one table, gathered
 
 
+def connect_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A reader's connection to a warehouse file (journeys sql, report, validate on the published copy): the file
+    read-only, no other file read or written (no ATTACH, COPY, EXPORT, read_text, extension installs), and every
+    setting locked so that no statement turns either back on."""
+    connection = duckdb.connect(str(path), read_only=True)
+    connection.execute("SET TimeZone = 'UTC'")  # loads ICU, which needs file access: before it is turned off
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
+    return connection
+
+
 class DuckDBWarehouse:
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
         if read_only:  # a reader of a published copy (journeys validate while a stream writes)
-            self.connection = duckdb.connect(str(self.path), read_only=True)
-            self.connection.execute("SET TimeZone = 'UTC'")
+            self.connection = connect_read_only(self.path)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = duckdb.connect(str(self.path))

@@ -56,7 +56,7 @@ class KafkaConnection:
 
         def secret(name: str) -> Secret | None:
             if get(name + "_FILE"):
-                return Secret(file=get(name + "_FILE"))
+                return Secret(file=str(Path(get(name + "_FILE")).resolve()))
             if not get(name):
                 return None
             from_file = env_file is not None and PREFIX + name not in environ_values
