@@ -23,7 +23,8 @@ import apache_beam as beam
 import schemas
 from pipelines import flink
 from pipelines.runners import (BATCH_RUNNER, add_kafka_pipeline_args, add_quality_args, add_warehouse_args,
-                               open_target, quality_config, run_kafka_pipeline, warehouse_target)
+                               open_target, parse_with_beam_args, quality_config, run_kafka_pipeline,
+                               warehouse_target)
 from transforms.customer_profiles import updating_global_window
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TABLES, TablesConfig, TablesFromMessages
@@ -114,7 +115,7 @@ def parse_args(argv=None):
     parser.add_argument("--staging-dir", help="where bundles stage table rows before the one commit (default: "
                                               "beside the DuckDB file); on a cluster of several hosts, a directory "
                                               "every worker shares")
-    return parser.parse_known_args(argv)
+    return parse_with_beam_args(parser, argv)
 
 
 def main(argv=None) -> int:

@@ -266,23 +266,18 @@ PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill"
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] and argv[0] in PIPELINES:  # a Beam pipeline: its own parser, and Beam's options pass through
+    verbose = bool(argv[:1]) and argv[0] in ("-v", "--verbose")
+    command = argv[1:] if verbose else argv
+    if command[:1] and command[0] in PIPELINES:  # a Beam pipeline: its own parser, and Beam's options pass through
         import importlib
 
+        argv = command
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("journeys").setLevel(logging.INFO)
+        logging.getLogger("journeys").setLevel(logging.DEBUG if verbose else logging.INFO)
         logging.getLogger("kafka").setLevel(logging.ERROR)  # see below
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck job waits
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        try:
-            return importlib.import_module(PIPELINES[argv[0]]).main(argv[1:])
-        except Exception as error:  # noqa: BLE001 - only an unreachable broker is answered here
-            if not unreachable_broker(error):
-                raise
-            logging.getLogger("journeys").error(
-                "Kafka is unreachable: %s. Is the broker up (journeys kafka status)? Its address comes from "
-                "JOURNEYS_KAFKA_BOOTSTRAP or --kafka-env-file.", error)
-            return EXIT_UNREACHABLE
+        return _unless_unreachable(lambda: importlib.import_module(PIPELINES[argv[0]]).main(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -290,7 +285,20 @@ def main(argv: list[str] | None = None) -> int:
         # kafka-python warns whenever its I/O thread waits on the GIL, which a busy producer loop causes.
         logging.getLogger("kafka").setLevel(logging.ERROR)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    return args.func(args)
+    return _unless_unreachable(lambda: args.func(args))
+
+
+def _unless_unreachable(command) -> int:
+    """The command's exit code; an unreachable broker is answered with one line that says what to check."""
+    try:
+        return command()
+    except Exception as error:  # noqa: BLE001 - only an unreachable broker is answered here
+        if not unreachable_broker(error):
+            raise
+        logging.getLogger("journeys").error(
+            "Kafka is unreachable: %s. Is the broker up (journeys kafka status)? Its address comes from "
+            "JOURNEYS_KAFKA_BOOTSTRAP or --kafka-env-file.", error)
+        return EXIT_UNREACHABLE
 
 
 if __name__ == "__main__":

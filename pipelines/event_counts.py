@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import FixedWindows
 
 import schemas
-from pipelines.runners import add_kafka_pipeline_args, run_kafka_pipeline
+from pipelines.runners import add_kafka_pipeline_args, parse_with_beam_args, run_kafka_pipeline
 from transforms.decode_events import DecodeEvents, EventDecoder
 from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.kafka_connection import KafkaConnection
@@ -99,7 +99,7 @@ def parse_args(argv=None):
                         help="how far behind the newest event time the watermark stays (default: 5)")
     parser.add_argument("--discovery-interval-seconds", type=float, default=30.0,
                         help="how often a streaming job looks for new partitions (default: 30)")
-    return parser.parse_known_args(argv)
+    return parse_with_beam_args(parser, argv)
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,22 @@ RUNNERS = (BATCH_RUNNER, *(r for r in STREAMING_RUNNERS if r != DATAFLOW_RUNNER)
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600
 
 
+def parse_with_beam_args(parser, argv=None):
+    """(our options, Beam's options): what `parser` does not know passes to Beam, if Beam knows it. Beam only warns
+    about a flag it does not know, so a typo (`--bigquery-projet`) would run the job without the option."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    args, beam_args = parser.parse_known_args(argv)
+    beams = _BeamArgumentParser(allow_abbrev=False)
+    for options in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
+        options._add_argparse_args(beams)  # noqa: SLF001 - how Beam itself collects every option it knows
+    _, unknown = beams.parse_known_args(beam_args)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither this command's options, see --help, "
+                     f"nor Beam's pipeline options)")
+    return args, beam_args
+
+
 def prism_path() -> Path:
     """The Prism binary of deploy/local/prism.sh, built on first use."""
     local = Path(os.environ.get("JOURNEYS_LOCAL_DIR", REPO / ".local"))

@@ -28,8 +28,8 @@ import apache_beam as beam
 
 import schemas
 from pipelines import flink
-from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, quality_config,
-                               run_kafka_pipeline, warehouse_target)
+from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, parse_with_beam_args,
+                               quality_config, run_kafka_pipeline, warehouse_target)
 from transforms import liveness
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TablesConfig, TablesFromMessages
@@ -89,7 +89,7 @@ def parse_args(argv=None):
                              "newest retained checkpoint (default: %(default)s)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="on Flink: ignore this job's checkpoints and savepoints and replay the topics")
-    return parser.parse_known_args(argv)
+    return parse_with_beam_args(parser, argv)
 
 
 def _stop(signum, frame):

@@ -67,6 +67,27 @@ def test_a_pipeline_started_with_the_broker_down_fails_once_with_a_clear_error(c
     assert not warehouse.exists()
 
 
+@pytest.mark.slow
+def test_peek_at_an_unreachable_broker_says_so_in_one_line(tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run(JOURNEYS + ["peek", "orders"], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "JOURNEYS_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"})
+    assert done.returncode == 3 and "Kafka is unreachable" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["backfill", "stream", "count"])
+def test_a_misspelt_flag_is_refused_not_passed_to_beam(command, tmp_path):
+    done = _run("-v", command, "--warehouse", str(tmp_path / "w.duckdb"), "--bigquery-projet", "p")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "unrecognized arguments: " in done.stderr and "--bigquery-projet" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "w.duckdb").exists()
+
+
 def _published_warehouse(tmp_path):
     from transforms.duckdb_warehouse import DuckDBWarehouse
 
