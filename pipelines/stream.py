@@ -23,13 +23,14 @@ import logging
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import apache_beam as beam
 
 import schemas
 from pipelines import flink
 from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, parse_with_beam_args,
-                               quality_config, run_kafka_pipeline, warehouse_target)
+                               open_target, quality_config, run_kafka_pipeline, warehouse_target)
 from transforms import liveness
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TablesConfig, TablesFromMessages
@@ -87,6 +88,10 @@ def parse_args(argv=None):
                         help="on Flink: how long a stop (SIGTERM, or a launcher taking a running job over) waits for "
                              "its savepoint; after that the job is cancelled and the next start resumes from its "
                              "newest retained checkpoint (default: %(default)s)")
+    parser.add_argument("--forget-offsets", metavar="TOPIC[:PARTITION],...", type=lambda text: text.split(","),
+                        default=[], help="drop the warehouse's stored offsets of these topics (or partitions) before "
+                                         "starting: after a topic was deleted and recreated, or moved, the stream "
+                                         "would otherwise wait for ever to read up to them")
     parser.add_argument("--from-scratch", action="store_true",
                         help="on Flink: ignore this job's checkpoints and savepoints and replay the topics")
     return parse_with_beam_args(parser, argv)
@@ -120,11 +125,62 @@ def job_name(args, beam_args) -> str:
     return f"journeys-stream-{digest}"
 
 
+EXIT_CANNOT_RESUME = 4  # a stored partition can never be read up to: every commit would be held for ever
+
+
+def resumable(args) -> bool:
+    """Whether the warehouse's stored offsets can be read up to on the cluster as it is now. A stream resuming
+    from them holds its commits until it has read that far: a partition gone, or behind its stored offset, would
+    hold them for ever. Those are named, with what to do; history deleted by retention is a warning."""
+    from transforms.kafka_source import stored_partitions
+
+    target = warehouse_target(args)
+    if isinstance(target, str) and not Path(target).exists():
+        return True  # a first start: nothing stored
+    warehouse = open_target(args)
+    try:
+        if args.forget_offsets:
+            forgotten = sorted(p for p in warehouse.offsets() if _named(p, args.forget_offsets))
+            warehouse.forget_offsets(forgotten)
+            for topic, partition in forgotten:
+                log.warning("forgot the stored offset of %s[%d]: the stream no longer waits to read up to it",
+                            topic, partition)
+        stored = warehouse.offsets()
+    finally:
+        warehouse.close()
+    topics = [args.topic_prefix + t for t in schemas.TOPICS]
+    found = stored_partitions(KafkaConnection.from_env(env_file=args.kafka_env_file), topics, stored)
+    unreadable = [p for p in found if p.unreadable]
+    for p in unreadable:
+        log.error("cannot resume %s[%d]: %s", *p.partition, p.unreadable)
+    if unreadable:
+        log.error("the stream would hold every commit until it read up to those offsets, which it never can. If "
+                  "the topics were recreated or moved on purpose, start again with --forget-offsets %s (the rows "
+                  "they made stay; their records, if read again, count again), or land into another warehouse.",
+                  ",".join(sorted({topic for p in unreadable for topic in [p.partition[0]]})))
+        return False
+    deleted = [p for p in found if p.history_deleted]
+    if deleted:
+        log.warning("retention has deleted the first records of %s: a replay (a first start, --from-scratch, or a "
+                    "runner without checkpoints) cannot rebuild the tables' history from these topics; resuming "
+                    "from a checkpoint or savepoint needs only what follows it",
+                    ", ".join(f"{t}[{n}] (from offset {p.beginning:,})" for p in deleted for t, n in [p.partition]))
+    return True
+
+
+def _named(partition, names: list[str]) -> bool:
+    """--forget-offsets TOPIC names every partition of the topic; TOPIC:N only partition N."""
+    topic, number = partition
+    return any(name == topic or name == f"{topic}:{number}" for name in names)
+
+
 def main(argv=None) -> int:
     args, beam_args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
     if args.runner == flink.RUNNER:
         return run_on_flink(args, beam_args)
+    if not resumable(args):
+        return EXIT_CANNOT_RESUME
     if args.stalled_after_s:
         liveness.watch(args.stalled_after_s)
     try:
@@ -141,6 +197,8 @@ def run_on_flink(args, beam_args) -> int:
         for job_id in rest.running_jobs(name):
             log.info("job %s (%s) is still running: taking it over with a savepoint", job_id, name)
             _stop_job(rest, job_id, name, args.savepoint_timeout_s)
+        if not resumable(args):  # once a running job is stopped: until then it holds the warehouse
+            return EXIT_CANNOT_RESUME
         snapshot = flink.newest_snapshot(name)
         if snapshot:
             log.info("resuming %s from %s (state and read positions as of then, not the topics' start)", name,

@@ -98,3 +98,42 @@ def test_a_stream_after_a_backfill_publishes_every_commit_and_ends_as_one_backfi
                              "severity = 'block' AND stage = 'checkpoint'").fetchall()
     assert [kind for kind, _ in runs] == ["backfill", "stream"] and runs[1][1] > 1
     assert failed == []
+
+
+def test_a_stream_refuses_to_resume_from_offsets_it_can_never_read_up_to(kafka, topic_prefix, tmp_path, caplog):
+    """Stored offsets of a topic that was recreated (its end now behind them) or that is no longer read would hold
+    every commit for ever: the launch names them and what to do, and --forget-offsets drops them. Records deleted
+    by retention are a warning."""
+    from kafka import TopicPartition
+
+    from pipelines import stream
+    from pipelines.kafka_topics import admin_client
+    from transforms.duckdb_warehouse import DuckDBWarehouse
+
+    ensure_topics(kafka, prefix=topic_prefix, partitions=1)
+    produce(generate(GeneratorConfig(customers=5, days=3, seed=4), b"k"), kafka, topic_prefix=topic_prefix)
+    warehouse = DuckDBWarehouse(tmp_path / "journeys.duckdb")
+    orders, sessions = topic_prefix + "orders", topic_prefix + "web_sessions"
+    warehouse.commit({}, {(orders, 0): 1_000_000, (sessions, 0): 1, ("gone_orders", 0): 7})
+    warehouse.close()
+    args = lambda *more: stream.parse_args(["--topic-prefix", topic_prefix, "--warehouse",
+                                            str(tmp_path / "journeys.duckdb"), *more])[0]
+    caplog.set_level("WARNING", logger="journeys.stream")
+
+    assert not stream.resumable(args())
+    errors = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert f"cannot resume {orders}[0]: the stored offset 1,000,000 is beyond the partition's end" in errors
+    assert "cannot resume gone_orders[0]: the partition is not among the topics read" in errors
+    assert f"--forget-offsets gone_orders,{orders} " in errors and sessions + "[0]" not in errors
+
+    admin = admin_client(kafka)
+    admin.delete_records({TopicPartition(sessions, 0): 1})  # retention, as it were
+    admin.close()
+    caplog.clear()
+    assert stream.resumable(args("--forget-offsets", f"{orders}:0,gone_orders"))
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"forgot the stored offset of {orders}[0]" in warnings
+    assert "forgot the stored offset of gone_orders[0]" in warnings
+    assert f"retention has deleted the first records of {sessions}[0] (from offset 1)" in warnings
+    with duckdb.connect(str(tmp_path / "journeys.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT topic, next_offset FROM source_offsets").fetchall() == [(sessions, 1)]

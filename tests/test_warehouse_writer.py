@@ -233,3 +233,24 @@ def test_a_new_worker_on_restored_state_puts_the_whole_tables_back_to_the_checkp
     assert [row["segment"] for row in successor.warehouse.rows("retention_cohorts")] == ["Email"]
     assert successor.warehouse.offsets() == {PARTITION: 7}
     successor.teardown()
+
+
+def test_a_writer_holding_its_commits_says_which_partitions_hold_them_once_a_minute(tmp_path, caplog, monkeypatch):
+    from transforms import warehouse as warehouse_module
+
+    writer, state = _landing_writer(tmp_path / "w.duckdb")
+    writer.warehouse.commit({}, {PARTITION: 500, ("orders", 1): 10})
+    writer.teardown()
+    writer, state = _landing_writer(tmp_path / "w.duckdb")  # a restart: the stored offsets are ahead of the reads
+    caplog.set_level("INFO", logger=warehouse_module.log.name)
+    now = [1000.0]
+    monkeypatch.setattr(warehouse_module.time, "time", lambda: now[0])
+    for at, item in [(1000, (READ, PARTITION, 3)), (1001, (READ, ("orders", 1), 10)), (1002, (TICK,)),
+                     (1030, (TICK,)), (1070, (TICK,))]:
+        now[0] = float(at)
+        assert list(writer.process((None, item), **state)) == []
+    said = [r.getMessage().split(": ", 1)[1] for r in caplog.records
+            if r.getMessage().startswith("holding commits until the reads pass")]
+    assert said == ["2 partitions behind (orders[0] by 497, orders[1] by 10)",  # at 1001: once, not at 1002 or 1030
+                    "1 partitions behind (orders[0] by 497)"]  # at 1070, a minute on
+    writer.teardown()

@@ -173,6 +173,17 @@ class BigQueryWarehouse:
         rows = self.client.query(f"SELECT topic, `partition`, next_offset FROM `{self.dataset}.source_offsets`")
         return {(row.topic, row.partition): row.next_offset for row in rows.result()}
 
+    def forget_offsets(self, partitions) -> None:
+        """As DuckDBWarehouse.forget_offsets."""
+        from google.cloud import bigquery
+
+        for topic, partition in partitions:
+            self.client.query(f"DELETE FROM `{self.dataset}.source_offsets` WHERE topic = @topic AND `partition` = "
+                              f"@partition", job_config=bigquery.QueryJobConfig(query_parameters=[
+                                  bigquery.ScalarQueryParameter("topic", "STRING", topic),
+                                  bigquery.ScalarQueryParameter("partition", "INT64", partition)])).result()
+        self.unpublished.add("source_offsets")
+
     def rows(self, table: str) -> list[dict]:
         """Every stored row of `table`, as Python values (Decimal, date, datetime)."""
         return [dict(row.items()) for row in self.client.query(f"SELECT * FROM `{self.dataset}.{table}`").result()]

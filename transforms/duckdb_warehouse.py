@@ -128,6 +128,13 @@ class DuckDBWarehouse:
         return {(topic, partition): offset for topic, partition, offset in
                 self.connection.execute('SELECT topic, "partition", next_offset FROM source_offsets').fetchall()}
 
+    def forget_offsets(self, partitions) -> None:
+        """Drop the stored offsets of `partitions` ((topic, partition) pairs): a stream no longer waits to read up to
+        them (their topic was deleted or recreated); the rows they made stay."""
+        for topic, partition in partitions:
+            self.connection.execute('DELETE FROM source_offsets WHERE topic = ? AND "partition" = ?',
+                                    [topic, partition])
+
     def rows(self, table: str) -> list[dict]:
         """Every stored row of `table`, as Python values (Decimal, date, datetime)."""
         return self.connection.execute(f'SELECT * FROM "{table}"').fetch_arrow_table().to_pylist()

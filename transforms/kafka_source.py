@@ -534,6 +534,45 @@ def resolve_launch(connection: KafkaConnection, topics: tuple[str, ...], start: 
         consumer.close()
 
 
+@dataclass(frozen=True)
+class StoredPartition:
+    """A partition the warehouse holds offsets of, as the cluster has it now (beginning and end None: not found)."""
+    partition: Partition
+    stored: int
+    beginning: int | None
+    end: int | None
+
+    @property
+    def unreadable(self) -> str | None:
+        """Why a stream can never read up to the stored offset (and so would hold every commit), or None."""
+        if self.end is None:
+            return "the partition is not among the topics read (topic deleted, renamed, or another --topic-prefix)"
+        if self.end < self.stored:
+            return (f"the stored offset {self.stored:,} is beyond the partition's end {self.end:,} (topic deleted and "
+                    f"recreated, or another cluster)")
+        return None
+
+    @property
+    def history_deleted(self) -> bool:
+        """Records before the partition's beginning are gone (retention): a replay cannot rebuild what they made."""
+        return bool(self.beginning)
+
+
+def stored_partitions(connection: KafkaConnection, topics, stored: dict[Partition, int]) -> list[StoredPartition]:
+    """Each stored partition as the cluster has it now: where a stream resuming from these offsets stands."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**connection.client_config(), enable_auto_commit=False)
+    try:
+        existing = [TopicPartition(topic, p) for topic in topics for p in consumer.partitions_for_topic(topic) or ()]
+        beginning = {(tp.topic, tp.partition): o for tp, o in consumer.beginning_offsets(existing).items()}
+        end = {(tp.topic, tp.partition): o for tp, o in consumer.end_offsets(existing).items()}
+    finally:
+        consumer.close()
+    return [StoredPartition(partition, offset, beginning.get(partition), end.get(partition))
+            for partition, offset in sorted(stored.items())]
+
+
 class ReadFromKafka(beam.PTransform):
     """Kafka topics → PCollection of KafkaMessage (with `decoded` set when timestamps come from event time).
 

@@ -165,6 +165,9 @@ class _ReadPositions(beam.DoFn):
             yield WindowedValue((None, (READ, partition, next_offset)), self.earliest, [GlobalWindow()])
 
 
+HOLDING_LOG_EVERY_S = 60.0
+
+
 class _CommitPeriodically(beam.DoFn):
     """Commits from process(), when an item finds the last commit `commit_every_s` old. A ticker keeps items coming
     while the topics are quiet. Not a processing-time timer: Prism 2.77 at times never fired one (a stream that
@@ -194,6 +197,7 @@ class _CommitPeriodically(beam.DoFn):
         self.committed = dict(self.stored)
         self.commits = None  # this worker's count of the job's commits; None until it has made one
         self.read_past_stored = False  # this worker has read past the stored offsets (at once when none are)
+        self.said_holding_at = 0.0  # when it last said which partitions hold its commits
         self.restore_whole = False  # the next commit puts the whole tables back to the restored state's own
         if self.stored:
             log.info("resuming: the last run committed %d records; holding commits until the reads pass them",
@@ -245,6 +249,7 @@ class _CommitPeriodically(beam.DoFn):
         since = caught_up_at.read()
         if not self.read_past_stored or since is None:
             if not all(read.get(p, 0) >= offset for p, offset in self.stored.items()):
+                self._say_holding(read, now)
                 return  # still reading what the warehouse holds: its rows would step back to older values
             if since is None:  # state rebuilt by a replay: let every whole table fire in full once
                 since = now - (self.hold_after_catch_up_s if not self.stored else 0)
@@ -290,6 +295,16 @@ class _CommitPeriodically(beam.DoFn):
         write_status(self.target, read, landing, took, sum(map(len, latest.values())))
         yield {"rows": {table: len(table_rows) for table, table_rows in latest.items()}, "read": read,
                "quarantined": landing.quarantined, "published": landing.published is not None}
+
+    def _say_holding(self, read: dict, now: float) -> None:
+        """Once a minute while commits are held: which partitions the reads have not passed yet, and by how much
+        (a partition that never moves is one the stream cannot read: journeys stream names it at launch)."""
+        if now - self.said_holding_at < HOLDING_LOG_EVERY_S:
+            return
+        self.said_holding_at = now
+        behind = sorted((p, offset - read.get(p, 0)) for p, offset in self.stored.items() if read.get(p, 0) < offset)
+        log.info("holding commits until the reads pass the stored offsets: %d partitions behind (%s)", len(behind),
+                 ", ".join(f"{topic}[{number}] by {count:,}" for (topic, number), count in behind[:10]))
 
     def _retract_stale(self, latest: dict[str, list[dict]]) -> None:
         """The first commit after a restart: a whole table's stored keys that this job's firings no longer produce
