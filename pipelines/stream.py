@@ -134,10 +134,18 @@ def resumable(args) -> bool:
     hold them for ever. Those are named, with what to do; history deleted by retention is a warning."""
     from transforms.kafka_source import stored_partitions
 
+    from transforms.duckdb_warehouse import held_by_a_writer
+
     target = warehouse_target(args)
     if isinstance(target, str) and not Path(target).exists():
         return True  # a first start: nothing stored
-    warehouse = open_target(args)
+    try:
+        warehouse = open_target(args)
+    except Exception as error:  # noqa: BLE001 - only a running job holding the file is answered here
+        if not held_by_a_writer(error):
+            raise
+        log.info("%s is held by a running job: its stored offsets are not checked now", target)
+        return True
     try:
         if args.forget_offsets:
             forgotten = sorted(p for p in warehouse.offsets() if _named(p, args.forget_offsets))
@@ -197,8 +205,6 @@ def run_on_flink(args, beam_args) -> int:
         for job_id in rest.running_jobs(name):
             log.info("job %s (%s) is still running: taking it over with a savepoint", job_id, name)
             _stop_job(rest, job_id, name, args.savepoint_timeout_s)
-        if not resumable(args):  # once a running job is stopped: until then it holds the warehouse
-            return EXIT_CANNOT_RESUME
         snapshot = flink.newest_snapshot(name)
         if snapshot:
             log.info("resuming %s from %s (state and read positions as of then, not the topics' start)", name,
@@ -206,6 +212,8 @@ def run_on_flink(args, beam_args) -> int:
             beam_args = [*beam_args, f"--savepoint_path={snapshot.as_uri()}"]
         else:
             log.info("%s has no checkpoint or savepoint yet: reading the topics from their start", name)
+    if not resumable(args):  # after a running job was taken over: until then it holds the warehouse
+        return EXIT_CANNOT_RESUME
     for _ in range(START_ATTEMPTS):
         watch = flink.StartWatch(rest, name) if not flink.given(beam_args, "savepoint_path") else None
         if watch:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 
 from pipelines.runners import add_quality_args, add_warehouse_args, quality_config, warehouse_target
 
 log = logging.getLogger("journeys.validate")
 UNREADABLE = 3
-# DuckDB's words when another process holds the file for writing, and only then (its checksum errors name a "block")
-HELD_BY_A_WRITER = re.compile(r"Could not set lock on file|Conflicting lock is held", re.IGNORECASE)
 
 
 class WarehouseUnreadable(Exception):
@@ -51,13 +48,13 @@ def print_summary(results) -> None:
 def _open(args):
     import duckdb
 
-    from transforms.duckdb_warehouse import DuckDBWarehouse
+    from transforms.duckdb_warehouse import DuckDBWarehouse, held_by_a_writer
     from transforms.warehouse import open_warehouse
 
     try:
         return open_warehouse(warehouse_target(args)), True
     except duckdb.Error as error:
-        if not HELD_BY_A_WRITER.search(str(error)):
+        if not held_by_a_writer(error):
             raise WarehouseUnreadable(f"journeys validate: cannot open {args.warehouse}: {error}") from None
         published = args.warehouse.with_suffix(".published.duckdb")
         log.warning("%s is held by a running job: validating its published copy %s, read-only", args.warehouse,

@@ -14,6 +14,7 @@ batch that brings a key twice, and the checkpoint's unique-key expectation check
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -35,6 +36,15 @@ MEMORY_LIMIT_ENV = "JOURNEYS_DUCKDB_MEMORY_LIMIT"  # the writer's DuckDB memory,
 # backfill's commit grew to gigabytes. The commit's statements are scans and hash joins that spill beyond the limit.
 DEFAULT_MEMORY_LIMIT = "1GB"
 RETRACTING, LANDING = "retracting", "landing"  # temporary tables: a commit's rows of one table, gathered
+
+
+# DuckDB's words when another process holds the file for writing, and only then (its checksum errors name a "block")
+_HELD_BY_A_WRITER = re.compile(r"Could not set lock on file|Conflicting lock is held", re.IGNORECASE)
+
+
+def held_by_a_writer(error: Exception) -> bool:
+    """Whether DuckDB refused to open a file because another process writes it (a running job)."""
+    return isinstance(error, duckdb.Error) and bool(_HELD_BY_A_WRITER.search(str(error)))
 
 
 def connect_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
