@@ -299,3 +299,16 @@ def test_a_later_firing_of_a_window_supersedes_an_earlier_one_in_the_same_commit
     assert waiting == []
     warehouse.commit({"data_driven_attribution": latest_rows("data_driven_attribution", whole)})
     assert warehouse.connection.execute("SELECT count(*) FROM data_driven_attribution").fetchone() == (0,)
+
+
+def test_a_warehouse_path_with_quotes_publishes_and_is_read_back(tmp_path):
+    from transforms.duckdb_warehouse import DuckDBWarehouse, connect_read_only
+
+    folder = tmp_path / "it's \"here\"; DROP TABLE customers; --"
+    warehouse = DuckDBWarehouse(folder / "o'brien.duckdb")
+    warehouse.commit({}, {("orders", 0): 3})
+    published = warehouse.publish()
+    warehouse.close()
+    with connect_read_only(published) as reader:
+        assert reader.execute("SELECT next_offset FROM source_offsets").fetchall() == [(3,)]
+        assert reader.execute("SELECT count(*) FROM customers").fetchone() == (0,)
