@@ -75,7 +75,7 @@ def cmd_generate(args) -> int:
     # Synthetic people: without a configured key, one derived from the seed keeps runs reproducible.
     key = load_key() or f"journeys-generator-{args.seed}".encode()
     records = generate(config, key, fmt=args.format, out_of_order=args.out_of_order, late=args.late,
-                       malformed=args.malformed)
+                       malformed=args.malformed, duplicates=args.duplicates)
     summary = manifest(config, records)
     if args.out:
         stats = sinks.write_avro_files(records, Path(args.out))
@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--malformed", type=_fraction, default=0.0,
                      help="malformed records to add, as a fraction of the events (bad bytes, truncated Avro, wrong "
                           "schema, missing fields, unknown enum values, negative amounts, far-future times)")
+    gen.add_argument("--duplicates", type=_fraction, default=0.0,
+                     help="fraction of events sent twice, the copy 0-19 records later, as an at-least-once "
+                          "producer's retry does (the pipeline counts each once)")
     gen.add_argument("--rate", type=float, help="records per second (default: as fast as the broker takes them)")
     gen.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions of topics it creates")
     gen.add_argument("--no-create-topics", action="store_true", help="expect the topics to exist")

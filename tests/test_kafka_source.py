@@ -38,7 +38,7 @@ def _dead_line(dead):
 def test_backfill_reads_each_record_once_and_dead_letters_the_malformed(kafka, topic_prefix, tmp_path, runner,
                                                                         whole_partitions):
     records = generate(GeneratorConfig(customers=250, days=20, seed=31), b"k", fmt="mixed", malformed=0.03,
-                       late=0.02, out_of_order=0.05)
+                       late=0.02, out_of_order=0.05, duplicates=0.02)
     ensure_topics(kafka, prefix=topic_prefix, partitions=3)
     produce(records, kafka, topic_prefix=topic_prefix)
     decoder = EventDecoder.for_prefix(topic_prefix)
@@ -61,6 +61,7 @@ def test_backfill_reads_each_record_once_and_dead_letters_the_malformed(kafka, t
     malformed = [r for r in records if r.malformed]
     assert Counter(d["topic"] for d in dead) == Counter(topic_prefix + r.topic for r in malformed)
     assert Counter(d["stage"] for d in dead)["validate"] == sum(r.malformed in ("negative_amount", "far_future") for r in malformed)
+    assert Counter(d["reason"] for d in dead)["duplicate_event"] == sum(r.malformed == "duplicate" for r in malformed) > 0
     assert all(d["raw_len"] > 0 and d["kafka_ts"] > 0 and d["reason"] for d in dead)
     assert len({(d["topic"], d["partition"], d["offset"]) for d in dead}) == len(dead)
     # Records in = landed + dead-lettered.

@@ -28,7 +28,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: tuple
-    stage: str  # "decode" (bytes → record) or "validate" (record breaks an event rule)
+    stage: str  # "decode" (bytes → record), "validate" (record breaks an event rule) or "dedupe" (read before)
     reason: str
     error: str
     first_seen: dt.datetime
@@ -94,6 +94,13 @@ MAX_ERROR_CHARACTERS = 500
 
 def _described(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def duplicate(message: KafkaMessage, event_id: str) -> DeadLetter:
+    """A message whose event was read before (transforms/dedupe.py): a dead letter, so that it counts once and
+    records in = landed + dead-lettered still holds."""
+    return _dead(message, "dedupe", "duplicate_event", f"event {event_id} was delivered before on this partition",
+                 dt.datetime.now(dt.timezone.utc))
 
 
 def _dead(message: KafkaMessage, stage: str, reason: str, error: str, now: dt.datetime) -> DeadLetter:

@@ -39,7 +39,8 @@ from apache_beam.io.unbounded_source import CheckpointMark, ReadFromUnboundedSou
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.decode_events import DeadLetter, EventDecoder
+from transforms.decode_events import DeadLetter, EventDecoder, duplicate
+from transforms.dedupe import DEFAULT_HORIZON, RecentEventIds, recent_event_ids
 from transforms.event_time import timestamp_of
 from transforms.kafka_connection import KafkaConnection
 from transforms.kafka_message import KafkaMessage
@@ -84,6 +85,7 @@ class KafkaReadSpec:
     discovery_interval_s: float = 30.0
     poll_timeout_ms: int = 200
     launch: str = ""  # one id per launch of the read: its splits' watermark reports (_aligned)
+    dedupe_horizon: int = DEFAULT_HORIZON  # event ids remembered per partition (transforms/dedupe.py)
 
 
 class KafkaCheckpointMark(CheckpointMark):
@@ -205,6 +207,9 @@ class _PartitionClock:
     idle_logged: str = ""  # how its idleness was last logged: "", "paced", "held" or "wall"
 
 
+READ_BACK_S = 60.0  # at most this long to read back a resumed partition's recent event ids
+
+
 class _KafkaReader(UnboundedReader):
     def __init__(self, source: "KafkaPartitionSource", mark: KafkaCheckpointMark | None):
         self.source = source
@@ -219,6 +224,7 @@ class _KafkaReader(UnboundedReader):
         self.consumer = None
         self.next_discovery = 0.0
         self.broker_silent_since: float | None = None
+        self.recent: dict[Partition, RecentEventIds] = {}  # each partition's recent event ids, from its first record
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -282,6 +288,10 @@ class _KafkaReader(UnboundedReader):
             tp = (record.topic, record.partition)
             if self.stop is not None and record.offset >= self.stop.get(tp, 0):
                 continue  # past the bounded end
+            if self.spec.event_time is not None and tp not in self.recent:
+                self.recent[tp] = recent_event_ids(self.spec.launch, tp, self.next_offsets[tp],
+                                                   self.spec.dedupe_horizon, lambda first, end: self._read_back(
+                                                       tp, first, end))
             self.next_offsets[tp] = record.offset + 1
             self.current = KafkaMessage(record.topic, record.partition, record.offset, record.timestamp,
                                         record.key, record.value, tuple(record.headers or ()))
@@ -361,10 +371,47 @@ class _KafkaReader(UnboundedReader):
         if self.spec.event_time is not None:
             message.decoded = self.spec.event_time(message)
             if isinstance(message.decoded, dict):
-                return timestamp_of(message.decoded["event_time"])
+                event_id = message.decoded["event_id"]
+                if self.recent[(message.topic, message.partition)].seen(event_id, message.offset):
+                    message.decoded = duplicate(message, event_id)  # counted once: the first delivery was
+                else:
+                    return timestamp_of(message.decoded["event_time"])
         if message.timestamp_ms is not None and message.timestamp_ms >= 0:
             return Timestamp(micros=message.timestamp_ms * 1000)
         return Timestamp.now()
+
+    def _read_back(self, tp: Partition, first: int, end: int):
+        """(offset, event id) of the partition's records from `first` up to `end`: the ids a reader resuming there
+        remembers (transforms/dedupe.py). A consumer of its own, so the reader's position is untouched."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(**self.spec.connection.client_config(), group_id=None, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", isolation_level=self.spec.isolation_level)
+        deadline = time.monotonic() + READ_BACK_S
+        try:
+            partition = TopicPartition(*tp)
+            consumer.assign([partition])
+            consumer.seek(partition, first)
+            while consumer.position(partition) < end:
+                if time.monotonic() > deadline:
+                    log.warning("%s[%d]: read back only up to offset %d of %d in %.0f s: an event delivered again "
+                                "across the gap counts twice", *tp, consumer.position(partition), end, READ_BACK_S)
+                    return
+                records = consumer.poll(timeout_ms=self.spec.poll_timeout_ms * 5).get(partition, [])
+                if not records and consumer.position(partition) < end:
+                    if consumer.end_offsets([partition])[partition] <= consumer.position(partition):
+                        return  # the records before `end` are gone (a recreated topic): nothing to remember
+                    continue
+                for record in records:
+                    if record.offset >= end:
+                        return
+                    outcome = self.spec.event_time(KafkaMessage(record.topic, record.partition, record.offset,
+                                                                record.timestamp, record.key, record.value,
+                                                                tuple(record.headers or ())))
+                    if isinstance(outcome, dict):
+                        yield record.offset, outcome["event_id"]
+        finally:
+            consumer.close(autocommit=False)
 
     def finished(self) -> bool:
         return self.stop is not None and all(self.next_offsets.get(tp, 0) >= stop

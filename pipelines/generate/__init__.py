@@ -12,10 +12,11 @@ __all__ = ["Event", "GeneratorConfig", "PlantedTruth", "ProducerRecord", "genera
 
 
 def generate(config: GeneratorConfig, pseudonym_key: bytes, *, fmt: str = "confluent", out_of_order: float = 0.0,
-             late: float = 0.0, malformed: float = 0.0) -> list[ProducerRecord]:
+             late: float = 0.0, malformed: float = 0.0, duplicates: float = 0.0) -> list[ProducerRecord]:
     """The records to send, in send order: deterministic for the same config, key and knobs."""
     events = simulate(config, pseudonym_key)
-    return to_records(events, seed=config.seed, fmt=fmt, out_of_order=out_of_order, late=late, malformed=malformed)
+    return to_records(events, seed=config.seed, fmt=fmt, out_of_order=out_of_order, late=late, malformed=malformed,
+                      duplicates=duplicates)
 
 
 def records_by_topic(config: GeneratorConfig, pseudonym_key: bytes) -> dict[str, list[dict]]:

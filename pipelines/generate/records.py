@@ -27,6 +27,9 @@ MALFORMED_KINDS = {
     "negative_amount": {"negative_amount"},
     "far_future": {"event_time_out_of_range"},
 }
+# A record sent again by an at-least-once producer (a retry): same key, same bytes, a few records later.
+DUPLICATE = "duplicate"
+DEAD_LETTER_REASONS = {**MALFORMED_KINDS, DUPLICATE: {"duplicate_event"}}  # what each kind of bad record ends as
 _UNKNOWN_ENUMS = {"social_interactions": ("platform", "myspace"), "web_sessions": ("device", "smart_fridge"),
                   "orders": ("status", "shipped_to_mars")}
 _REQUIRED = {"social_interactions": "platform", "web_sessions": "session_id", "orders": "order_id"}
@@ -44,8 +47,9 @@ class ProducerRecord:
 
 
 def to_records(events: list[Event], *, seed: int, fmt: str = "confluent", out_of_order: float = 0.0,
-               late: float = 0.0, malformed: float = 0.0) -> list[ProducerRecord]:
-    """Encode `events` in send order; `malformed` adds that fraction of bad records on top of the good ones."""
+               late: float = 0.0, malformed: float = 0.0, duplicates: float = 0.0) -> list[ProducerRecord]:
+    """Encode `events` in send order; `malformed` adds that fraction of bad records on top of the good ones, and
+    `duplicates` that fraction of events sent again (kind DUPLICATE, no event: the pipeline must count them once)."""
     if fmt not in FORMAT_CHOICES:
         raise ValueError(f"format {fmt!r}: one of {', '.join(FORMAT_CHOICES)}")
     rng = random.Random(f"{seed}:records")
@@ -63,6 +67,15 @@ def to_records(events: list[Event], *, seed: int, fmt: str = "confluent", out_of
         records.append(ProducerRecord(event.topic, event.key.encode(), value, headers, event.record, delay=delay))
     # Send order: event time plus the delay (a stable sort keeps simultaneous events as they were).
     records.sort(key=lambda r: r.event["event_time"] + r.delay)
+    if duplicates > 0 and records:
+        drng = random.Random(f"{seed}:duplicates")
+        again = {drng.randrange(len(records)) for _ in range(round(duplicates * len(records)))}
+        sent = []
+        for position, record in enumerate(records):
+            sent.append(record)
+            if position in again:  # the retry lands 0-19 records after the original (inserted after them below)
+                sent.append((drng.randrange(20), record))
+        records = _place_retries(sent)
     if malformed > 0 and events:
         by_topic = {topic: [e for e in events if e.topic == topic] for topic in {e.topic for e in events}}
         bad = [_malformed(rng, events, by_topic) for _ in range(round(malformed * len(events)))]
@@ -75,6 +88,27 @@ def to_records(events: list[Event], *, seed: int, fmt: str = "confluent", out_of
             taken = position
         records = merged + records[taken:]
     return records
+
+
+def _place_retries(sent: list) -> list[ProducerRecord]:
+    """Records, with each (gap, record) retry placed `gap` records after where it stands, as a copy of the record."""
+    out: list[ProducerRecord] = []
+    waiting: list = []  # [records still to pass, retry]
+    for item in sent:
+        if isinstance(item, tuple):
+            waiting.append([item[0], item[1]])
+            continue
+        out.append(item)
+        for entry in waiting:
+            entry[0] -= 1
+        out.extend(_retry(r) for gap, r in waiting if gap < 0)
+        waiting = [entry for entry in waiting if entry[0] >= 0]
+    return out + [_retry(r) for _, r in waiting]
+
+
+def _retry(record: ProducerRecord) -> ProducerRecord:
+    return ProducerRecord(record.topic, record.key, record.value, record.headers, None, malformed=DUPLICATE,
+                          delay=record.delay)
 
 
 def _malformed(rng: random.Random, events: list[Event], by_topic: dict[str, list[Event]]) -> ProducerRecord:
