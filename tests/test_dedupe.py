@@ -94,3 +94,38 @@ def test_a_backfill_of_events_sent_twice_lands_the_same_tables_as_one_of_each(ka
             assert dead == {"duplicate_event": len(retried)} and offsets == len(records)
     assert tables["twice"] == tables["once"]
 
+
+
+@pytest.mark.integration
+def test_a_reader_rebuilt_after_a_dead_letter_reuses_the_ids_without_reading_back(kafka, topic_prefix, sample_events,
+                                                                                  monkeypatch):
+    """Runners rebuild a split's reader at every bundle: one that resumes where this process read up to, even
+    past a record that was no event, must not read the partition back."""
+    from kafka import KafkaProducer
+
+    from transforms import kafka_source
+    from transforms.decode_events import EventDecoder
+    from transforms.kafka_source import KafkaCheckpointMark, KafkaPartitionSource, KafkaReadSpec
+
+    ensure_topics(kafka, prefix=topic_prefix, partitions=1)
+    producer = KafkaProducer(**kafka.client_config())
+    for value in (codec.encode("orders", sample_events["orders"])[0], b"\xff\xfe not an event"):
+        producer.send(topic_prefix + "orders", value, key=b"C1", partition=0)
+    producer.flush()
+    producer.close()
+    topic = (topic_prefix + "orders", 0)
+    spec = KafkaReadSpec(kafka, (topic[0],), ((topic, 0),), ((topic, 2),), ((topic[0], 1),),
+                         EventDecoder.for_prefix(topic_prefix), launch="rebuilt-" + topic_prefix)
+    source = KafkaPartitionSource(spec, ((topic, 0),))
+    reader = source.create_reader(None, None)
+    available = reader.start()
+    while available or not reader.finished():
+        available = reader.advance()
+    mark = reader.get_checkpoint_mark()
+    reader.close()
+    assert dict(mark.next_offsets) == {topic: 2}
+    monkeypatch.setattr(kafka_source._KafkaReader, "_read_back", lambda *_: pytest.fail("read back"))
+    rebuilt = source.create_reader(None, mark)
+    rebuilt.recent[topic] = kafka_source.recent_event_ids(spec.launch, topic, 2, spec.dedupe_horizon, None)
+    assert rebuilt.recent[topic].seen(sample_events["orders"]["event_id"], 2)  # the ids it had
+    rebuilt.close()

@@ -296,6 +296,8 @@ class _KafkaReader(UnboundedReader):
             self.current = KafkaMessage(record.topic, record.partition, record.offset, record.timestamp,
                                         record.key, record.value, tuple(record.headers or ()))
             self.current_timestamp = self._timestamp(self.current)
+            if tp in self.recent:  # read up to here, whatever the record became: the next reader resumes here
+                self.recent[tp].next_offset = record.offset + 1
             clock = self.clocks[tp]
             clock.at_end_since = None
             if not isinstance(self.current.decoded, DeadLetter) and self.current_timestamp.micros > clock.newest:
