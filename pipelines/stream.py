@@ -125,7 +125,9 @@ def job_name(args, beam_args) -> str:
     return f"journeys-stream-{digest}"
 
 
-EXIT_CANNOT_RESUME = 4  # a stored partition can never be read up to: every commit would be held for ever
+# A stored partition can never be read up to: every commit would be held for ever. Not 3 or 4 (broker unreachable,
+# stalled), which a supervisor answers with a restart: this one needs a person.
+EXIT_CANNOT_RESUME = 5
 
 
 def resumable(args) -> bool:
