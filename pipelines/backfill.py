@@ -23,8 +23,8 @@ import apache_beam as beam
 import schemas
 from pipelines import flink
 from pipelines.runners import (BATCH_RUNNER, add_kafka_pipeline_args, add_quality_args, add_warehouse_args,
-                               open_target, parse_with_beam_args, quality_config, run_kafka_pipeline,
-                               warehouse_target)
+                               open_target, parse_with_beam_args, quality_config, required_pseudonymiser,
+                               run_kafka_pipeline, warehouse_target)
 from transforms.customer_profiles import updating_global_window
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TABLES, TablesConfig, TablesFromMessages
@@ -79,7 +79,7 @@ def staging_directory(args) -> str:
 
 
 def build(pipeline, args, connection: KafkaConnection):
-    decoder = EventDecoder.for_prefix(args.topic_prefix)
+    decoder = EventDecoder.for_prefix(args.topic_prefix, pseudonyms=required_pseudonymiser(args))
     topics = tuple(args.topic_prefix + t for t in schemas.TOPICS)
     _, stop, _ = resolve_launch(connection, topics, StartAt(), bounded=True)
     end_offsets = args.end_offsets = dict(stop)

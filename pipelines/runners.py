@@ -43,6 +43,25 @@ def parse_with_beam_args(parser, argv=None):
     return args, beam_args
 
 
+def required_pseudonymiser(args):
+    """The pseudonymiser of personal identifiers, from --pseudonym-key-file or the key the environment names; there
+    is no default key."""
+    from transforms.pseudonymise import KEY_ENV, KEY_FILE_ENV, Pseudonymiser, key_secret
+
+    given = getattr(args, "pseudonym_key_file", None)
+    key = key_secret({KEY_FILE_ENV: given} if given else None)
+    if key is None:
+        raise SystemExit(f"no pseudonym key: give --pseudonym-key-file, or set {KEY_FILE_ENV} to a file holding a "
+                         f"secret (for one: python -c "
+                         f"'import secrets; print(secrets.token_hex(32))' > FILE) or {KEY_ENV}. Customer, cookie and "
+                         f"social ids are pseudonymised with it before anything lands.")
+    try:
+        key.reveal()  # an unreadable file fails here, at launch
+    except OSError as error:
+        raise SystemExit(f"the pseudonym key cannot be read: {error}") from None
+    return Pseudonymiser(key)
+
+
 def prism_path() -> Path:
     """The Prism binary of deploy/local/prism.sh, built on first use."""
     local = Path(os.environ.get("JOURNEYS_LOCAL_DIR", REPO / ".local"))
@@ -103,6 +122,10 @@ def add_kafka_pipeline_args(parser, bounded: bool = False) -> None:
                              "(--flink_master, --parallelism, --checkpointing_interval, --state_backend, ...)")
     parser.add_argument("--topic-prefix", default="")
     parser.add_argument("--kafka-env-file", metavar="FILE")
+    parser.add_argument("--pseudonym-key-file", metavar="FILE",
+                        help="the secret key that pseudonymises customer, cookie and social ids before they land (a "
+                             "text file; or a Secret Manager version); else JOURNEYS_PSEUDONYM_KEY_FILE or "
+                             "JOURNEYS_PSEUDONYM_KEY. There is no default")
 
 
 def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = False, job_name: str | None = None,
@@ -241,7 +264,12 @@ def quality_config(args):
 
     from transforms.secret import Secret
 
-    webhook = Secret(file=str(Path(args.alert_webhook_file).resolve())) if args.alert_webhook_file else None
+    from transforms.secret import SECRET_VERSION
+
+    location = args.alert_webhook_file
+    if location and not SECRET_VERSION.match(location):
+        location = str(Path(location).resolve())
+    webhook = Secret(file=location) if location else None
     if webhook:
         webhook.reveal()  # a missing or unreadable file fails at launch, not at the first alert
     return QualityConfig.from_env(max_event_age_hours=args.max_event_age_hours,

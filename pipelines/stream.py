@@ -29,8 +29,9 @@ import apache_beam as beam
 
 import schemas
 from pipelines import flink
-from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, parse_with_beam_args,
-                               open_target, quality_config, run_kafka_pipeline, warehouse_target)
+from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, open_target,
+                               parse_with_beam_args, quality_config, required_pseudonymiser, run_kafka_pipeline,
+                               warehouse_target)
 from transforms import liveness
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TablesConfig, TablesFromMessages
@@ -43,7 +44,7 @@ log = logging.getLogger("journeys.stream")
 
 
 def build(pipeline, args, connection: KafkaConnection):
-    decoder = EventDecoder.for_prefix(args.topic_prefix)
+    decoder = EventDecoder.for_prefix(args.topic_prefix, pseudonyms=required_pseudonymiser(args))
     topics = [args.topic_prefix + t for t in schemas.TOPICS]
     # A consumer group only for lag monitoring: offsets are committed as Beam finalizes checkpoints, never read.
     readers = args.readers or (flink.parallelism(pipeline.options) if args.runner == flink.RUNNER else None)
@@ -143,10 +144,11 @@ def resumable(args) -> bool:
         return True  # a first start: nothing stored
     try:
         warehouse = open_target(args)
-    except Exception as error:  # noqa: BLE001 - only a running job holding the file is answered here
-        if not held_by_a_writer(error):
-            raise
-        log.info("%s is held by a running job: its stored offsets are not checked now", target)
+    except Exception as error:  # noqa: BLE001 - the job itself says what is wrong with its warehouse
+        if held_by_a_writer(error):
+            log.info("%s is held by a running job: its stored offsets are not checked now", target)
+        else:
+            log.warning("the stored offsets could not be checked at launch (%s: %s)", type(error).__name__, error)
         return True
     try:
         if args.forget_offsets:

@@ -34,6 +34,7 @@ class Column:
     min: float | None = None
     max: float | None = None
     severity: str = "block"  # of the checks derived from this column (not null, accepted values, range)
+    pseudonymous: bool = False  # holds keyed pseudonyms of personal ids (transforms/pseudonymise.py), never the ids
 
     @property
     def decimal(self) -> tuple[int, int] | None:
@@ -164,7 +165,8 @@ class Contract:
             checks = [f"one of {', '.join(map(str, c.accepted_values))}" if c.accepted_values else "",
                       f">= {c.min}" if c.min is not None else "", f"<= {c.max}" if c.max is not None else ""]
             checks = "; ".join(check for check in checks if check)
-            rows.append(f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {cell(c.doc)} | "
+            rows.append(f"| `{c.name}` | {c.type}{' (pseudonymous)' if c.pseudonymous else ''} | "
+                        f"{'yes' if c.nullable else 'no'} | {cell(c.doc)} | "
                         f"{cell(checks + f' ({c.severity})' if checks else '')} |")
         rules = [(r.name, r.doc, r.severity) for r in (*self.row_rules, *self.table_rules)]
         if rules:
@@ -192,7 +194,8 @@ def _load(path: Path) -> Contract:
     raw = json.loads(path.read_text())
     columns = tuple(Column(c["name"], c["type"], c["nullable"], c["doc"],
                            tuple(c["accepted_values"]) if "accepted_values" in c else None,
-                           c.get("min"), c.get("max"), c.get("severity", "block")) for c in raw["columns"])
+                           c.get("min"), c.get("max"), c.get("severity", "block"), c.get("pseudonymous", False))
+                    for c in raw["columns"])
     quality = raw.get("quality", {})
     contract = Contract(raw["table"], raw["doc"], tuple(raw["primary_key"]), raw.get("partition_by"),
                         tuple(raw.get("cluster_by", ())), columns, tuple(raw.get("keep_on_update", ())),

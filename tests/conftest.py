@@ -4,6 +4,15 @@ import uuid
 import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Pipelines refuse to start without a pseudonym key: the tests' own, in a file, so that Flink's workers (started
+# before the tests) find it too. References computed in memory pseudonymise with it as the decoder does.
+if not (os.environ.get("JOURNEYS_PSEUDONYM_KEY_FILE") or os.environ.get("JOURNEYS_PSEUDONYM_KEY")):
+    import tempfile
+
+    _key_file = os.path.join(tempfile.gettempdir(), "journeys-tests-pseudonym.key")
+    with open(_key_file, "w") as _out:
+        _out.write("journeys-tests-pseudonym-key\n")
+    os.environ["JOURNEYS_PSEUDONYM_KEY_FILE"] = _key_file
 
 
 @pytest.fixture(scope="session")

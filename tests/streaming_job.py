@@ -20,6 +20,7 @@ from schemas.contracts import contract, contracts
 from transforms.bigquery_warehouse import BigQueryTarget
 from transforms.journey_tables import TABLES, CustomerJourneyTables
 from transforms.json_lines import AppendJsonLines, read_json_lines
+from transforms.pseudonymise import Pseudonymiser, key_secret
 from transforms.warehouse import latest_rows, open_warehouse
 
 # A partition jumps to the wall clock only after FLUSH_AFTER_S without records: longer than the first run lives,
@@ -127,8 +128,9 @@ def results(snapshot) -> dict:
 def tables_in_memory(config, out_dir) -> dict[str, list[dict]]:
     """Every table computed in memory from the world's valid events (no Kafka, no warehouse): the latest row per
     key, as the pipeline emitted it (JSON lines in out_dir)."""
+    pseudonyms = Pseudonymiser(key_secret())  # as the pipeline's decoder replaces personal ids
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        topics = {topic: (pipeline | f"Create{topic}" >> beam.Create(records)
+        topics = {topic: (pipeline | f"Create{topic}" >> beam.Create([pseudonyms.record(topic, r) for r in records])
                           | f"Time{topic}" >> beam.Map(
                               lambda r: TimestampedValue(r, Timestamp.from_utc_datetime(r["event_time"]))))
                   for topic, records in records_by_topic(config, b"k").items()}

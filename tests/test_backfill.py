@@ -84,6 +84,14 @@ def test_backfill_lands_every_table_and_the_dead_letters_once(kafka, topic_prefi
     for bad in corpus:  # its raw bytes, from its topic, with its own reason and stage
         assert (bad.reason, bad.stage, bad.record.value, topic_prefix + "orders") in corpus_dead, bad.name
     assert offsets == len(records) == landed_events + len(malformed), "records in = landed + dead-lettered"
+    with duckdb.connect(str(published), read_only=True) as con:  # personal ids landed as keyed pseudonyms only
+        raw_ids = {r[k] for rs in records_by_topic(CONFIG, b"k").values() for r in rs
+                   for k in ("customer_id", "anonymous_id") if r.get(k)}
+        for table in TABLES:
+            for column in (c.name for c in contract(table).columns if c.pseudonymous):
+                values = {v for (v,) in con.execute(f'SELECT DISTINCT "{column}" FROM "{table}"').fetchall()}
+                assert values and all(v.removeprefix("anon:").startswith("ps_") for v in values), (table, column)
+                assert not values & raw_ids and not {v.removeprefix("anon:") for v in values} & raw_ids
     shown = subprocess.run([sys.executable, "-m", "pipelines.cli", "sql", "--warehouse", str(published),
                             "SELECT count(*) AS customers FROM customers"], capture_output=True, text=True, timeout=60)
     assert shown.stdout.split() == ["customers", str(len(expected["customers"]))], shown.stderr

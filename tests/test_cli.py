@@ -143,3 +143,13 @@ def test_validate_on_a_corrupt_warehouse_fails_loudly_instead_of_validating_the_
     status = validate.main(["--warehouse", str(tmp_path / "journeys.duckdb")])
     assert status == validate.UNREADABLE
     assert "cannot open" in capsys.readouterr().err
+
+
+def test_a_pipeline_without_a_pseudonym_key_refuses_to_start(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOURNEYS_PSEUDONYM_KEY")}
+    done = subprocess.run(JOURNEYS + ["backfill", "--warehouse", str(tmp_path / "w.duckdb")], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 1 and "no pseudonym key" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "w.duckdb").exists()

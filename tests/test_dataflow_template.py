@@ -31,11 +31,13 @@ NOT_ON_DATAFLOW = {
     "bigquery_endpoint": "the BigQuery emulator",
     "stalled_after_s": "a watchdog for workers in the launching process (Prism)",
     "from_scratch": "Flink's checkpoints and savepoints",
+    "forget_offsets": "a repair at launch, run once from an operator's shell",
     "savepoint_timeout_s": "Flink's stop with a savepoint (Dataflow drains or updates a job instead)",
 }
 # Values for parameters without a default, each matching the parameter's regexes.
 EXAMPLES = {
     "kafka_env_file": "projects/journeys-dry-run/secrets/journeys-kafka/versions/latest",
+    "pseudonym_key_file": "projects/journeys-dry-run/secrets/journeys-pseudonym-key/versions/1",
     "topic_prefix": "prod_",
     "bigquery_project": "journeys-dry-run",
     "bigquery_published_dataset": "journeys_bi",
@@ -48,7 +50,8 @@ EXAMPLES = {
 # What those secret versions hold.
 SECRETS = {"kafka_env_file": b"JOURNEYS_KAFKA_BOOTSTRAP=broker-1.internal:9092\n",
            "alert_webhook_file": b"https://hooks.example.com/services/T0/B0/x\n",
-           "gx_actions_file": b'[{"type": "slack", "name": "on-call"}]\n'}
+           "gx_actions_file": b'[{"type": "slack", "name": "on-call"}]\n',
+           "pseudonym_key_file": b"a-pseudonym-key\n"}
 
 
 def _load_launcher():
@@ -115,13 +118,14 @@ def test_every_parameter_is_a_stream_option_and_every_stream_option_is_offered_o
     assert not missing, f"offer these in deploy/dataflow/metadata.json, or list them in NOT_ON_DATAFLOW: {missing}"
 
 
-def test_defaults_are_the_parsers_and_only_kafka_and_bigquery_are_required():
+def test_defaults_are_the_parsers_and_only_kafka_bigquery_and_the_pseudonym_key_are_required():
     options = _options(_stream_parser())
     for name, parameter in PARAMETERS.items():
         action = options[name]
         if "defaultValue" in parameter:
             assert (action.type or str)(parameter["defaultValue"]) == action.default, name
-        assert parameter.get("isOptional", False) == (name not in ("kafka_env_file", "bigquery_project")), name
+        assert parameter.get("isOptional", False) == (
+            name not in ("kafka_env_file", "bigquery_project", "pseudonym_key_file")), name
 
 
 def test_the_parser_takes_every_parameter_as_the_launcher_passes_it(tmp_path):
@@ -129,7 +133,9 @@ def test_the_parser_takes_every_parameter_as_the_launcher_passes_it(tmp_path):
     assert beam_args == []
     options = _options(_stream_parser())
     for name in PARAMETERS:
-        if name in SECRETS:
+        if name in launcher.READ_WHERE_USED:  # its version, read through Secret Manager where it is used
+            assert getattr(args, name) == EXAMPLES[name], name
+        elif name in SECRETS:
             assert Path(getattr(args, name)).read_bytes() == SECRETS[name], name
         else:
             assert getattr(args, name) == (options[name].type or str)(_example(name)), name
@@ -139,9 +145,11 @@ def test_secrets_are_secret_manager_versions_read_at_launch_and_other_options_pa
     for name in SECRETS:
         assert PARAMETERS[name]["regexes"] == [launcher.SECRET_VERSION.pattern], "never a value"
     beam = ["--project=journeys-dry-run", "--sdk_container_image=" + IMAGE, "--job_name=j"]
-    passed = _template_args(tmp_path, kafka_env_file=EXAMPLES["kafka_env_file"], topic_prefix="prod_") + beam
-    assert passed == [f"--kafka-env-file={tmp_path / 'kafka_env_file'}", "--topic-prefix=prod_", *beam]
-    assert (tmp_path / "kafka_env_file").read_bytes() == SECRETS["kafka_env_file"]
+    passed = _template_args(tmp_path, kafka_env_file=EXAMPLES["kafka_env_file"], topic_prefix="prod_",
+                            gx_actions_file=EXAMPLES["gx_actions_file"]) + beam
+    assert passed == [f"--kafka-env-file={EXAMPLES['kafka_env_file']}", "--topic-prefix=prod_",
+                      f"--gx-actions-file={tmp_path / 'gx_actions_file'}", *beam]
+    assert (tmp_path / "gx_actions_file").read_bytes() == SECRETS["gx_actions_file"]  # read at launch only
 
 
 def test_beams_update_option_reaches_beam():
@@ -186,7 +194,8 @@ def test_the_image_copies_what_the_repository_has():
 
 def test_launch_passes_every_required_parameter_and_the_image(tmp_path):
     printed = _with_gcloud(tmp_path, "launch.sh", "--parameters=topic_prefix=prod_", IMAGE=IMAGE,
-                           TEMPLATE="gs://journeys-dry-run/t.json", KAFKA_SECRET=EXAMPLES["kafka_env_file"])
+                           TEMPLATE="gs://journeys-dry-run/t.json", KAFKA_SECRET=EXAMPLES["kafka_env_file"],
+                           PSEUDONYM_KEY_SECRET=EXAMPLES["pseudonym_key_file"])
     passed = dict(arg.removeprefix("--parameters=").split("=", 1) for arg in printed
                   if arg.startswith("--parameters="))
     assert passed["sdk_container_image"] == IMAGE and passed["topic_prefix"] == "prod_"

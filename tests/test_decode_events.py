@@ -95,3 +95,26 @@ def test_whatever_the_decoder_or_a_rule_raises_becomes_a_dead_letter(sample_even
             raise KeyError("event_time")
     dead = EventDecoder(decoder.logical_topics, BrokenRules())(_message("orders", value, headers), NOW)
     assert (dead.stage, dead.reason, dead.error) == ("validate", "rule_error", "KeyError: 'event_time'")
+
+
+def test_the_decoder_pseudonymises_the_fields_the_schemas_mark_and_never_carries_the_key(sample_events, tmp_path):
+    import pickle
+
+    from transforms.pseudonymise import Pseudonymiser, personal_fields, pseudonym
+    from transforms.secret import Secret
+
+    (tmp_path / "key").write_text("a-key-nobody-guesses\n")
+    decoder = EventDecoder.for_prefix("", pseudonyms=Pseudonymiser(Secret(file=str(tmp_path / "key"))))
+    assert personal_fields("web_sessions") == ("anonymous_id", "customer_id")
+    assert personal_fields("social_interactions") == ("customer_id", "handle_pseudonym")
+    for topic, record in sample_events.items():
+        decoded = decoder(_message(topic, *codec.encode(topic, record)), NOW)
+        for name, value in record.items():
+            if name in personal_fields(topic) and value is not None:
+                assert decoded[name] == pseudonym(value, b"a-key-nobody-guesses") != value, (topic, name)
+            else:
+                assert decoded[name] == value, (topic, name)
+    shipped = pickle.dumps(decoder)
+    assert b"a-key-nobody-guesses" not in shipped and "a-key-nobody-guesses" not in repr(decoder)
+    assert pickle.loads(shipped)(_message("orders", *codec.encode("orders", sample_events["orders"])), NOW) == \
+        decoder(_message("orders", *codec.encode("orders", sample_events["orders"])), NOW)

@@ -14,6 +14,7 @@ import schemas
 from transforms import codec
 from transforms.event_rules import EventRules
 from transforms.kafka_message import KafkaMessage
+from transforms.pseudonymise import Pseudonymiser
 
 DEAD_LETTERS = "dead_letters"
 
@@ -50,10 +51,14 @@ class EventDecoder:
     # Our events are well under a kilobyte: a value this large is a producer's mistake, not an event to hold in
     # memory and state. (The broker's own limit, 1 MiB by default, is higher.)
     max_value_bytes: int = 512 * 1024
+    # Replaces the fields that identify a person by keyed pseudonyms (transforms/pseudonymise.py); None: as they
+    # come (unit tests; every pipeline command gives one)
+    pseudonyms: Pseudonymiser | None = None
 
     @classmethod
-    def for_prefix(cls, prefix: str = "", rules: EventRules | None = None) -> "EventDecoder":
-        return cls(tuple((prefix + t, t) for t in schemas.TOPICS), rules or EventRules())
+    def for_prefix(cls, prefix: str = "", rules: EventRules | None = None,
+                   pseudonyms: Pseudonymiser | None = None) -> "EventDecoder":
+        return cls(tuple((prefix + t, t) for t in schemas.TOPICS), rules or EventRules(), pseudonyms=pseudonyms)
 
     def logical_topic(self, kafka_topic: str) -> str | None:
         return dict(self.logical_topics).get(kafka_topic)
@@ -80,7 +85,7 @@ class EventDecoder:
             return _dead(message, "validate", "rule_error", _described(error), now)
         if message.key is None:  # every topic is keyed by customer or visitor: without one, ordering is lost
             return _dead(message, "validate", "null_key", "the message has no key (customer or anonymous id)", now)
-        return record
+        return self.pseudonyms.record(topic, record) if self.pseudonyms is not None else record
 
     def outcome(self, message: KafkaMessage) -> dict | DeadLetter:
         """The message's record or dead letter; the source may have decoded it already (to timestamp it by

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from transforms.secret import Secret, read_env_file
+from transforms.secret import SECRET_VERSION, Secret, read_env_file
 
 PREFIX = "JOURNEYS_KAFKA_"
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"  # deploy/local/kafka.sh
@@ -56,12 +56,11 @@ class KafkaConnection:
 
         def secret(name: str) -> Secret | None:
             if get(name + "_FILE"):
-                return Secret(file=str(Path(get(name + "_FILE")).resolve()))
+                return Secret(file=_absolute(get(name + "_FILE")))
             if not get(name):
                 return None
             from_file = env_file is not None and PREFIX + name not in environ_values
-            return Secret(env=PREFIX + name, env_file=str(Path(env_file).resolve()) if from_file else None,
-                          value=get(name))
+            return Secret(env=PREFIX + name, env_file=_absolute(env_file) if from_file else None, value=get(name))
 
         if not get("BOOTSTRAP") and get("PORT"):
             values[PREFIX + "BOOTSTRAP"] = f"127.0.0.1:{get('PORT')}"
@@ -99,3 +98,8 @@ class KafkaConnection:
         """For logs: where and how, never the secrets."""
         auth = f" sasl={self.sasl_mechanism} user={self.sasl_username}" if self.sasl_mechanism else ""
         return f"{self.bootstrap_servers} ({self.security_protocol}{auth})"
+
+
+def _absolute(location) -> str:
+    """A file's path as workers elsewhere find it; a Secret Manager version as it is."""
+    return str(location) if SECRET_VERSION.match(str(location)) else str(Path(location).resolve())

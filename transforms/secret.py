@@ -8,12 +8,28 @@ value (a test's) works in its own process only, and refuses to be pickled.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 class SecretUnavailable(RuntimeError):
     pass
+
+
+# A Google Secret Manager secret version: where a Dataflow job's secrets live (deploy/dataflow). A file's place may
+# name one, read through Secret Manager wherever it is used: Dataflow's workers share no disk with the launcher.
+SECRET_VERSION = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
+
+
+def read_text(location: str | Path) -> str:
+    """The text of a file, or of a Secret Manager secret version."""
+    if SECRET_VERSION.match(str(location)):
+        from google.cloud import secretmanager
+
+        client = secretmanager.SecretManagerServiceClient()
+        return client.access_secret_version(name=str(location)).payload.data.decode()
+    return Path(location).read_text()
 
 
 @dataclass(frozen=True)
@@ -25,11 +41,11 @@ class Secret:
 
     def reveal(self) -> str:
         if self.file:  # read each time: a rotated secret needs no new job
-            return Path(self.file).read_text().strip()
+            return read_text(self.file).strip()
         if self.value is not None:
             return self.value
         found = os.environ.get(self.env) if self.env else None
-        if not found and self.env_file and Path(self.env_file).exists():
+        if not found and self.env_file and (SECRET_VERSION.match(self.env_file) or Path(self.env_file).exists()):
             found = dict(read_env_file(self.env_file)).get(self.env)
         if not found:
             where = f"{self.env} in this process's environment" + (f" or in {self.env_file}" if self.env_file else "")
@@ -50,7 +66,7 @@ class Secret:
 
 def read_env_file(path: str | Path) -> list[tuple[str, str]]:
     pairs = []
-    for line in Path(path).read_text().splitlines():
+    for line in read_text(path).splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)

@@ -3,7 +3,8 @@
 Dataflow's launcher runs `python main.py --name=value ...` with the template's parameters (metadata.json) and
 Dataflow's own options (--project, --region, --job_name, --template_location, ...). The parameters are spelled as
 Beam spells its options, with underscores; `journeys stream` spells its own with dashes. A `*_file` parameter names
-a Secret Manager secret version, read here into a private file for the launch only: no secret is a job parameter.
+a Secret Manager secret version: those the workers use are read through Secret Manager where they are used, the
+others here into a private file for the launch only. No secret is a job parameter or part of the job graph.
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from pathlib import Path
 COMMAND = "stream"
 METADATA = Path(__file__).with_name("metadata.json")
 SECRET_VERSION = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
+# Secrets the workers use (the Kafka password, the alert webhook): passed on as their version names, which the
+# launcher and each worker read through Secret Manager where they are used (transforms/secret.py). A secret value
+# never becomes part of the job graph.
+READ_WHERE_USED = {"kafka_env_file", "alert_webhook_file", "pseudonym_key_file"}
 # The workers need this image: the project is installed in it, and nothing is installed at launch or on workers.
 IMAGE_OPTIONS = ("--sdk_container_image", "--worker_harness_container_image")
 
@@ -30,7 +35,7 @@ def parser_args(argv: list[str], names: set[str], read_secret, secrets_dir: Path
     for arg in argv:
         name, equals, value = arg[2:].partition("=")
         if arg.startswith("--") and equals and name in names:
-            if name.endswith("_file") and SECRET_VERSION.match(value):
+            if name.endswith("_file") and SECRET_VERSION.match(value) and name not in READ_WHERE_USED:
                 path = secrets_dir / name
                 path.write_bytes(read_secret(value))
                 value = str(path)

@@ -16,6 +16,13 @@ history_customers=${JOURNEYS_DEMO_CUSTOMERS:-300}
 quality=(--max-event-age-hours 8760 --data-docs-dir .local/data_docs)
 live_rate=${JOURNEYS_DEMO_RATE:-10}  # live events per second
 mkdir -p "$demo"
+# Customer, cookie and social ids are pseudonymised with a keyed HMAC before they land: the demo's own random key,
+# made once (a deployment brings its own: JOURNEYS_PSEUDONYM_KEY_FILE or JOURNEYS_PSEUDONYM_KEY).
+if [ -z "${JOURNEYS_PSEUDONYM_KEY_FILE:-}${JOURNEYS_PSEUDONYM_KEY:-}" ]; then
+  export JOURNEYS_PSEUDONYM_KEY_FILE="$PWD/.local/demo-pseudonym.key"
+  [ -s "$JOURNEYS_PSEUDONYM_KEY_FILE" ] || (umask 077 && "$bin/python" -c "import secrets; print(secrets.token_hex(32))" \
+    > "$JOURNEYS_PSEUDONYM_KEY_FILE")
+fi
 sql() { "$bin/journeys" sql --warehouse "$published" "$1"; }
 offsets() { sql "SELECT coalesce(sum(next_offset), 0) FROM source_offsets" 2>/dev/null | tail -n 1 | tr -d ' '; }
 # The stream's own progress: its writer replaces this file at every commit (records read, published or not, why).
