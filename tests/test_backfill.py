@@ -82,7 +82,7 @@ def test_backfill_lands_every_table_and_the_dead_letters_once(kafka, topic_prefi
     malformed = [r for r in records if r.malformed]
     assert sum(n for _, n in dead) == len(malformed) > len(corpus)
     for bad in corpus:  # its raw bytes, from its topic, with its own reason and stage
-        assert (bad.reason, bad.stage, bad.record.value, topic_prefix + "orders") in corpus_dead, bad.name
+        assert (bad.reason, bad.stage, bad.record.value, topic_prefix + bad.record.topic) in corpus_dead, bad.name
     assert offsets == len(records) == landed_events + len(malformed), "records in = landed + dead-lettered"
     with duckdb.connect(str(published), read_only=True) as con:  # personal ids landed as keyed pseudonyms only
         raw_ids = {r[k] for rs in records_by_topic(CONFIG, b"k").values() for r in rs
