@@ -374,7 +374,8 @@ def test_validate_finds_a_hand_changed_column_type_and_revenue_kept_on_a_cancell
     assert [f["expectation"] for f in alert["failed"]] == ["no_revenue_from_cancelled_orders"]
     assert alert["failed"][0]["observed_value"] == "50"  # linear keeps 100 - 50 of the cancelled order
     warehouse.connection.execute('ALTER TABLE touchpoints ALTER view_through TYPE VARCHAR')
-    result = ValidatedLanding(warehouse, QualityConfig(webhook_url=Secret(value=receiver.url)), "validate").validate(["touchpoints"])
+    config = QualityConfig(webhook_url=Secret(value=receiver.url))
+    result = ValidatedLanding(warehouse, config, "validate").validate(["touchpoints"])
     [broken] = [o for o in result.outcomes if not o.success]
     assert (broken.expectation, broken.severity) == ("columns_match_contract", "block")
     assert broken.observed_value == "column=view_through, contract_type=bool, landed_type=string"

@@ -105,7 +105,7 @@ def test_a_reader_rebuilt_after_a_dead_letter_reuses_the_ids_without_reading_bac
 
     from transforms import kafka_source
     from transforms.decode_events import EventDecoder
-    from transforms.kafka_source import KafkaCheckpointMark, KafkaPartitionSource, KafkaReadSpec
+    from transforms.kafka_source import KafkaPartitionSource, KafkaReadSpec
 
     ensure_topics(kafka, prefix=topic_prefix, partitions=1)
     producer = KafkaProducer(**kafka.client_config())

@@ -102,7 +102,8 @@ def _header_version(topic: str, headers: Headers | None) -> schemas.TopicSchema 
             try:
                 return schemas.version(topic, int(header_value))
             except (KeyError, ValueError):
-                raise DecodeError("unknown_schema_version", f"{topic} has no schema version {_shown(header_value)}") from None
+                raise DecodeError("unknown_schema_version",
+                                  f"{topic} has no schema version {_shown(header_value)}") from None
     return None
 
 

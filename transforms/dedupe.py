@@ -37,7 +37,8 @@ class RecentEventIds:
         return False
 
 
-_RECENT: collections.OrderedDict = collections.OrderedDict()  # (launch, partition) → RecentEventIds, least recent first
+# (launch, partition) → RecentEventIds, the least recently used first
+_RECENT: collections.OrderedDict = collections.OrderedDict()
 _LOCK = threading.Lock()
 
 

@@ -9,8 +9,8 @@
 #
 # KAFKA_SECRET is a Secret Manager secret version holding JOURNEYS_KAFKA_* lines (bootstrap, SASL), and
 # PSEUDONYM_KEY_SECRET one holding the key that pseudonymises personal ids: the launcher and the workers read them
-# through Secret Manager where they use them, and no secret is ever a job parameter or part of the job graph. Optional: BIGQUERY_PROJECT (default: PROJECT),
-# JOB_NAME, SERVICE_ACCOUNT (launcher and workers; default: Compute Engine's) and SUBNETWORK (one from which the
+# through Secret Manager where they use them, and no secret is ever a job parameter or part of the job graph.
+# Optional: BIGQUERY_PROJECT (default: PROJECT), JOB_NAME, SERVICE_ACCOUNT (launcher and workers; default: Compute Engine's) and SUBNETWORK (one from which the
 # brokers are reachable: the launcher reads the topics' partitions before the job starts).
 set -euo pipefail
 

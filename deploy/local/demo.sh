@@ -20,8 +20,8 @@ mkdir -p "$demo"
 # made once (a deployment brings its own: JOURNEYS_PSEUDONYM_KEY_FILE or JOURNEYS_PSEUDONYM_KEY).
 if [ -z "${JOURNEYS_PSEUDONYM_KEY_FILE:-}${JOURNEYS_PSEUDONYM_KEY:-}" ]; then
   export JOURNEYS_PSEUDONYM_KEY_FILE="$PWD/.local/demo-pseudonym.key"
-  [ -s "$JOURNEYS_PSEUDONYM_KEY_FILE" ] || (umask 077 && "$bin/python" -c "import secrets; print(secrets.token_hex(32))" \
-    > "$JOURNEYS_PSEUDONYM_KEY_FILE")
+  [ -s "$JOURNEYS_PSEUDONYM_KEY_FILE" ] || (umask 077 &&
+    "$bin/python" -c "import secrets; print(secrets.token_hex(32))" > "$JOURNEYS_PSEUDONYM_KEY_FILE")
 fi
 sql() { "$bin/journeys" sql --warehouse "$published" "$1"; }
 offsets() { sql "SELECT coalesce(sum(next_offset), 0) FROM source_offsets" 2>/dev/null | tail -n 1 | tr -d ' '; }

@@ -49,8 +49,8 @@ def bad_inputs(order: dict, session: dict) -> list[BadInput]:
 
     session_value, _ = codec.encode("web_sessions", session, "confluent")
     session_key = session["anonymous_id"].encode()
-    from_epoch = codec.encode("web_sessions", dict(session, session_start=dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)),
-                              "confluent")[0]
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    from_epoch = codec.encode("web_sessions", dict(session, session_start=epoch), "confluent")[0]
     return [
         bad("truncated_avro", "truncated_avro", confluent[:-3]),
         bad("wrong_magic_byte", "bad_magic_byte", b"\x07" + confluent[1:]),
