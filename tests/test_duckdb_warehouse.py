@@ -312,3 +312,28 @@ def test_a_warehouse_path_with_quotes_publishes_and_is_read_back(tmp_path):
     with connect_read_only(published) as reader:
         assert reader.execute("SELECT next_offset FROM source_offsets").fetchall() == [(3,)]
         assert reader.execute("SELECT count(*) FROM customers").fetchone() == (0,)
+
+
+def test_only_another_process_writing_the_file_counts_as_held_by_a_writer(tmp_path):
+    import subprocess
+    import sys
+
+    import duckdb
+
+    from transforms.duckdb_warehouse import DuckDBWarehouse, held_by_a_writer
+
+    path = tmp_path / "journeys.duckdb"
+    DuckDBWarehouse(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(duckdb.Error) as refused:
+            DuckDBWarehouse(path)
+        assert held_by_a_writer(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not held_by_a_writer(duckdb.IOException("Corrupt database file: checksum mismatch in block at 12288"))
+    assert not held_by_a_writer(ValueError("Could not set lock on file"))  # DuckDB's errors only
