@@ -268,7 +268,7 @@ def quality_config(args):
 
     location = args.alert_webhook_file
     if location and not SECRET_VERSION.match(location):
-        location = str(Path(location).resolve())
+        location = os.path.abspath(location)  # symbolic links kept: workers mount the same path
     webhook = Secret(file=location) if location else None
     if webhook:
         webhook.reveal()  # a missing or unreadable file fails at launch, not at the first alert

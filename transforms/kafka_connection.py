@@ -101,5 +101,6 @@ class KafkaConnection:
 
 
 def _absolute(location) -> str:
-    """A file's path as workers elsewhere find it; a Secret Manager version as it is."""
-    return str(location) if SECRET_VERSION.match(str(location)) else str(Path(location).resolve())
+    """A file's path as workers elsewhere find it (absolute, its symbolic links kept: a worker mounts the same
+    path, not what it leads to here); a Secret Manager version as it is."""
+    return str(location) if SECRET_VERSION.match(str(location)) else os.path.abspath(location)

@@ -1,9 +1,9 @@
 """Secrets (passwords, webhook URLs): resolved where they are used, never carried in a job graph or shown in a repr.
 
-A Secret names where its value lives: a file, an environment variable, or an env file's key. The launching process
-may keep the value it read (`value`), but pickling keeps only where to find it, so a Beam job graph never holds a
-secret: on a cluster, the workers need the same file mounted or the same variable set. A secret given as a bare
-value (a test's) works in its own process only, and refuses to be pickled.
+A Secret names where its value lives: a file (or a Secret Manager version), an environment variable, or an env
+file's key. The launching process may keep the value it read (`value`), but pickling keeps only where to find it,
+so a Beam job graph never holds a secret: on a cluster, the workers need the same file mounted or the same variable
+set. A secret given as a bare value (a test's) works in its own process only, and refuses to be pickled.
 """
 from __future__ import annotations
 
