@@ -170,7 +170,7 @@ def test_reader_watermark_holds_at_the_newest_event_then_keeps_the_clocks_pace_w
     # read (a restarted stream's replay lost identity links to this on a loaded machine).
     producer = KafkaProducer(**kafka.client_config())
     later = hour_ago + dt.timedelta(seconds=30)
-    value, headers = codec.encode("orders", dict(sample_events["orders"], event_time=later))
+    value, headers = codec.encode("orders", dict(sample_events["orders"], event_time=later, event_id="a-later-event"))
     producer.send(topic, key=b"C1", value=value, headers=headers, partition=0).get(timeout=10)
     producer.close()
     time.sleep(3.2)
