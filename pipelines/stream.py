@@ -135,9 +135,8 @@ def resumable(args) -> bool:
     """Whether the warehouse's stored offsets can be read up to on the cluster as it is now. A stream resuming
     from them holds its commits until it has read that far: a partition gone, or behind its stored offset, would
     hold them for ever. Those are named, with what to do; history deleted by retention is a warning."""
-    from transforms.kafka_source import stored_partitions
-
     from transforms.duckdb_warehouse import held_by_a_writer
+    from transforms.kafka_source import stored_partitions
 
     target = warehouse_target(args)
     if isinstance(target, str) and not Path(target).exists():
@@ -169,7 +168,7 @@ def resumable(args) -> bool:
         log.error("the stream would hold every commit until it read up to those offsets, which it never can. If "
                   "the topics were recreated or moved on purpose, start again with --forget-offsets %s (the rows "
                   "they made stay; their records, if read again, count again), or land into another warehouse.",
-                  ",".join(sorted({topic for p in unreadable for topic in [p.partition[0]]})))
+                  ",".join(sorted({p.partition[0] for p in unreadable})))
         return False
     deleted = [p for p in found if p.history_deleted]
     if deleted:

@@ -4,7 +4,7 @@ HMAC-SHA256 with a secret key: stable (the same person joins across topics and d
 the key, and not a plain hash that a dictionary of known ids could undo. The topic schemas mark the fields that
 identify a person (`"pseudonymise": true`: customer ids, anonymous/cookie ids, social handles); the decoder replaces
 them as it reads (transforms/decode_events.py), so the pipeline's state, its tables and its alerts only ever hold
-pseudonyms. Dead letters keep their raw bytes, for replay: they are kept from BI readers.
+pseudonyms. Dead letters keep the raw bytes of what could not be read, for replay, and so may hold raw ids.
 
 The key comes from JOURNEYS_PSEUDONYM_KEY_FILE (a file) or JOURNEYS_PSEUDONYM_KEY, resolved where it is used
 (transforms/secret.py): there is no default, so a pipeline without one refuses to start. The generator, whose people
