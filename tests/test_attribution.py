@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.attribution import (HEURISTIC_MODELS, AttributionConfig, Touch, data_driven_credits,
+from transforms.attribution import (HEURISTIC_MODELS, AttributionConfig, PathSummary, Touch, data_driven_credits,
                                     heuristic_credits, markov_removal_effects, prepare_path, shapley_values,
-                                    transform_path)
+                                    summarise, transform_path)
 
 T0 = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
@@ -132,3 +132,37 @@ def test_data_driven_values_and_credits_are_consistent(paths):
         touches = path(*steps)
         for values in (markov.shares(), shapley.values):
             assert sum(data_driven_credits(touches, values)) == pytest.approx(1.0)
+
+
+valued_paths = st.lists(st.tuples(st.lists(st.sampled_from("ABCD"), min_size=1, max_size=5), st.booleans(),
+                                  st.floats(min_value=0, max_value=1e6, allow_nan=False)), min_size=1, max_size=40)
+
+
+def _results(summary: PathSummary):
+    markov, shapley = markov_removal_effects(summary), shapley_values(summary)
+    return (markov.removal_effects, shapley.values, summary.credited(markov.shares()),
+            summary.credited(shapley.shares()), summary.revision())
+
+
+@settings(max_examples=100, deadline=None)
+@given(paths=valued_paths, cut=st.integers(0, 40), order=st.integers(1, 3), data=st.data())
+def test_a_summary_merged_from_parts_in_any_order_gives_exactly_the_whole(paths, cut, order, data):
+    whole = summarise(paths, order)
+    shuffled = data.draw(st.permutations(paths))
+    parts = [summarise(shuffled[:cut], order), summarise(shuffled[cut:], order)]
+    merged = PathSummary(order).merge(parts[1]).merge(parts[0])
+    assert _results(merged) == _results(whole)  # exactly: integer counts, exactly rounded value sums
+
+
+def test_a_weighted_path_counts_as_that_many_copies():
+    copies = summarise([(["A", "B"], True, 10.0)] * 3 + [(["B"], False, 0.0)] * 2 + [(["A"], True, 5.0)])
+    weighted = summarise([(["A", "B"], True, 30.0, 3), (["B"], False, 0.0, 2), (["A"], True, 5.0)])
+    assert _results(weighted) == _results(copies)
+    assert weighted.paths == 6
+
+
+def test_credited_splits_each_converting_path_by_the_shares():
+    summary = summarise([(["A", "B", "A"], True, 90.0), (["B"], True, 10.0), (["C"], False, 0.0)])
+    conversions, value = summary.credited({"A": 0.75, "B": 0.25, "C": 0.0})
+    assert conversions == pytest.approx({"A": 0.75, "B": 1.25})
+    assert value == pytest.approx({"A": 67.5, "B": 32.5})

@@ -14,7 +14,7 @@ import itertools
 import math
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -108,6 +108,98 @@ def heuristic_credits(model: str, path: list[Touch], conversion_time: dt.datetim
     raise ValueError(f"model {model!r}: one of {', '.join(HEURISTIC_MODELS)}")
 
 
+# --- What the data-driven models read of many paths ---------------------------------------------------------------
+
+@dataclass
+class PathSummary:
+    """Everything the data-driven models and their credits read of a set of (channels, converted, value) paths, in
+    a size bounded by the channels, not by the paths: the order-k chain's transition counts, conversions by the set
+    of channels they used, and the converting paths' count and value by their channels' multiset. Summaries of
+    parts merge into the summary of the whole, so a runner can build it where the paths are and combine the parts.
+    Counts are integers and values exact float sums: a summary and every result from it are the same however the
+    paths were split or ordered."""
+    order: int = 1
+    paths: int = 0
+    identity: int = 0  # a checksum of the paths' identities, summed: a revision's low bits (see `revision`)
+    transitions: dict = field(default_factory=lambda: defaultdict(Counter))
+    conversions_by_set: Counter = field(default_factory=Counter)
+    channels: set = field(default_factory=set)
+    converting: dict = field(default_factory=dict)  # sorted ((channel, touches), ...) → [paths, value partials]
+
+    def add(self, channels, converted: bool, value: float = 0.0, weight: int = 1, identity: int = 0) -> "PathSummary":
+        """Adds `weight` paths with these channels (oldest first), outcome and summed value."""
+        order = self.order
+        self.paths += weight
+        self.identity = (self.identity + identity) % 2 ** 32
+        self.channels.update(channels)
+        states = [START] + [tuple(channels[max(0, i - order + 1): i + 1]) for i in range(len(channels))]
+        for here, there in zip(states, states[1:]):
+            self.transitions[here][there] += weight
+        self.transitions[states[-1]][CONVERSION if converted else NULL] += weight
+        if converted:
+            if channels:
+                self.conversions_by_set[frozenset(channels)] += weight
+            group = self.converting.setdefault(tuple(sorted(Counter(channels).items())), [0, []])
+            group[0] += weight
+            _add_exactly(group[1], value)
+        return self
+
+    def merge(self, other: "PathSummary") -> "PathSummary":
+        self.paths += other.paths
+        self.identity = (self.identity + other.identity) % 2 ** 32
+        self.channels |= other.channels
+        for state, targets in other.transitions.items():
+            self.transitions[state].update(targets)
+        self.conversions_by_set.update(other.conversions_by_set)
+        for multiset, (count, partials) in other.converting.items():
+            group = self.converting.setdefault(multiset, [0, []])
+            group[0] += count
+            for partial in partials:
+                _add_exactly(group[1], partial)
+        return self
+
+    def revision(self) -> int:
+        """The path count in the high bits, so a summary of more paths is newer, and the identities' checksum in
+        the low 32."""
+        return self.paths << 32 | self.identity
+
+    def credited(self, shares: dict) -> tuple[dict, dict]:
+        """Conversions and value each channel earns when every converting path is split by data_driven_credits."""
+        conversions, value = defaultdict(float), defaultdict(float)
+        for multiset in sorted(self.converting):
+            count, partials = self.converting[multiset]
+            total = math.fsum(partials)
+            for channel, credit in channel_credits(dict(multiset), shares).items():
+                conversions[channel] += credit * count
+                value[channel] += credit * total
+        return conversions, value
+
+
+def summarise(paths, order: int = 1) -> PathSummary:
+    """(channels, converted) or (channels, converted, value) or (channels, converted, value, weight) paths → their
+    PathSummary. A weight counts the path that many times."""
+    summary = PathSummary(order)
+    for path in paths:
+        summary.add(*path)
+    return summary
+
+
+def _add_exactly(partials: list, x: float) -> None:
+    """Adds x to a sum kept as non-overlapping partials (Shewchuk's algorithm, as math.fsum): their fsum is the
+    exactly rounded total, whatever order the terms came in."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        high = x + y
+        low = y - (high - x)
+        if low:
+            partials[i] = low
+            i += 1
+        x = high
+    partials[i:] = [x]
+
+
 # --- Markov chain removal effect ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -120,33 +212,28 @@ class MarkovResult:
         return {c: (v / total if total else 0.0) for c, v in self.removal_effects.items()}
 
 
-def markov_removal_effects(paths: list[tuple[list[str], bool]], order: int = 1) -> MarkovResult:
-    """Exact removal effects of an order-k Markov chain fitted to (channels, converted) paths."""
-    transitions: dict = defaultdict(Counter)
-    channels = set()
-    for steps, converted in paths:
-        channels.update(steps)
-        states = [START] + [tuple(steps[max(0, i - order + 1): i + 1]) for i in range(len(steps))]
-        for here, there in zip(states, states[1:]):
-            transitions[here][there] += 1
-        transitions[states[-1]][CONVERSION if converted else NULL] += 1
-    base = _absorption_probability(transitions, removed=None)
-    effects = {c: (1.0 - _absorption_probability(transitions, removed=c) / base) if base > 0 else 0.0
-               for c in sorted(channels)}
+def markov_removal_effects(paths, order: int = 1) -> MarkovResult:
+    """Exact removal effects of an order-k Markov chain fitted to paths (as `summarise` takes them), or to their
+    PathSummary (whose own order counts then)."""
+    summary = paths if isinstance(paths, PathSummary) else summarise(paths, order)
+    base = _absorption_probability(summary.transitions, removed=None)
+    effects = {c: (1.0 - _absorption_probability(summary.transitions, removed=c) / base) if base > 0 else 0.0
+               for c in sorted(summary.channels)}
     return MarkovResult(base, effects)
 
 
 def _absorption_probability(transitions: dict, removed: str | None) -> float:
-    """P(reaching CONVERSION from START): solve (I - Q) x = r over the transient states."""
-    transient = [s for s in transitions if s == START or removed is None or removed not in s]
+    """P(reaching CONVERSION from START): solve (I - Q) x = r over the transient states, in a fixed order."""
+    transient = sorted((s for s in transitions if s == START or removed is None or removed not in s),
+                       key=lambda s: (s != START, s))
     index = {s: i for i, s in enumerate(transient)}
     q = np.zeros((len(transient), len(transient)))
     r = np.zeros(len(transient))
     for state in transient:
         counts = transitions[state]
         total = sum(counts.values())
-        for target, count in counts.items():
-            p = count / total
+        for target in sorted(counts, key=str):
+            p = counts[target] / total
             if target == CONVERSION:
                 r[index[state]] += p
             elif target == NULL or (removed is not None and target not in (CONVERSION, NULL) and removed in target):
@@ -170,15 +257,16 @@ class ShapleyResult:
         return {c: (v / total if total else 0.0) for c, v in self.values.items()}
 
 
-def shapley_values(paths: list[tuple[list[str], bool]], exact_max_channels: int = 12, samples: int = 2000,
-                   seed: int = 0) -> ShapleyResult:
-    """Shapley values of channels where a coalition S is worth the conversions of paths using only channels in S.
+def shapley_values(paths, exact_max_channels: int = 12, samples: int = 2000, seed: int = 0) -> ShapleyResult:
+    """Shapley values of channels where a coalition S is worth the conversions of paths using only channels in S;
+    paths as `summarise` takes them, or their PathSummary.
 
     Exact over all coalitions up to `exact_max_channels` channels; beyond, permutation sampling with each
     value's standard error reported.
     """
-    conversions_by_set = Counter(frozenset(steps) for steps, converted in paths if converted and steps)
-    channels = sorted({c for s in conversions_by_set for c in s} | {c for steps, _ in paths for c in steps})
+    summary = paths if isinstance(paths, PathSummary) else summarise(paths)
+    conversions_by_set = summary.conversions_by_set
+    channels = sorted(summary.channels)
 
     worths: dict = {}  # an exact solve asks for each coalition's worth once per channel in or out of it
 
@@ -217,12 +305,20 @@ def shapley_values(paths: list[tuple[list[str], bool]], exact_max_channels: int 
     return ShapleyResult(values, {c: float(e) for c, e in errors.items()}, exact=False)
 
 
+def channel_credits(touches: dict, channel_values: dict) -> dict:
+    """One order's credit per channel on its path ({channel: touches}): in proportion to the channels' learned
+    values, or by their touches (linear) when no channel on the path has value."""
+    weights = {c: max(channel_values.get(c, 0.0), 0.0) for c in touches}
+    total = sum(weights.values())
+    if total <= 0:
+        length = sum(touches.values())
+        return {c: n / length for c, n in touches.items()}
+    return {c: weights[c] / total for c in touches}
+
+
 def data_driven_credits(path: list[Touch], channel_values: dict) -> list[float]:
     """One order's credit per touch: its channels share in proportion to their learned values, each channel's
     share split evenly over its touches. Falls back to linear when no channel on the path has value."""
     counts = Counter(t.channel for t in path)
-    weights = {c: max(channel_values.get(c, 0.0), 0.0) for c in counts}
-    total = sum(weights.values())
-    if total <= 0:
-        return [1.0 / len(path)] * len(path)
-    return [weights[t.channel] / total / counts[t.channel] for t in path]
+    credits = channel_credits(counts, channel_values)
+    return [credits[t.channel] / counts[t.channel] for t in path]

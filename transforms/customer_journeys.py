@@ -483,11 +483,16 @@ class DataDrivenAttribution(beam.PTransform):
     converting and non-converting paths, with the conversions and revenue each model credits to each channel
     (every converting path split by data_driven_credits).
 
-    A window is fitted when it is complete: its last non-converting path is known two lookbacks (plus the
-    allowed lateness) after its end. Each path is stamped with that moment and grouped in a window shifted by
-    it, so the watermark fires the fit then, in a stream as in a backfill. A path that comes after that (corrected
-    or retracted by AttributeOrders) fits the window again, with every path it had (late firings, accumulating),
-    for the config's correction time after the window completed; the latest fit replaces the window's rows.
+    A path may come again, corrected (a higher revision) or retracted, from AttributeOrders: a window counts the
+    latest of each. The models read a window's paths through their PathSummary, whose size is bounded by the
+    channels: bounded input (a backfill) summarises the latest paths of each window where they are and merges the
+    parts (a combiner that lifts), so no step holds a window's paths.
+
+    Unbounded input fits a window when it is complete: its last non-converting path is known two lookbacks (plus
+    the allowed lateness) after its end. Each path is stamped with that moment and grouped in a window shifted by
+    it, so the watermark fires the fit then. A path that comes after that (corrected or retracted) fits the window
+    again, with every path it had (late firings, accumulating), for the config's correction time after the window
+    completed; the latest fit replaces the window's rows.
     """
 
     def __init__(self, window_days: float = 7.0, config: JourneyConfig = JourneyConfig()):
@@ -496,6 +501,8 @@ class DataDrivenAttribution(beam.PTransform):
         self.config = config
 
     def expand(self, paths):
+        if paths.is_bounded:
+            return self._fit_all_at_once(paths)
         from apache_beam.transforms.trigger import AccumulationMode, AfterCount, AfterWatermark
         from apache_beam.transforms.window import FixedWindows
 
@@ -511,48 +518,126 @@ class DataDrivenAttribution(beam.PTransform):
                 | "Gather" >> beam.GroupByKey()
                 | "Fit" >> beam.FlatMap(_fit_window, self.window, self.config.attribution))
 
+    def _fit_all_at_once(self, paths):
+        """Every path is known before anything fires (one window over all input): each window's summary is
+        combined from the latest version of each of its paths."""
+        from apache_beam.transforms.window import GlobalWindows
+
+        window, order = self.window, self.config.attribution.markov_order
+        return (paths
+                | "AllOfIt" >> beam.WindowInto(GlobalWindows())
+                | "ByPath" >> beam.Map(lambda path: ((_window_start(path, window), _path_key(path)),
+                                                     _compact(path)))
+                | "LatestOfEach" >> beam.CombinePerKey(_latest_of)
+                | "ByWindow" >> beam.FlatMapTuple(lambda key, path: [] if path[RETRACTED_AT] else [(key[0], path)])
+                | "Summarise" >> beam.CombinePerKey(_Summarise(order))
+                | "Fit" >> beam.FlatMap(_fit_summary, window, self.config.attribution))
+
+
+def _window_start(path: dict, window: dt.timedelta) -> str:
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (epoch + (path["time"] - epoch) // window * window).isoformat()  # aligned to the epoch, like FixedWindows
+
+
+def _path_key(path: dict):
+    """A path's identity across its versions: its order, or (non-converting) its customer and first touch."""
+    return path["order_id"] or (path["customer_id"], path["touch_ids"][0])
+
+
+def _identity(path: dict) -> int:
+    return zlib.crc32(repr((path["order_id"], path["customer_id"], path["touch_ids"], path["channels"])).encode())
+
+
+# A compact path: what a window's summary reads of it, behind its revision and whether it is a retraction.
+REVISION_AT, RETRACTED_AT = 0, 1
+
+
+def _compact(path: dict) -> tuple:
+    return (path.get("revision", 0), bool(path.get("retracted")), tuple(path["channels"]), path["converted"],
+            path["revenue"], _identity(path))
+
+
+def _latest_of(versions) -> tuple:
+    return max(versions, key=lambda version: version[REVISION_AT])
+
+
+class _Summarise(beam.CombineFn):
+    """Compact paths → their PathSummary."""
+
+    def __init__(self, order: int):
+        super().__init__()
+        self.order = order
+
+    def create_accumulator(self):
+        from transforms.attribution import PathSummary
+        return PathSummary(self.order)
+
+    def add_input(self, summary, path):
+        _, _, channels, converted, revenue, identity = path
+        return summary.add(channels, converted, revenue, 1, identity)
+
+    def merge_accumulators(self, summaries):
+        summaries = iter(summaries)
+        merged = next(summaries)
+        for summary in summaries:
+            merged.merge(summary)
+        return merged
+
+    def extract_output(self, summary):
+        return summary
+
 
 def _stamp_complete(path: dict, window: dt.timedelta, settle: dt.timedelta):
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    start = epoch + (path["time"] - epoch) // window * window  # aligned to the epoch, like FixedWindows
+    start = dt.datetime.fromisoformat(_window_start(path, window))
     complete = timestamp_of(start + window + settle) - Duration(micros=1)
     return TimestampedValue((start.isoformat(), path), complete)
 
 
 def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
-    from transforms.attribution import markov_removal_effects, shapley_values
+    from transforms.attribution import PathSummary
 
     start = dt.datetime.fromisoformat(element[0])
-    # A corrected path comes again with a higher revision: keep the latest, unless that is its retraction. Then
-    # a fixed order, so that sums of floats come out the same however the paths arrived.
+    # A corrected path comes again with a higher revision: keep the latest, unless that is its retraction.
     latest = {}
     for path in element[1]:
-        key = path["order_id"] or (path["customer_id"], path["touch_ids"][0])
+        key = _path_key(path)
         if key not in latest or path.get("revision", 0) > latest[key].get("revision", 0):
             latest[key] = path
-    window_paths = sorted((p for p in latest.values() if not p.get("retracted")),
-                          key=lambda p: (p["time"], p["customer_id"], [i or "" for i in p["touch_ids"]]))
-    if not window_paths:
+    summary = PathSummary(config.markov_order)
+    for path in latest.values():
+        if not path.get("retracted"):
+            summary.add(path["channels"], path["converted"], path["revenue"], 1, _identity(path))
+    if not summary.paths:
         # Every path of the window was retracted after a fit landed (a late touch joined them to an order): the
         # fit's rows go too. Its channels are among those of every path the window ever had.
         yield from _emptied_window(start, window, element[1])
         return
-    fitted = [(p["channels"], p["converted"]) for p in window_paths]
-    markov = markov_removal_effects(fitted, order=config.markov_order)
-    shapley = shapley_values(fitted, config.shapley_exact_max_channels, config.shapley_samples, config.seed)
+    yield from _fitted(start, window, summary, config)
+
+
+def _fit_summary(element, window: dt.timedelta, config: AttributionConfig):
+    start, summary = element
+    return _fitted(dt.datetime.fromisoformat(start), window, summary, config)
+
+
+def _fitted(start: dt.datetime, window: dt.timedelta, summary, config: AttributionConfig):
+    """A window's rows, from the summary of its paths."""
+    from transforms.attribution import markov_removal_effects, shapley_values
+
+    markov = markov_removal_effects(summary)
+    shapley = shapley_values(summary, config.shapley_exact_max_channels, config.shapley_samples, config.seed)
     models = {"markov": (markov.removal_effects, markov.shares(), {}),
               "shapley": (shapley.values, shapley.shares(), shapley.standard_errors)}
     # The window's rows are one group: a refit on other paths replaces them whole (a channel may drop out).
-    revision = facts_revision([(p["order_id"], p["customer_id"], p["touch_ids"], p["channels"])
-                               for p in window_paths])
+    revision = summary.revision()
     group_rows = sum(len(values) for values, _, _ in models.values())
     for model, (values, shares, errors) in models.items():
-        conversions, revenue = _credited(window_paths, shares)
+        conversions, revenue = summary.credited(shares)
         for channel in sorted(values):
             yield {"window_start": start, "window_end": start + window,
                    "model": model, "channel": channel, "value": values[channel], "share": shares[channel],
                    "standard_error": errors.get(channel, 0.0), "conversions": conversions[channel],
-                   "revenue": round(revenue[channel], 2), "paths": len(window_paths), "revision": revision,
+                   "revenue": round(revenue[channel], 2), "paths": summary.paths, "revision": revision,
                    "group_rows": group_rows}
 
 
@@ -565,19 +650,3 @@ def _emptied_window(start: dt.datetime, window: dt.timedelta, paths: list[dict])
             yield {"window_start": start, "window_end": start + window, "model": model, "channel": channel,
                    "value": 0.0, "share": 0.0, "standard_error": 0.0, "conversions": 0.0, "revenue": 0.0,
                    "paths": 0, "revision": revision, "group_rows": len(DATA_DRIVEN_MODELS) * len(channels), RETRACTED: True}
-
-
-def _credited(paths: list[dict], shares: dict) -> tuple[dict, dict]:
-    from collections import defaultdict
-
-    from transforms.attribution import data_driven_credits
-
-    conversions, revenue = defaultdict(float), defaultdict(float)
-    for path in paths:
-        if not path["converted"]:
-            continue
-        steps = [Touch(dt.datetime.min, channel) for channel in path["channels"]]
-        for step, credit in zip(steps, data_driven_credits(steps, shares)):
-            conversions[step.channel] += credit
-            revenue[step.channel] += credit * path["revenue"]
-    return conversions, revenue
