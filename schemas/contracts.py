@@ -35,6 +35,7 @@ class Column:
     max: float | None = None
     severity: str = "block"  # of the checks derived from this column (not null, accepted values, range)
     pseudonymous: bool = False  # holds keyed pseudonyms of personal ids (transforms/pseudonymise.py), never the ids
+    private: bool = False  # raw input that may hold personal data: only the writer's private store keeps it
 
     @property
     def decimal(self) -> tuple[int, int] | None:
@@ -98,16 +99,25 @@ class Contract:
         return tuple(c.name for c in self.columns if c.name not in (*self.primary_key, *self.keep_on_update))
 
     # --- derived schemas -----------------------------------------------------------------------------------------
-    def duckdb_ddl(self) -> str:
+    @property
+    def private_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.private)
+
+    def duckdb_ddl(self, private_store: str | None = None) -> str:
         """The table, without a PRIMARY KEY: the warehouse's commit keeps the key unique (duckdb_warehouse.py says
-        why DuckDB does not index it)."""
+        why DuckDB does not index it). With `private_store` (a database name): the table of its private columns in
+        that database, by the primary key (few rows: an index is cheap, and it lets a replayed commit replace)."""
         duck = {"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
                 "timestamp": "TIMESTAMPTZ", "date": "DATE", "bytes": "BLOB"}
+        columns = [c for c in self.columns if not private_store or c.name in (*self.primary_key, *self.private_columns)]
         lines = []
-        for c in self.columns:
+        for c in columns:
             sql_type = f"DECIMAL({c.decimal[0]}, {c.decimal[1]})" if c.decimal else duck[c.type]
             lines.append(f'  "{c.name}" {sql_type}{"" if c.nullable else " NOT NULL"}')
-        return f'CREATE TABLE IF NOT EXISTS "{self.table}" (\n' + ",\n".join(lines) + "\n)"
+        if private_store:
+            lines.append("  PRIMARY KEY (" + ", ".join(f'"{k}"' for k in self.primary_key) + ")")
+        name = f'{private_store}."{self.table}"' if private_store else f'"{self.table}"'
+        return f"CREATE TABLE IF NOT EXISTS {name} (\n" + ",\n".join(lines) + "\n)"
 
     def bigquery_schema(self) -> list:
         from google.cloud.bigquery import SchemaField
@@ -165,7 +175,8 @@ class Contract:
             checks = [f"one of {', '.join(map(str, c.accepted_values))}" if c.accepted_values else "",
                       f">= {c.min}" if c.min is not None else "", f"<= {c.max}" if c.max is not None else ""]
             checks = "; ".join(check for check in checks if check)
-            rows.append(f"| `{c.name}` | {c.type}{' (pseudonymous)' if c.pseudonymous else ''} | "
+            marks = " (pseudonymous)" if c.pseudonymous else " (private)" if c.private else ""
+            rows.append(f"| `{c.name}` | {c.type}{marks} | "
                         f"{'yes' if c.nullable else 'no'} | {cell(c.doc)} | "
                         f"{cell(checks + f' ({c.severity})' if checks else '')} |")
         rules = [(r.name, r.doc, r.severity) for r in (*self.row_rules, *self.table_rules)]
@@ -194,7 +205,8 @@ def _load(path: Path) -> Contract:
     raw = json.loads(path.read_text())
     columns = tuple(Column(c["name"], c["type"], c["nullable"], c["doc"],
                            tuple(c["accepted_values"]) if "accepted_values" in c else None,
-                           c.get("min"), c.get("max"), c.get("severity", "block"), c.get("pseudonymous", False))
+                           c.get("min"), c.get("max"), c.get("severity", "block"), c.get("pseudonymous", False),
+                           c.get("private", False))
                     for c in raw["columns"])
     quality = raw.get("quality", {})
     contract = Contract(raw["table"], raw["doc"], tuple(raw["primary_key"]), raw.get("partition_by"),
@@ -220,6 +232,9 @@ def _check(contract: Contract) -> None:
     for key in contract.primary_key:
         if key not in names or contract.column(key).nullable:
             problems.append(f"primary key {key} must be a non-null column")
+    for c in contract.columns:
+        if c.private and (not c.nullable or c.name in contract.primary_key):
+            problems.append(f"{c.name}: a private column is nullable and no key (readers see NULL)")
     for name in (contract.partition_by, *contract.cluster_by, *contract.keep_on_update, *contract.replace_group,
                  *(column for rule in contract.row_rules for column in (rule.column_a, rule.at_least))):
         if name and name not in names:

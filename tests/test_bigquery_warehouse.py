@@ -1,6 +1,7 @@
 """The BigQuery warehouse against the emulator (bqemulator from PyPI): dataset and tables from the contracts with
 their partitioning and clustering, MERGE by primary key through a staging table, retractions, offsets that never
 move backwards — each read back through the BigQuery API."""
+import base64
 import datetime as dt
 import uuid
 from decimal import Decimal
@@ -84,3 +85,16 @@ def test_a_group_that_spans_two_chunks_of_one_commit_replaces_the_stored_group_w
                                                  arrow_batch("order_attribution", newer[3:])])})
     assert _query(warehouse, "SELECT order_id, count(*), max(revision) FROM `{d}.order_attribution` GROUP BY 1 "
                              "ORDER BY 1") == [("o1", 8, 1), ("o2", 4, 0)]
+
+
+def test_a_dead_letters_raw_bytes_stay_in_the_writers_dataset_and_readers_see_null(warehouse):
+    raw = b"raw-customer-id-4711@example.com"
+    warehouse.commit({"dead_letters": [{"topic": "orders", "partition": 0, "offset": 41, "kafka_timestamp": T0,
+                                        "key": b"k", "value": raw, "stage": "decode", "reason": "unknown_schema_id",
+                                        "error": "schema id 7 is not registered", "first_seen": T0}]})
+    published = warehouse.publish()
+    [(key, value, reason)] = _query(warehouse, "SELECT key, value, reason FROM `{d}.dead_letters`")
+    # the emulator answers BYTES as their base64 text
+    assert (base64.b64decode(key), base64.b64decode(value), reason) == (b"k", raw, "unknown_schema_id")
+    assert [tuple(row.values()) for row in warehouse.client.query(
+        f"SELECT key, value, reason FROM `{published}.dead_letters`").result()] == [(None, None, "unknown_schema_id")]

@@ -37,8 +37,27 @@ def test_every_contract_is_a_table_and_a_row_written_twice_is_one_row_with_the_l
     assert warehouse.connection.execute("SELECT touch_id, channel FROM touchpoints ORDER BY 1").fetchall() == [
         ("t1", "Organic Search"), ("t2", "Email")]
     warehouse.commit({"dead_letters": [_dead_letter(41)]})
-    assert warehouse.connection.execute("SELECT value, reason FROM dead_letters").fetchall() == [
+    assert [(row["value"], row["reason"]) for row in warehouse.rows("dead_letters", private=True)] == [
         (b"\x00\x00\x00\x00\x07\xff", "unknown_schema_id")]
+
+
+def test_raw_bytes_stay_in_the_writers_private_store_and_out_of_what_readers_open(warehouse):
+    import os
+
+    from transforms.duckdb_warehouse import connect_read_only
+
+    secret = b"raw-customer-id-4711@example.com"
+    warehouse.commit({"dead_letters": [{**_dead_letter(41), "key": b"k-" + secret, "value": secret}]})
+    warehouse.commit({"dead_letters": [{**_dead_letter(41), "value": secret}]}, {("orders", 0): 42})  # a replay
+    assert [(r["key"], r["value"]) for r in warehouse.rows("dead_letters", private=True)] == [(None, secret)]
+    assert warehouse.connection.execute("SELECT key, value, reason FROM dead_letters").fetchall() == [
+        (None, None, "unknown_schema_id")]
+    published = warehouse.publish()
+    for path in (warehouse.path, warehouse.private_path):
+        assert os.stat(path).st_mode & 0o777 == 0o600, path
+    assert secret not in published.read_bytes() and secret not in warehouse.path.read_bytes()
+    with connect_read_only(published) as reader:
+        assert reader.execute("SELECT value FROM dead_letters").fetchall() == [(None,)]
 
 
 def test_a_dead_letter_seen_again_keeps_when_it_was_first_seen_and_takes_the_rest(warehouse):

@@ -31,6 +31,7 @@ from schemas.contracts import contract
 from transforms.attribution import HEURISTIC_MODELS
 from transforms.bigquery_warehouse import BigQueryTarget
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
+from transforms.duckdb_warehouse import DuckDBWarehouse
 from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.journey_tables import TABLES, CustomerJourneyTables, TablesConfig
 from transforms.kafka_source import ReadFromKafka
@@ -191,7 +192,14 @@ def _read_back(target) -> dict[str, list[dict]]:
     if not isinstance(target, BigQueryTarget):
         with duckdb.connect(str(target.with_suffix(".published.duckdb")), read_only=True) as con:
             con.execute("SET TimeZone = 'UTC'")
-            return {name: _query(con, f'SELECT * FROM "{name}"') for name in names}
+            landed = {name: _query(con, f'SELECT * FROM "{name}"') for name in names}
+        assert all(row["value"] is None for row in landed["dead_letters"]), "readers never see raw bytes"
+        writer = DuckDBWarehouse(target)  # which keeps them in its private store
+        try:
+            landed["dead_letters"] = writer.rows("dead_letters", private=True)
+        finally:
+            writer.close()
+        return landed
     client = target.client()
     landed = {name: [dict(row.items()) for row in client.query(
         f"SELECT * FROM `{target.project}.{target.dataset}.{name}`").result()] for name in names}

@@ -95,9 +95,9 @@ def test_staged_rows_are_gated_in_the_writers_duckdb_and_never_pass_through_pyth
     warehouse.commit({"touchpoints": [touch("gone"), touch("t1")]})
     gather = warehouse._gather  # the quarantine and the gate's results still come as Python rows
 
-    def gathered(table, chunks):
+    def gathered(table, chunks, names):
         assert table not in ("touchpoints", "retention_cohorts"), "a staged table's rows went through Python"
-        gather(table, chunks)
+        gather(table, chunks, names)
 
     monkeypatch.setattr(warehouse, "_gather", gathered)
     gated = []

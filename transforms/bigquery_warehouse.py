@@ -9,7 +9,8 @@ them with the same values, so nothing is counted twice.
 BI tools read a second dataset, `<dataset>_published`: the same tables and views, refreshed by `publish()` after a
 commit whose checkpoint passed (transforms/data_quality.py). It copies the tables changed since the last publish in
 one multi-statement transaction, so readers see all of a good commit or none of it, and nothing of a commit a
-block-severity expectation held back.
+block-severity expectation held back. A contract's private columns (a dead letter's raw bytes, which may hold
+personal data) stay in the writer's dataset: the readers' copy has NULL there.
 
 Credentials: Application Default Credentials, or a service-account key file. An `endpoint` points the client at
 an emulator (the tests use the `bqemulator` package) and then needs no credentials.
@@ -214,10 +215,13 @@ class BigQueryWarehouse:
             statements = []
             for table in sorted(self.unpublished):
                 schema = contract(table).bigquery_schema() if table in contracts() else _offsets_schema()
+                private = contract(table).private_columns if table in contracts() else ()
                 columns = ", ".join(f"`{field.name}`" for field in schema)
+                values = ", ".join(f"CAST(NULL AS {field.field_type}) AS `{field.name}`" if field.name in private
+                                   else f"`{field.name}`" for field in schema)
                 statements += [f"DELETE FROM `{self.published}.{table}` WHERE TRUE",
                                f"INSERT INTO `{self.published}.{table}` ({columns}) "
-                               f"SELECT {columns} FROM `{self.dataset}.{table}`"]
+                               f"SELECT {values} FROM `{self.dataset}.{table}`"]
             self.client.query("BEGIN TRANSACTION;\n" + ";\n".join(statements) + ";\nCOMMIT TRANSACTION;").result()
             self.unpublished.clear()
         return self.published

@@ -5,6 +5,10 @@ read. So the writer keeps its own file and, after the commits it chooses, publis
 (its bytes after a checkpoint, written aside, then renamed over the old one). Readers open the published copy
 read-only; a rename never disturbs a reader that still has the previous copy open.
 
+Raw input that may hold personal data (a contract's private columns: a dead letter's bytes) never enters that file:
+the writer keeps it in a private store beside it, `<name>.private.duckdb`, and the file, its copy and every reader
+see NULL. The writer's files are its own (mode 0600); the published copy is for readers.
+
 Every commit is one transaction: the rows it upserts (by each table's primary key, from schemas/tables/) and the
 source offsets they account for, so a restarted job resumes exactly where the stored rows end. The tables declare no
 PRIMARY KEY to DuckDB: its index of the keys must fit in memory whole, and ON CONFLICT against it is slower than the
@@ -36,6 +40,7 @@ MEMORY_LIMIT_ENV = "JOURNEYS_DUCKDB_MEMORY_LIMIT"  # the writer's DuckDB memory,
 # backfill's commit grew to gigabytes. The commit's statements are scans and hash joins that spill beyond the limit.
 DEFAULT_MEMORY_LIMIT = "1GB"
 RETRACTING, LANDING = "retracting", "landing"  # temporary tables: a commit's rows of one table, gathered
+PRIVATE = "private"  # the private store, as the writer's connection attaches it
 
 
 # DuckDB's words when another process holds the file for writing, and only then (its checksum errors name a "block")
@@ -65,37 +70,55 @@ class DuckDBWarehouse:
             self.connection = connect_read_only(self.path)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.private_path = self.path.with_suffix(".private.duckdb")
         self.connection = duckdb.connect(str(self.path))
         self.connection.execute("SET TimeZone = 'UTC'")
         # Beyond it DuckDB spills a commit's gathered rows and its joins by key to `<file>.tmp`
         self.connection.execute("SET memory_limit = ?", [os.environ.get(MEMORY_LIMIT_ENV) or DEFAULT_MEMORY_LIMIT])
+        quoted = str(self.private_path).replace("'", "''")
+        self.connection.execute(f"ATTACH '{quoted}' AS {PRIVATE}")
+        for path in (self.path, self.private_path):
+            path.chmod(0o600)  # its write-ahead log, created beside it later, takes the umask: see commit
         for table in contracts().values():
             self.connection.execute(table.duckdb_ddl())
+            if table.private_columns:
+                self.connection.execute(table.duckdb_ddl(private_store=PRIVATE))
         self.connection.execute(OFFSETS_DDL)
         for name, query in views().items():
             self.connection.execute(f'CREATE OR REPLACE VIEW "{name}" AS {query.format(tables="")}')
 
     def commit(self, rows_by_table: dict, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """Upsert the rows (delete the retracted ones) and advance the offsets, all or nothing. Offsets never move
-        backwards. A table's rows come as transforms/warehouse_rows.py describes, taken a chunk at a time."""
+        backwards. A table's rows come as transforms/warehouse_rows.py describes, taken a chunk at a time.
+
+        First the rows are gathered into temporary tables, and their private columns go to the private store (its
+        own transaction: DuckDB writes one database per transaction); then one transaction lands everything else
+        and the offsets. A commit that fails in between leaves private rows whose commit a replay brings again,
+        and replaces."""
         con = self.connection
-        con.execute("BEGIN TRANSACTION")
+        gathered = []
         try:
-            for table, rows in rows_by_table.items():
+            con.execute("BEGIN TRANSACTION")
+            for i, (table, rows) in enumerate(rows_by_table.items()):
+                names = (f"{RETRACTING}_{i}", f"{LANDING}_{i}")
+                gathered.append((table, *names))
                 if getattr(rows, "connection", None) is con:  # StagedRows this connection holds
-                    self._gather_staged(table, rows)
+                    self._gather_staged(table, rows, names)
                 else:
-                    self._gather(table, chunks_of(rows))
-                    _refuse_a_key_twice(con, table)  # staged rows are one per key by their query already
+                    self._gather(table, chunks_of(rows), names)
+                    _refuse_a_key_twice(con, table, names)  # staged rows are one per key by their query already
+                self._keep_private(table, names[1])
+            con.execute("COMMIT")
+            con.execute("BEGIN TRANSACTION")
+            for table, retracting, landing in gathered:
                 if contract(table).newer_revision_only:
-                    con.execute(_older_groups_sql(table))
-                for statements, gathered in (((_delete_sql(table),), RETRACTING),
-                                             ((*_replace_groups_sql(table), *_upsert_sql(table)), LANDING)):
-                    if con.execute(f"SELECT count(*) FROM {gathered}").fetchone()[0]:
-                        con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {gathered}")
+                    con.execute(_older_groups_sql(table, landing))
+                for statements, rows in (((_delete_sql(table),), retracting),
+                                         ((*_replace_groups_sql(table), *_upsert_sql(table)), landing)):
+                    if con.execute(f"SELECT count(*) FROM {rows}").fetchone()[0]:
+                        con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {rows}")
                         for sql in statements:
                             con.execute(sql)
-            con.execute(f"DROP VIEW IF EXISTS batch; DROP TABLE IF EXISTS {RETRACTING}; DROP TABLE IF EXISTS {LANDING}")
             for (topic, partition), next_offset in (offsets or {}).items():
                 con.execute("""INSERT INTO source_offsets (topic, "partition", next_offset) VALUES (?, ?, ?)
                                ON CONFLICT (topic, "partition") DO UPDATE SET
@@ -108,16 +131,35 @@ class DuckDBWarehouse:
             except duckdb.Error:
                 pass  # a COMMIT that failed has ended the transaction already; its own error is the one to tell
             raise
+        finally:
+            con.execute("DROP VIEW IF EXISTS batch")
+            for _, *names in gathered:
+                for name in names:
+                    con.execute(f"DROP TABLE IF EXISTS {name}")
+            for log in (self.path, self.private_path):
+                wal = log.with_name(log.name + ".wal")
+                if wal.exists():
+                    wal.chmod(0o600)
 
-    def _gather(self, table: str, chunks) -> None:
-        """A table's rows into two temporary tables, its retractions and the rows to land, a chunk at a time: DuckDB
-        holds them, not Python, and the statements that follow each take one of them whole (one columnar statement
-        per table: executemany would insert row by row, 10 ms each)."""
+    def _keep_private(self, table: str, landing: str) -> None:
+        """The gathered rows' private columns into the private store, by key (a replayed commit replaces them), and
+        NULL in the rows that land."""
+        private = contract(table).private_columns
+        if not private:
+            return
+        columns = ", ".join(f'"{c}"' for c in (*contract(table).primary_key, *private))
+        self.connection.execute(f'INSERT OR REPLACE INTO {PRIVATE}."{table}" ({columns}) SELECT {columns} FROM {landing}')
+        self.connection.execute(f"UPDATE {landing} SET " + ", ".join(f'"{c}" = NULL' for c in private))
+
+    def _gather(self, table: str, chunks, names: tuple[str, str]) -> None:
+        """A table's rows into two temporary tables (`names`), its retractions and the rows to land, a chunk at a
+        time: DuckDB holds them, not Python, and the statements that follow each take one of them whole (one columnar
+        statement per table: executemany would insert row by row, 10 ms each)."""
         con = self.connection
-        for gathered in (RETRACTING, LANDING):
+        for gathered in names:
             con.execute(f'CREATE OR REPLACE TEMP TABLE {gathered} AS SELECT * FROM "{table}" LIMIT 0')
         for chunk in chunks:
-            for gathered, part in zip((RETRACTING, LANDING), _retracted_and_landing(table, chunk)):
+            for gathered, part in zip(names, _retracted_and_landing(table, chunk)):
                 if part is not None and part.num_rows:
                     con.register("chunk", part)
                     try:
@@ -125,10 +167,10 @@ class DuckDBWarehouse:
                     finally:
                         con.unregister("chunk")
 
-    def _gather_staged(self, table: str, staged) -> None:
+    def _gather_staged(self, table: str, staged, names: tuple[str, str]) -> None:
         """As _gather, from a temporary table of this connection (transforms/staging.StagedRows): one statement each,
         the rows never leave DuckDB."""
-        for gathered, retracted in ((RETRACTING, True), (LANDING, False)):
+        for gathered, retracted in zip(names, (True, False)):
             self.connection.execute(f'CREATE OR REPLACE TEMP TABLE {gathered} AS SELECT * FROM "{table}" LIMIT 0')
             self.connection.execute(f'INSERT INTO {gathered} BY NAME SELECT * EXCLUDE ("{RETRACTED}") '
                                     f"FROM {staged.relation(retracted)}")
@@ -145,9 +187,16 @@ class DuckDBWarehouse:
             self.connection.execute('DELETE FROM source_offsets WHERE topic = ? AND "partition" = ?',
                                     [topic, partition])
 
-    def rows(self, table: str) -> list[dict]:
-        """Every stored row of `table`, as Python values (Decimal, date, datetime)."""
-        return self.connection.execute(f'SELECT * FROM "{table}"').fetch_arrow_table().to_pylist()
+    def rows(self, table: str, private: bool = False) -> list[dict]:
+        """Every stored row of `table`, as Python values (Decimal, date, datetime); `private`: with its private
+        columns from the private store (to replay dead letters), not NULL."""
+        query = f'SELECT * FROM "{table}"'
+        private_columns = contract(table).private_columns if private else ()
+        if private_columns:
+            key = contract(table).primary_key
+            query = (f'SELECT "{table}".* REPLACE (' + ", ".join(f'kept."{c}" AS "{c}"' for c in private_columns)
+                     + f') FROM "{table}" LEFT JOIN {PRIVATE}."{table}" AS kept ON {same_values(table, key, "kept")}')
+        return self.connection.execute(query).fetch_arrow_table().to_pylist()
 
     def query_frame(self, sql: str):
         """A pandas frame of a DuckDB query over the tables (the data-quality checkpoint's reads)."""
@@ -203,11 +252,11 @@ def same_values(table: str, columns, other: str = "batch") -> str:
     return " AND ".join(f'"{table}"."{c}" = {other}."{c}"' for c in columns)
 
 
-def _refuse_a_key_twice(con, table: str) -> None:
+def _refuse_a_key_twice(con, table: str, names: tuple[str, str]) -> None:
     """Without a key index DuckDB would land both rows of a key a batch brings twice: the callers pick one row per
     key (latest_rows, latest_staged_sql), and a batch that still has two is refused whole."""
     key = ", ".join(f'"{k}"' for k in contract(table).primary_key)
-    for gathered in (RETRACTING, LANDING):
+    for gathered in names:
         twice = con.execute(f"SELECT {key} FROM {gathered} GROUP BY ALL HAVING count(*) > 1 LIMIT 1").fetchone()
         if twice:
             raise ValueError(f"{table}: the commit brings the key {twice} more than once; nothing was committed")
@@ -217,13 +266,13 @@ def _delete_sql(table: str) -> str:
     return f'DELETE FROM "{table}" USING batch WHERE {same_values(table, contract(table).primary_key)}'
 
 
-def _older_groups_sql(table: str) -> str:
+def _older_groups_sql(table: str, landing: str) -> str:
     """Drops the gathered rows of groups whose stored revision is higher: an emission that reaches the warehouse after
     a newer one of its group (another bundle, another worker, a replay) leaves the newer one standing."""
     group = contract(table).replace_group
-    return (f"DELETE FROM {LANDING} WHERE EXISTS (SELECT 1 FROM (SELECT " + ", ".join(f'"{g}"' for g in group)
+    return (f"DELETE FROM {landing} WHERE EXISTS (SELECT 1 FROM (SELECT " + ", ".join(f'"{g}"' for g in group)
             + f', max(revision) AS stored_revision FROM "{table}" GROUP BY ALL) AS stored WHERE'
-            + f' {same_values(LANDING, group, "stored")} AND {LANDING}.revision < stored.stored_revision)')
+            + f' {same_values(landing, group, "stored")} AND {landing}.revision < stored.stored_revision)')
 
 
 def _replace_groups_sql(table: str) -> tuple[str, ...]:
