@@ -35,10 +35,16 @@ def cmd_kafka(args) -> int:
         log.error("%s is missing: `journeys kafka` runs from a checkout of customer-journeys", KAFKA_SCRIPT)
         return 2
     status = subprocess.run([str(KAFKA_SCRIPT), args.action], check=False).returncode
-    if status or args.action != "up" or args.no_topics:
+    if status or args.action != "up":
         return status
-    from pipelines.kafka_topics import ensure_topics
+    from pipelines.kafka_topics import ensure_scram_user, ensure_topics
+    from transforms.kafka_connection import KafkaConnection
 
+    scram = Path(os.environ.get("JOURNEYS_LOCAL_DIR") or REPO / ".local") / "kafka" / "scram.env"
+    ensure_scram_user(_connection(args), KafkaConnection.from_env({}, env_file=scram))
+    print(f"SASL_SSL (SCRAM-SHA-512) clients: --kafka-env-file {scram}")
+    if args.no_topics:
+        return 0
     topics = ensure_topics(_connection(args), prefix=args.topic_prefix, partitions=args.partitions)
     print("topics: " + ", ".join(f"{name} ({count} partitions)" for name, count in topics.items()))
     return 0
@@ -260,7 +266,10 @@ def unreachable_broker(error: BaseException) -> bool:
     """kafka-python gave up connecting to the bootstrap servers (after its own retries, about 30 s)."""
     from kafka import errors
 
-    return isinstance(error, errors.KafkaTimeoutError) and "bootstrap" in str(error).lower()
+    from transforms.kafka_connection import KafkaUnreachable
+
+    return (isinstance(error, errors.KafkaTimeoutError) and "bootstrap" in str(error).lower()
+            or isinstance(error, KafkaUnreachable))
 
 
 PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill", "stream": "pipelines.stream",
@@ -299,8 +308,8 @@ def _unless_unreachable(command) -> int:
         if not unreachable_broker(error):
             raise
         logging.getLogger("journeys").error(
-            "Kafka is unreachable: %s. Is the broker up (journeys kafka status)? Its address comes from "
-            "JOURNEYS_KAFKA_BOOTSTRAP or --kafka-env-file.", error)
+            "Kafka is unreachable: %s. Is the broker up (journeys kafka status)? Its address and credentials come "
+            "from JOURNEYS_KAFKA_* or --kafka-env-file.", error)
         return EXIT_UNREACHABLE
 
 

@@ -4,21 +4,36 @@ from __future__ import annotations
 import time
 
 import schemas
-from transforms.kafka_connection import KafkaConnection
+from transforms.kafka_connection import KafkaConnection, explained_failures
 
 DEFAULT_PARTITIONS = 3
 
 
 def admin_client(connection: KafkaConnection, timeout_s: float = 30.0):
-    """A KafkaAdminClient; kafka-python keeps retrying the bootstrap while a broker is still starting."""
+    """A KafkaAdminClient; kafka-python keeps retrying the bootstrap while a broker is still starting. Raises
+    KafkaUnreachable, saying why, when none lets it in within timeout_s."""
     from kafka import KafkaAdminClient
-    from kafka.errors import KafkaTimeoutError
 
-    try:
+    with explained_failures(connection, timeout_s):
         return KafkaAdminClient(**connection.client_config(), request_timeout_ms=15000,
                                 bootstrap_timeout_ms=int(timeout_s * 1000))
-    except KafkaTimeoutError:
-        raise RuntimeError(f"no Kafka broker answered at {connection.describe()} within {timeout_s:.0f}s") from None
+
+
+def ensure_scram_user(admin_connection: KafkaConnection, user: KafkaConnection) -> None:
+    """Stores `user`'s SCRAM credential (its mechanism, name and password) in the cluster, through an admin
+    connection: the local broker's SASL_SSL listener (deploy/local/kafka.sh) knows no user until then. Idempotent:
+    the same password again replaces the credential with an equal one."""
+    from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+    mechanism = ScramMechanism[user.sasl_mechanism.replace("-", "_")]
+    admin = admin_client(admin_connection)
+    try:
+        failed = admin.alter_user_scram_credentials([UserScramCredentialUpsertion(
+            user.sasl_username, mechanism, user.sasl_password.reveal(), iterations=8192)])
+    finally:
+        admin.close()
+    if failed.get(user.sasl_username):
+        raise RuntimeError(f"the SCRAM user {user.sasl_username} was not stored: {failed[user.sasl_username]}")
 
 
 def ensure_topics(connection: KafkaConnection, *, prefix: str = "", partitions: int = DEFAULT_PARTITIONS,

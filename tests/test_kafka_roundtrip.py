@@ -7,7 +7,7 @@ from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import admin_client, ensure_topics, read_topic
 from transforms import codec
-from transforms.kafka_connection import KafkaConnection
+from transforms.kafka_connection import KafkaConnection, KafkaUnreachable
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +85,42 @@ def test_sasl_plain_listener_takes_the_right_password_only(kafka, topic_prefix, 
     password_file.write_text("not-the-password\n")
     wrong = KafkaConnection.from_env({**settings, "JOURNEYS_KAFKA_SASL_USERNAME": secure.sasl_username,
                                       "JOURNEYS_KAFKA_SASL_PASSWORD_FILE": str(password_file)})
-    # Same listener, same user, wrong password: the broker never lets the client in.
-    with pytest.raises(RuntimeError, match="no Kafka broker answered"):
+    # Same listener, same user, wrong password: the broker never lets the client in, and the error says why.
+    with pytest.raises(KafkaUnreachable, match="authentication failed at .* SASL PLAIN authentication"):
         admin_client(wrong, timeout_s=5)
+
+
+def _scram_env_file():
+    import os
+    from pathlib import Path
+
+    local = os.environ.get("JOURNEYS_LOCAL_DIR") or Path(__file__).resolve().parents[1] / ".local"
+    return Path(local) / "kafka" / "scram.env"  # written once by deploy/local/kafka.sh, its user stored by kafka up
+
+
+def test_sasl_ssl_scram_listener_round_trips_with_the_local_ca(kafka, topic_prefix):
+    secure = KafkaConnection.from_env({}, env_file=_scram_env_file())
+    assert (secure.security_protocol, secure.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert int(secure.bootstrap_servers.rsplit(":", 1)[1]) == int(kafka.bootstrap_servers.rsplit(":", 1)[1]) + 3
+    records = generate(GeneratorConfig(customers=20, days=5, seed=1), b"test-key")
+    ensure_topics(secure, prefix=topic_prefix)
+    produce(records, secure, topic_prefix=topic_prefix)
+    assert sum(1 for _ in read_topic(secure, topic_prefix + "orders")) == sum(r.topic == "orders" for r in records)
+
+
+@pytest.mark.parametrize("wrong, reason", [
+    ({"sasl_password": "not-the-password"}, r"authentication failed at .* SASL SCRAM-SHA-512 authentication of user"),
+    ({"ssl_cafile": "/etc/ssl/certs/ca-certificates.crt"},
+     r"TLS handshake with .* failed \(\[SSL: CERTIFICATE_VERIFY_FAILED\].*not signed by the CA of"),
+])
+def test_a_wrong_password_or_ca_is_named_as_such(kafka, wrong, reason):
+    import dataclasses
+
+    from transforms.secret import Secret
+
+    secure = KafkaConnection.from_env({}, env_file=_scram_env_file())
+    if "sasl_password" in wrong:
+        wrong = {"sasl_password": Secret(value=wrong["sasl_password"])}
+    with pytest.raises(KafkaUnreachable, match=reason) as refused:
+        admin_client(dataclasses.replace(secure, **wrong), timeout_s=5)
+    assert secure.sasl_password.reveal() not in str(refused.value)

@@ -8,7 +8,10 @@ variable that holds it, so on a cluster, mount the file on the workers or set th
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -98,6 +101,55 @@ class KafkaConnection:
         """For logs: where and how, never the secrets."""
         auth = f" sasl={self.sasl_mechanism} user={self.sasl_username}" if self.sasl_mechanism else ""
         return f"{self.bootstrap_servers} ({self.security_protocol}{auth})"
+
+    def why_unreachable(self, client_errors: list[str], timeout_s: float) -> str:
+        """Why no broker let this client in, from kafka-python's error lines while it tried: a TLS handshake it
+        refused, a connection the broker closed during SASL authentication, or no answer at all."""
+        for line in client_errors:
+            tls = re.search(r"Handshake failed: (.*?)(?: \(_ssl\.c:\d+\))?$", line)
+            if tls:
+                return (f"the TLS handshake with {self.bootstrap_servers} failed ({tls[1]}): the broker's "
+                        f"certificate is not signed by the CA of {PREFIX}SSL_CAFILE "
+                        f"({self.ssl_cafile or 'unset: the system CAs'}), or does not name that host")
+        if self.security_protocol.startswith("SASL_") and any(
+                re.search(r"broker_version=\(\d", line) and re.search(r"disconnected|Connection lost", line)
+                or "Authentication" in line for line in client_errors):
+            return (f"authentication failed at {self.bootstrap_servers}: the broker closed the connection during "
+                    f"SASL {self.sasl_mechanism} authentication of user {self.sasl_username!r} (a wrong password "
+                    f"or user name, or a mechanism that listener does not offer)")
+        return f"no Kafka broker answered at {self.describe()} within {timeout_s:.0f}s"
+
+
+class KafkaUnreachable(RuntimeError):
+    """No broker let this client in; the message says why, as far as the client can tell."""
+
+
+class _ErrorLines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextmanager
+def explained_failures(connection: KafkaConnection, timeout_s: float):
+    """Turns kafka-python's "Unable to bootstrap" (after it retried for timeout_s) into KafkaUnreachable saying
+    why: its own error lines are kept meanwhile (they are on the `kafka` logger, whatever it prints)."""
+    from kafka.errors import KafkaTimeoutError
+
+    errors = _ErrorLines()
+    logger = logging.getLogger("kafka")
+    logger.addHandler(errors)
+    try:
+        yield
+    except KafkaTimeoutError as error:
+        if "bootstrap" not in str(error).lower():
+            raise
+        raise KafkaUnreachable(connection.why_unreachable(errors.lines, timeout_s)) from None
+    finally:
+        logger.removeHandler(errors)
 
 
 def _absolute(location) -> str:

@@ -9,7 +9,10 @@
 #
 # Everything it writes is under $JOURNEYS_LOCAL_DIR (default: <repo>/.local, gitignored).
 # Ports: JOURNEYS_KAFKA_PORT (PLAINTEXT, default 19092), +1 the controller, +2 a SASL_PLAINTEXT/PLAIN listener
-# whose credentials are generated once into .local/kafka/sasl.env (mode 600) and never printed.
+# whose credentials are generated once into .local/kafka/sasl.env (mode 600) and never printed, +3 a SASL_SSL
+# listener (TLS with a certificate from a local CA made once with keytool, SCRAM-SHA-512) whose complete client
+# settings are in .local/kafka/scram.env (mode 600; the CA's certificate is .local/kafka/tls/ca.pem): pass it as
+# --kafka-env-file. `journeys kafka up` stores its SCRAM user in the cluster (pipelines/kafka_topics.py).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,6 +21,8 @@ state=${JOURNEYS_LOCAL_DIR:-$root/.local}/kafka
 port=${JOURNEYS_KAFKA_PORT:-19092}
 controller_port=$((port + 1))
 sasl_port=$((port + 2))
+scram_port=$((port + 3))
+tls=$state/tls
 host=127.0.0.1
 libs=$state/libs
 pidfile=$state/kafka.pid
@@ -58,18 +63,35 @@ write_config() {
   local sasl_user sasl_password
   sasl_user=$(sed -n 's/^JOURNEYS_KAFKA_SASL_USERNAME=//p' "$state/sasl.env")
   sasl_password=$(sed -n 's/^JOURNEYS_KAFKA_SASL_PASSWORD=//p' "$state/sasl.env")
+  make_tls_once
+  if [ ! -f "$state/scram.env" ]; then
+    (umask 077 && printf '%s\n' "JOURNEYS_KAFKA_BOOTSTRAP=$host:$scram_port" "JOURNEYS_KAFKA_SECURITY_PROTOCOL=SASL_SSL" \
+      "JOURNEYS_KAFKA_SASL_MECHANISM=SCRAM-SHA-512" "JOURNEYS_KAFKA_SASL_USERNAME=journeys-scram" \
+      "JOURNEYS_KAFKA_SASL_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')" \
+      "JOURNEYS_KAFKA_SSL_CAFILE=$tls/ca.pem" >"$state/scram.env")
+  fi
+  # the port may differ from the one the file was written for
+  sed -i "s|^JOURNEYS_KAFKA_BOOTSTRAP=.*|JOURNEYS_KAFKA_BOOTSTRAP=$host:$scram_port|" "$state/scram.env"
+  local store_password
+  store_password=$(cat "$tls/store.password")
   (umask 077 && cat >"$state/server.properties" <<EOF
 # written by deploy/local/kafka.sh; edits are overwritten at the next 'up'
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$host:$controller_port
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$controller_port,SASL_PLAINTEXT://$host:$sasl_port
-advertised.listeners=PLAINTEXT://$host:$port,SASL_PLAINTEXT://$host:$sasl_port
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$controller_port,SASL_PLAINTEXT://$host:$sasl_port,SASL_SSL://$host:$scram_port
+advertised.listeners=PLAINTEXT://$host:$port,SASL_PLAINTEXT://$host:$sasl_port,SASL_SSL://$host:$scram_port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
 sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user="$sasl_password";
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$tls/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=$store_password
+listener.name.sasl_ssl.ssl.key.password=$store_password
 log.dirs=$state/data
 num.partitions=3
 auto.create.topics.enable=false
@@ -97,6 +119,28 @@ logger.kafka.level=INFO
 logger.apache.name=org.apache.kafka
 logger.apache.level=WARN
 EOF
+}
+
+make_tls_once() {
+  # A local CA and the broker's certificate (for 127.0.0.1 and localhost) signed by it, with the JDK's keytool.
+  [ -f "$tls/broker.p12" ] && [ -f "$tls/ca.pem" ] && return 0
+  rm -rf "$tls" && (umask 077 && mkdir -p "$tls")
+  (umask 077 && head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$tls/store.password")
+  local pw names="SAN=ip:$host,dns:localhost"
+  pw=$(cat "$tls/store.password")
+  {
+    keytool -genkeypair -alias ca -keyalg RSA -keysize 2048 -dname "CN=customer-journeys local CA" -ext bc:c \
+      -validity 3650 -keystore "$tls/ca.p12" -storetype PKCS12 -storepass "$pw"
+    keytool -exportcert -rfc -alias ca -keystore "$tls/ca.p12" -storepass "$pw" -file "$tls/ca.pem"
+    keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -dname "CN=$host" -ext "$names" -validity 3650 \
+      -keystore "$tls/broker.p12" -storetype PKCS12 -storepass "$pw"
+    keytool -certreq -alias broker -keystore "$tls/broker.p12" -storepass "$pw" -file "$tls/broker.csr"
+    keytool -gencert -alias ca -keystore "$tls/ca.p12" -storepass "$pw" -infile "$tls/broker.csr" \
+      -outfile "$tls/broker.pem" -rfc -ext "$names" -validity 3650
+    keytool -importcert -noprompt -alias ca -file "$tls/ca.pem" -keystore "$tls/broker.p12" -storepass "$pw"
+    keytool -importcert -noprompt -alias broker -file "$tls/broker.pem" -keystore "$tls/broker.p12" -storepass "$pw"
+  } >>"$state/logs/tls.log" 2>&1 || { say "making the TLS certificates failed, see $state/logs/tls.log"; exit 1; }
+  chmod 644 "$tls/ca.pem"
 }
 
 java_opts=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
@@ -176,7 +220,7 @@ down() {
 status() {
   local pid
   if pid=$(running_pid); then
-    echo "running pid=$pid bootstrap=$host:$port sasl_plaintext=$host:$sasl_port data=$state/data"
+    echo "running pid=$pid bootstrap=$host:$port sasl_plaintext=$host:$sasl_port sasl_ssl=$host:$scram_port data=$state/data"
   else
     echo "not running"
     return 3
