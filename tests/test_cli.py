@@ -80,6 +80,19 @@ def test_peek_at_an_unreachable_broker_says_so_in_one_line(tmp_path):
     assert done.returncode == 3 and "Kafka is unreachable" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
+def test_peek_with_a_wrong_scram_password_says_authentication_failed(kafka, tmp_path):
+    import os
+    from pathlib import Path
+
+    local = os.environ.get("JOURNEYS_LOCAL_DIR") or Path(__file__).resolve().parents[1] / ".local"
+    done = subprocess.run(JOURNEYS + ["peek", "orders", "--kafka-env-file", str(Path(local) / "kafka" / "scram.env")],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "JOURNEYS_KAFKA_SASL_PASSWORD": "not-the-password"})
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "authentication failed at" in done.stderr and "SCRAM-SHA-512" in done.stderr
+
+
 @pytest.mark.parametrize("command", ["backfill", "stream", "count"])
 def test_a_misspelt_flag_is_refused_not_passed_to_beam(command, tmp_path):
     done = _run("-v", command, "--warehouse", str(tmp_path / "w.duckdb"), "--bigquery-projet", "p")
