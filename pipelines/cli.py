@@ -319,9 +319,13 @@ def _unless_unreachable(command, argv: list[str]) -> int:
     except Exception as error:  # noqa: BLE001 - only an unreachable broker is answered here
         if not unreachable_broker(error):
             raise
-        logging.getLogger("journeys").error(
-            "Kafka is unreachable: %s. Is the broker up (journeys kafka status)? Its address and credentials come "
-            "from JOURNEYS_KAFKA_* or --kafka-env-file.", error)
+        if getattr(error, "refused", False):
+            logging.getLogger("journeys").error("Kafka refused this client: %s. Its credentials and CA come from "
+                                                "JOURNEYS_KAFKA_* or --kafka-env-file.", error)
+        else:
+            logging.getLogger("journeys").error(
+                "Kafka is unreachable: %s. Is the broker up (journeys kafka status)? Its address comes from "
+                "JOURNEYS_KAFKA_BOOTSTRAP or --kafka-env-file.", error)
         return EXIT_UNREACHABLE
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import apache_beam as beam
 import duckdb
@@ -195,6 +196,48 @@ def ends_as(expected, sink, run, job, records: int, timeout_s: float = 600.0, re
     raise AssertionError(f"{run} did not end as expected within {timeout_s} s: {committed(snapshot)} of {records} "
                          f"records committed\n" + (_differences(results(snapshot), expected) if snapshot else "")
                          + f"\nthe end of its log:\n{tail}")
+
+
+def with_poison(config, seed: int, malformed: float = 0.0):
+    """The world's records (with `malformed` of them malformed) and the bad-input corpus (every class, twice) at
+    random places among them; the corpus."""
+    import random
+
+    from pipelines.generate import generate
+    from pipelines.generate.bad_inputs import bad_inputs
+
+    records = generate(config, b"k", malformed=malformed)
+    valid = records_by_topic(config, b"k")
+    corpus = bad_inputs(valid["orders"][0], valid["web_sessions"][0]) + bad_inputs(valid["orders"][-1],
+                                                                                   valid["web_sessions"][-1])
+    shuffle = random.Random(seed)
+    for bad in corpus:
+        records.insert(shuffle.randrange(len(records) + 1), bad.record)
+    return records, corpus
+
+
+KAFKA_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "local" / "kafka.sh"
+
+
+def restart_broker(down_s: float = 10.0) -> None:
+    """The local broker stopped, away for down_s, and started again on the same data (a new process)."""
+    before = _broker_pid()
+    subprocess.run([str(KAFKA_SCRIPT), "down"], check=True, timeout=180, capture_output=True)
+    time.sleep(down_s)
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "kafka", "up", "--no-topics"], check=True, timeout=180,
+                   capture_output=True)
+    assert _broker_pid() not in (None, before), "the broker was not restarted"
+
+
+def _broker_pid() -> str | None:
+    shown = subprocess.run([str(KAFKA_SCRIPT), "status"], capture_output=True, text=True)
+    return next((word.split("=", 1)[1] for word in shown.stdout.split() if word.startswith("pid=")), None)
+
+
+def dead_letter_reasons(sink, run) -> list[tuple]:
+    """(reason, stage) of every dead letter the run's published copy holds, sorted."""
+    with duckdb.connect(str(sink.published(run)), read_only=True) as con:
+        return sorted(con.execute("SELECT reason, stage FROM dead_letters").fetchall())
 
 
 def wait_for(condition, what, timeout_s=240.0):

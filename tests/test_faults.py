@@ -18,7 +18,6 @@ import os
 import random
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +26,13 @@ import fastavro
 import duckdb
 import pytest
 
-from pipelines.generate import GeneratorConfig, generate, records_by_topic
-from pipelines.generate.bad_inputs import bad_inputs
+from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.records import ProducerRecord
 from schemas import REGISTERED_DIR_ENV
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics
-from streaming_job import Sink, committed, ends_as, expected_tables, kill, started_jobs, wait_for
+from streaming_job import (Sink, committed, dead_letter_reasons, ends_as, expected_tables, kill, restart_broker,
+                           started_jobs, wait_for, with_poison)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[1]
@@ -52,40 +51,12 @@ def jobs(topic_prefix, sink):
         yield start
 
 
-def _with_poison(seed: int):
-    """The world's records with the bad-input corpus (every class, twice) at random places among them."""
-    records = generate(CONFIG, b"k")
-    valid = records_by_topic(CONFIG, b"k")
-    corpus = bad_inputs(valid["orders"][0], valid["web_sessions"][0]) + bad_inputs(valid["orders"][-1],
-                                                                                   valid["web_sessions"][-1])
-    shuffle = random.Random(seed)
-    for bad in corpus:
-        records.insert(shuffle.randrange(len(records) + 1), bad.record)
-    return records, corpus
-
-
-def _broker(action: str) -> None:
-    command = ([str(REPO / "deploy" / "local" / "kafka.sh"), "down"] if action == "down"
-               else [sys.executable, "-m", "pipelines.cli", "kafka", "up", "--no-topics"])
-    subprocess.run(command, check=True, timeout=180, capture_output=True)
-
-
-def _broker_pid() -> str | None:
-    shown = subprocess.run([str(REPO / "deploy" / "local" / "kafka.sh"), "status"], capture_output=True, text=True)
-    return next((word.split("=", 1)[1] for word in shown.stdout.split() if word.startswith("pid=")), None)
-
-
 def _log(sink, run="faulty") -> str:
     return (sink.tmp_path / f"{run}.log").read_text()
 
 
-def _dead_letters(sink, run) -> list[tuple]:
-    with duckdb.connect(str(sink.published(run)), read_only=True) as con:
-        return con.execute("SELECT topic, reason, stage FROM dead_letters").fetchall()
-
-
 def test_three_kills_and_a_broker_restart_end_as_a_clean_run(kafka, topic_prefix, sink, jobs):
-    records, corpus = _with_poison(seed=61)
+    records, corpus = with_poison(CONFIG, seed=61)
     expected = expected_tables(sink, CONFIG)
     ensure_topics(kafka, prefix=topic_prefix)
     chunks = [records[i * len(records) // 5:(i + 1) * len(records) // 5] for i in range(5)]
@@ -103,18 +74,13 @@ def test_three_kills_and_a_broker_restart_end_as_a_clean_run(kafka, topic_prefix
         if len(committed_at_kills) == 2:  # the broker goes away under the running job, and comes back
             wait_for(lambda: "resuming: the last run committed" in _log(sink).split("Serving JobManagement")[-1],
                      "the restarted job reading")
-            before = _broker_pid()
-            _broker("down")
-            time.sleep(10)
-            _broker("up")
-            assert _broker_pid() not in (None, before), "the broker was not restarted"
+            restart_broker()
     produce(chunks[4], kafka, topic_prefix=topic_prefix)
     assert all(0 < n < len(records) for n in committed_at_kills), committed_at_kills
 
     # every table and every record committed; a job that exits as its supervisor would restart it, is restarted
     ends_as(expected, sink, "faulty", job, len(records), restart=jobs)
-    got = sorted((reason, stage) for _, reason, stage in _dead_letters(sink, "faulty"))
-    assert got == sorted((bad.reason, bad.stage) for bad in corpus)
+    assert dead_letter_reasons(sink, "faulty") == sorted((bad.reason, bad.stage) for bad in corpus)
 
 
 def test_an_unwritable_warehouse_stops_the_job_with_a_clear_error_and_advances_no_offset(kafka, topic_prefix, sink,

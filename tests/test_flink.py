@@ -3,14 +3,18 @@ and the real broker, into DuckDB:
 
 - SIGTERM stops the job with a savepoint; a restart resumes from it. The records the first run had read are deleted
   from the topics before the restart, so a job that replayed the topics from their start could not end right.
-- the TaskManager killed with SIGKILL three times mid-stream (the cluster's supervisor starts it again) and the
+- the fault suite on Flink: poison records of every bad-input class among the events, the TaskManager killed with
+  SIGKILL three times mid-stream (the cluster's supervisor starts it again), the broker restarted once and the
   launching process killed once: Flink restores the job from its checkpoints, the next launcher takes the running
-  job over, and the tables end equal to an uninterrupted run, every record counted once.
+  job over, the tables end equal to an uninterrupted run, every record counted once, and the dead letters are the
+  malformed and poison records. Size: JOURNEYS_FLINK_FAULT_CUSTOMERS customers (about ten events each); CI runs a
+  small one, deploy/bench/fault_suite.py the same test at 10,000 (about 100,000 events).
 - an error that no TaskManager thread catches ends the TaskManager (the supervisor starts a new one) rather than
   leaving it running with the thread gone and the tasks waiting for what it would have delivered.
 - a batch job's stages spread their subtasks over the SDK workers, and keep the same workers from stage to stage.
 """
 import datetime as dt
+from collections import Counter
 import os
 import random
 import signal
@@ -25,7 +29,8 @@ import pytest
 from pipelines.generate import GeneratorConfig, generate
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import admin_client, ensure_topics
-from streaming_job import Sink, committed, ends_as, expected_tables, kill, started_jobs, wait_for
+from streaming_job import (Sink, committed, dead_letter_reasons, ends_as, expected_tables, kill, restart_broker,
+                           started_jobs, wait_for, with_poison)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.flink]
 CONFIG = GeneratorConfig(customers=int(os.environ.get("JOURNEYS_FLINK_FAULT_CUSTOMERS", "80")), days=30, seed=61,
@@ -102,15 +107,17 @@ def _restarted_taskmanager(flink, killed: int) -> None:
 
 
 @pytest.mark.faults
-def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterrupted_run(
-        kafka, flink, flink_jobs, topic_prefix, sink, start):
-    records = generate(CONFIG, b"k", malformed=0.02)
+def test_poison_taskmanager_killed_three_times_a_broker_restart_and_the_launcher_killed_end_as_an_uninterrupted_run(
+        kafka, flink, flink_jobs, topic_prefix, sink, start, record_property):
+    records, corpus = with_poison(CONFIG, seed=61, malformed=0.02)
+    record_property("records", len(records))  # deploy/bench/fault_suite.py reports it
     expected = expected_tables(sink, CONFIG)
+    patience = max(300.0, len(records) / 100)  # seconds for a step that waits on the stream: it scales with the size
     chunks = [records[i * len(records) // 5:(i + 1) * len(records) // 5] for i in range(5)]
     ensure_topics(kafka, prefix=topic_prefix)
     produce(chunks[0], kafka, topic_prefix=topic_prefix)
     job = start("faulty")
-    wait_for(lambda: committed(sink.snapshot("faulty")) > 0, "the first commit", timeout_s=300)
+    wait_for(lambda: committed(sink.snapshot("faulty")) > 0, "the first commit", timeout_s=patience)
     [job_id] = flink_jobs.running_jobs("journeys-stream-", prefix=True)
     # what the launcher's start watch looks for; the REST API's metrics lag the job by seconds (their fetcher's
     # interval), so a commit can come before they show the sources' first records
@@ -118,27 +125,33 @@ def test_taskmanager_killed_three_times_and_the_launcher_once_end_as_an_uninterr
              timeout_s=60)
     shuffle = random.Random(67)
 
-    for chunk in chunks[1:4]:
+    for kill_number, chunk in enumerate(chunks[1:4]):
         produce(chunk, kafka, topic_prefix=topic_prefix)
         checkpoints = _completed_checkpoints(flink_jobs)
-        wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints, "a checkpoint", timeout_s=300)
+        wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints, "a checkpoint", timeout_s=patience)
         time.sleep(shuffle.uniform(0, 8))  # mid-stream: part of the chunk checkpointed, committed, or neither
         killed = _taskmanager_pid(flink)
         os.kill(killed, signal.SIGKILL)
         checkpoints = _completed_checkpoints(flink_jobs)
         _restarted_taskmanager(flink, killed)
         wait_for(lambda: _completed_checkpoints(flink_jobs) > checkpoints, "a checkpoint after the restore",
-                 timeout_s=300)
+                 timeout_s=patience)
+        if kill_number == 1:  # the broker goes away under the restored job, and comes back
+            restart_broker()
 
     kill(job)  # the launching process: the job runs on; the next launcher takes it over with a savepoint
     produce(chunks[4], kafka, topic_prefix=topic_prefix)
     job = start("faulty")
-    ends_as(expected, sink, "faulty", job, len(records), timeout_s=420)
+    ends_as(expected, sink, "faulty", job, len(records), timeout_s=max(420.0, patience))
+    dead = dead_letter_reasons(sink, "faulty")
+    assert len(dead) == sum(1 for r in records if r.malformed)  # the generated malformed ones and the corpus
+    assert not Counter((bad.reason, bad.stage) for bad in corpus) - Counter(dead), "each poison record, with its reason"
 
     jobmanager_log = (flink.state / "logs" / "jobmanager.log").read_text(errors="replace")
     restores = [line for line in jobmanager_log.splitlines() if f"Restoring job {job_id} from Checkpoint" in line]
     assert len(restores) >= 3, restores  # each TaskManager loss: a restore from a checkpoint, not from offset 0
     assert "taking it over with a savepoint" in _log(sink, "faulty")
+    record_property("restores_from_checkpoints", len(restores))
 
 
 # A Java agent that starts a thread which throws an Error nothing catches; loaded into a running JVM by _ATTACH.

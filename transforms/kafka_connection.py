@@ -123,6 +123,11 @@ class KafkaConnection:
 class KafkaUnreachable(RuntimeError):
     """No broker let this client in; the message says why, as far as the client can tell."""
 
+    @property
+    def refused(self) -> bool:
+        """A broker answered and refused this client's credentials or trust (not: no broker answered)."""
+        return not str(self).startswith("no Kafka broker answered")
+
 
 class _ErrorLines(logging.Handler):
     def __init__(self):
