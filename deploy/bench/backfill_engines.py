@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from flink_restart import cluster, print_table, records_in_topics
+from flink_restart import cluster, ensure_pseudonym_key, print_table, records_in_topics
 from report import report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,6 +139,7 @@ def run_backfill(runner: str, prefix: str, work: Path, extra: list[str], sample_
                # the generated days lie in the past: the freshness expectation would only warn about their age
                "--max-event-age-hours", "87600", *extra]
     sampler = ClusterSampler(sample_s) if runner == "FlinkRunner" else None
+    ensure_pseudonym_key()
     started = time.monotonic()
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)

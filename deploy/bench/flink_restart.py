@@ -132,8 +132,22 @@ def records_in_topics(prefix: str) -> int:
         consumer.close()
 
 
+def ensure_pseudonym_key() -> None:
+    """The pipelines refuse to start without a pseudonym key (transforms/pseudonymise.py): a benchmark whose
+    environment gives none makes one of its own, for the processes it starts."""
+    if os.environ.get("JOURNEYS_PSEUDONYM_KEY_FILE") or os.environ.get("JOURNEYS_PSEUDONYM_KEY"):
+        return
+    import secrets
+
+    key = Path(tempfile.mkdtemp(prefix="bench-key-")) / "pseudonym.key"
+    key.write_text(secrets.token_hex(32) + "\n")
+    key.chmod(0o600)
+    os.environ["JOURNEYS_PSEUDONYM_KEY_FILE"] = str(key)
+
+
 def start_stream(stream_args: list[str], log: Path) -> subprocess.Popen:
     """`journeys stream` in its own session (whatever it starts can be cleaned up as a group)."""
+    ensure_pseudonym_key()
     return subprocess.Popen([*JOURNEYS, "stream", *stream_args], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=REPO, env=os.environ)
 

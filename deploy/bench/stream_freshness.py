@@ -41,7 +41,8 @@ import uuid
 from pathlib import Path
 
 import duckdb
-from flink_restart import cancel_jobs, cluster, flink_job, stop_stream, stream_job_name, tasks_running, wait_until
+from flink_restart import (cancel_jobs, cluster, ensure_pseudonym_key, flink_job, stop_stream, stream_job_name,
+                           tasks_running, wait_until)
 from report import report
 
 from pipelines.generate import GeneratorConfig, generate
@@ -193,6 +194,7 @@ def main() -> None:
                    "--group-id", group, *beam_args]
     flink = args.runner == "FlinkRunner"
     name = stream_job_name(stream_args) if flink else None
+    ensure_pseudonym_key()
     launched = time.time()
     job = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "stream", *stream_args],
                            stdout=open(work / "stream.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
