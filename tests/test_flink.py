@@ -7,8 +7,8 @@ and the real broker, into DuckDB:
   SIGKILL three times mid-stream (the cluster's supervisor starts it again), the broker restarted once and the
   launching process killed once: Flink restores the job from its checkpoints, the next launcher takes the running
   job over, the tables end equal to an uninterrupted run, every record counted once, and the dead letters are the
-  malformed and poison records. Size: JOURNEYS_FLINK_FAULT_CUSTOMERS customers (about ten events each); CI runs a
-  small one, deploy/bench/fault_suite.py the same test at 10,000 (about 100,000 events).
+  malformed and poison records. Size: JOURNEYS_FLINK_FAULT_CUSTOMERS customers (about seven events each); CI runs a
+  small one, deploy/bench/fault_suite.py the same test at 14,500 (about 100,000 events).
 - an error that no TaskManager thread catches ends the TaskManager (the supervisor starts a new one) rather than
   leaving it running with the thread gone and the tasks waiting for what it would have delivered.
 - a batch job's stages spread their subtasks over the SDK workers, and keep the same workers from stage to stage.

@@ -1,9 +1,9 @@
-"""The fault suite on Flink at scale: the same test CI runs small, at --customers (default 10,000: about 100,000
+"""The fault suite on Flink at scale: the same test CI runs small, at --customers (default 14,500: about 100,000
 events). A benchmark script, not a test:
 
-    .venv/bin/python deploy/bench/fault_suite.py [--customers 10000] [--json FILE]
+    .venv/bin/python deploy/bench/fault_suite.py [--customers 14500] [--json FILE]
 
-It runs tests/test_flink.py's fault test (poison records of every bad-input class and 2 % malformed records among
+Runs tests/test_flink.py's fault test (poison records of every bad-input class and 2 % malformed records among
 the events; the TaskManager SIGKILLed three times mid-stream, the broker restarted once, the launching process killed
 once; the tables must end equal to an uninterrupted run computed in memory, every record counted once, the dead
 letters exactly the malformed and poison records) against the running broker and Flink cluster (`journeys kafka up`,
@@ -29,7 +29,8 @@ TEST = "tests/test_flink.py::test_poison_taskmanager_killed_three_times_a_broker
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=10_000, help="about ten events each (default %(default)s)")
+    parser.add_argument("--customers", type=int, default=14_500,
+                        help="about seven events each over the 30 days (default %(default)s: about 100,000 events)")
     parser.add_argument("--json", metavar="FILE", help="write the result here too")
     args = parser.parse_args()
     report = Path(tempfile.mkdtemp(prefix="fault-suite-")) / "junit.xml"
