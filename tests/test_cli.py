@@ -138,7 +138,8 @@ def test_journeys_sql_cannot_write_any_file_or_read_another(tmp_path, statement)
     with pytest.raises(duckdb.Error):
         cmd_sql(argparse.Namespace(warehouse=published, query=query))
     assert {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in tmp_path.iterdir()} == files
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["journeys.duckdb", "journeys.published.duckdb"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journeys.duckdb", "journeys.private.duckdb",
+                                                          "journeys.published.duckdb"]
     assert cmd_sql(argparse.Namespace(warehouse=published, query="SELECT count(*) FROM customers")) == 0
 
 

@@ -36,7 +36,8 @@ def main() -> None:
     report = Path(tempfile.mkdtemp(prefix="fault-suite-")) / "junit.xml"
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                           TEST], cwd=REPO, env={**os.environ, "JOURNEYS_FLINK_FAULT_CUSTOMERS": str(args.customers)})
+                           TEST], cwd=REPO, env={**os.environ, "JOURNEYS_FLINK_FAULT_CUSTOMERS": str(args.customers),
+                                            "JOURNEYS_FLINK_FAULT_BROKER_RESTART": "1"})
     seconds = round(time.monotonic() - started, 1)
     case = ElementTree.parse(report).getroot().find(".//testcase")
     properties = {p.get("name"): p.get("value") for p in case.iter("property")}
