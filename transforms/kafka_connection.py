@@ -8,6 +8,7 @@ variable that holds it, so on a cluster, mount the file on the workers or set th
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -102,7 +103,7 @@ class KafkaConnection:
         auth = f" sasl={self.sasl_mechanism} user={self.sasl_username}" if self.sasl_mechanism else ""
         return f"{self.bootstrap_servers} ({self.security_protocol}{auth})"
 
-    def why_unreachable(self, client_errors: list[str], timeout_s: float) -> str:
+    def why_unreachable(self, client_errors, timeout_s: float) -> str:
         """Why no broker let this client in, from kafka-python's error lines while it tried: a TLS handshake it
         refused, a connection the broker closed during SASL authentication, or no answer at all."""
         for line in client_errors:
@@ -130,9 +131,11 @@ class KafkaUnreachable(RuntimeError):
 
 
 class _ErrorLines(logging.Handler):
-    def __init__(self):
+    """The latest of kafka-python's error lines: a command that runs for days keeps only those."""
+
+    def __init__(self, keep: int = 100):
         super().__init__(logging.ERROR)
-        self.lines: list[str] = []
+        self.lines: collections.deque = collections.deque(maxlen=keep)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
