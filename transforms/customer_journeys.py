@@ -594,23 +594,21 @@ def _stamp_complete(path: dict, window: dt.timedelta, settle: dt.timedelta):
 
 
 def _fit_window(element, window: dt.timedelta, config: AttributionConfig):
-    from transforms.attribution import PathSummary
-
-    start = dt.datetime.fromisoformat(element[0])
-    # A corrected path comes again with a higher revision: keep the latest, unless that is its retraction.
+    start, paths = dt.datetime.fromisoformat(element[0]), element[1]
+    # A corrected path comes again with a higher revision: the window counts the latest, unless that is its
+    # retraction (the same reduction and summary as a bounded fit's LatestOfEach and Summarise).
     latest = {}
-    for path in element[1]:
-        key = _path_key(path)
-        if key not in latest or path.get("revision", 0) > latest[key].get("revision", 0):
-            latest[key] = path
-    summary = PathSummary(config.markov_order)
+    for key, path in ((_path_key(path), _compact(path)) for path in paths):
+        latest[key] = _latest_of((latest[key], path)) if key in latest else path
+    summarise = _Summarise(config.markov_order)
+    summary = summarise.create_accumulator()
     for path in latest.values():
-        if not path.get("retracted"):
-            summary.add(path["channels"], path["converted"], path["revenue"], 1, _identity(path))
+        if not path[RETRACTED_AT]:
+            summary = summarise.add_input(summary, path)
     if not summary.paths:
         # Every path of the window was retracted after a fit landed (a late touch joined them to an order): the
         # fit's rows go too. Its channels are among those of every path the window ever had.
-        yield from _emptied_window(start, window, element[1])
+        yield from _emptied_window(start, window, paths)
         return
     yield from _fitted(start, window, summary, config)
 
