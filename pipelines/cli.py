@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kafka").setLevel(logging.ERROR)  # see below
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck job waits
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        return _unless_unreachable(lambda: importlib.import_module(PIPELINES[argv[0]]).main(argv[1:]), argv)
+        return _unless_unreachable(lambda: importlib.import_module(PIPELINES[argv[0]]).main(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -297,25 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         # kafka-python warns whenever its I/O thread waits on the GIL, which a busy producer loop causes.
         logging.getLogger("kafka").setLevel(logging.ERROR)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    return _unless_unreachable(lambda: args.func(args), argv)
+    return _unless_unreachable(lambda: args.func(args))
 
 
-def _unless_unreachable(command, argv: list[str]) -> int:
+def _unless_unreachable(command) -> int:
     """The command's exit code; an unreachable broker is answered with one line that says what to check, and why
-    the client was refused (transforms/kafka_connection.explained_failures) when it can tell."""
-    from transforms.kafka_connection import KafkaConnection, explained_failures
-
-    env_file = next((arg.split("=", 1)[1] if "=" in arg else next(iter(argv[i + 1:]), None)
-                     for i, arg in enumerate(argv) if arg.split("=", 1)[0] == "--kafka-env-file"), None)
+    the client was refused when it can tell (where clients are made: KafkaConnection.consumer and the like)."""
     try:
-        connection = KafkaConnection.from_env(env_file=env_file)
-    except Exception:  # noqa: BLE001 - the command itself reports settings it cannot use
-        connection = None
-    try:
-        if connection is None:
-            return command()
-        with explained_failures(connection, timeout_s=30):
-            return command()
+        return command()
     except Exception as error:  # noqa: BLE001 - only an unreachable broker is answered here
         if not unreachable_broker(error):
             raise

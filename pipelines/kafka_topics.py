@@ -63,10 +63,9 @@ def read_topic(connection: KafkaConnection, kafka_topic: str, limit: int | None 
 
     A look-and-check reader for the CLI and tests, not the pipeline's source: no group, no commits.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(**connection.client_config(), enable_auto_commit=False, group_id=None,
-                             max_partition_fetch_bytes=4 * 1024 * 1024)
+    consumer = connection.consumer(enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
     try:
         partitions = [TopicPartition(kafka_topic, p) for p in sorted(consumer.partitions_for_topic(kafka_topic) or ())]
         if not partitions:

@@ -98,6 +98,20 @@ class KafkaConnection:
                 "ssl_password": self.ssl_password.reveal() if self.ssl_password else None}.items() if v})
         return config
 
+    def consumer(self, **settings):
+        """A KafkaConsumer on this cluster; KafkaUnreachable, saying why, when no broker lets it in."""
+        from kafka import KafkaConsumer
+
+        with explained_failures(self, timeout_s=30):
+            return KafkaConsumer(**self.client_config(), **settings)
+
+    def producer(self, **settings):
+        """A KafkaProducer on this cluster; KafkaUnreachable, saying why, when no broker lets it in."""
+        from kafka import KafkaProducer
+
+        with explained_failures(self, timeout_s=30):
+            return KafkaProducer(**self.client_config(), **settings)
+
     def describe(self) -> str:
         """For logs: where and how, never the secrets."""
         auth = f" sasl={self.sasl_mechanism} user={self.sasl_username}" if self.sasl_mechanism else ""

@@ -122,15 +122,14 @@ class _GroupCommitter:
 
     @classmethod
     def commit(cls, spec: KafkaReadSpec, offsets: dict[Partition, int]) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
         key = (spec.connection, spec.group_id)
         with cls._lock:
             consumer = cls._consumers.get(key)
             if consumer is None:
-                consumer = KafkaConsumer(**spec.connection.client_config(), group_id=spec.group_id,
-                                         enable_auto_commit=False)
+                consumer = spec.connection.consumer(group_id=spec.group_id, enable_auto_commit=False)
                 cls._consumers[key] = consumer
             # per launch: a new job on the same group (a topic recreated, a replay) commits from where it reads
             ahead = {tp: o for tp, o in offsets.items() if o > cls._committed.get((*key, spec.launch, tp), -1)}
@@ -164,10 +163,9 @@ class _ConsumerPool:
             consumer = idle.pop()[0] if idle else None
         if consumer is not None:
             return consumer
-        from kafka import KafkaConsumer
-        return KafkaConsumer(**spec.connection.client_config(), group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", isolation_level=spec.isolation_level,
-                             max_poll_records=2000, fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
+        return spec.connection.consumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                        isolation_level=spec.isolation_level, max_poll_records=2000,
+                                        fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
 
     @classmethod
     def give(cls, spec: KafkaReadSpec, partitions, consumer) -> None:
@@ -385,10 +383,11 @@ class _KafkaReader(UnboundedReader):
     def _read_back(self, tp: Partition, first: int, end: int):
         """(offset, event id) of the partition's records from `first` up to `end`: the ids a reader resuming there
         remembers (transforms/dedupe.py). A consumer of its own, so the reader's position is untouched."""
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
-        consumer = KafkaConsumer(**self.spec.connection.client_config(), group_id=None, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", isolation_level=self.spec.isolation_level)
+        consumer = self.spec.connection.consumer(group_id=None, enable_auto_commit=False,
+                                                 auto_offset_reset="earliest",
+                                                 isolation_level=self.spec.isolation_level)
         deadline = time.monotonic() + READ_BACK_S
         try:
             partition = TopicPartition(*tp)
@@ -542,9 +541,9 @@ class KafkaPartitionSource(UnboundedSource):
 def resolve_launch(connection: KafkaConnection, topics: tuple[str, ...], start: StartAt, bounded: bool,
                    stop_offsets: dict[Partition, int] | None = None, group_id: str | None = None):
     """Partitions, start offsets and (bounded) end offsets as the cluster has them now: the launch snapshot."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(**connection.client_config(), group_id=group_id, enable_auto_commit=False)
+    consumer = connection.consumer(group_id=group_id, enable_auto_commit=False)
     try:
         partitions = []
         counts = []
@@ -609,9 +608,9 @@ class StoredPartition:
 
 def stored_partitions(connection: KafkaConnection, topics, stored: dict[Partition, int]) -> list[StoredPartition]:
     """Each stored partition as the cluster has it now: where a stream resuming from these offsets stands."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(**connection.client_config(), enable_auto_commit=False)
+    consumer = connection.consumer(enable_auto_commit=False)
     try:
         existing = [TopicPartition(topic, p) for topic in topics for p in consumer.partitions_for_topic(topic) or ()]
         beginning = {(tp.topic, tp.partition): o for tp, o in consumer.beginning_offsets(existing).items()}

@@ -96,10 +96,10 @@ class LogProgress(beam.DoFn):
         log.info(line)
 
     def _end_offsets(self, read: dict) -> dict:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
         try:
-            consumer = KafkaConsumer(**self.connection.client_config(), enable_auto_commit=False)
+            consumer = self.connection.consumer(enable_auto_commit=False)
             try:
                 ends = consumer.end_offsets([TopicPartition(t, p) for t, p in read])
             finally:

@@ -118,12 +118,12 @@ def committed(published: Path) -> int:
 
 def records_in_topics(prefix: str) -> int:
     """The sum of the topics' end offsets: the records produced (an idempotent producer leaves no gaps)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     import schemas
     from transforms.kafka_connection import KafkaConnection
 
-    consumer = KafkaConsumer(**KafkaConnection.from_env().client_config(), group_id=None, enable_auto_commit=False)
+    consumer = KafkaConnection.from_env().consumer(group_id=None, enable_auto_commit=False)
     try:
         partitions = [TopicPartition(prefix + t, p) for t in schemas.TOPICS
                       for p in consumer.partitions_for_topic(prefix + t) or ()]

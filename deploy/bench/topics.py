@@ -4,13 +4,13 @@ from __future__ import annotations
 
 def messages(prefix: str):
     """Every message of the three topics, from the beginning to their end offsets at the start."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     import schemas
     from transforms.kafka_connection import KafkaConnection
 
-    consumer = KafkaConsumer(**KafkaConnection.from_env().client_config(), group_id=None, enable_auto_commit=False,
-                             max_poll_records=5000, max_partition_fetch_bytes=4 * 1024 * 1024)
+    consumer = KafkaConnection.from_env().consumer(group_id=None, enable_auto_commit=False, max_poll_records=5000,
+                                                   max_partition_fetch_bytes=4 * 1024 * 1024)
     partitions = [TopicPartition(prefix + t, p) for t in schemas.TOPICS
                   for p in consumer.partitions_for_topic(prefix + t)]
     consumer.assign(partitions)

@@ -37,10 +37,7 @@ def produce(records: list[ProducerRecord], connection: KafkaConnection, *, topic
 
     With `rate` (records/s) the sends are paced evenly, as a live producer fleet would send them.
     """
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(**connection.client_config(), acks="all", enable_idempotence=True,
-                             linger_ms=20, batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+    producer = connection.producer(acks="all", enable_idempotence=True, linger_ms=20, batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
     failures: list[Exception] = []
     stats = SendStats()
     started = time.monotonic()
