@@ -41,6 +41,16 @@ def test_every_contract_is_a_table_and_a_row_written_twice_is_one_row_with_the_l
         (b"\x00\x00\x00\x00\x07\xff", "unknown_schema_id")]
 
 
+def test_a_commit_that_breaks_its_connection_raises_its_own_error_not_the_tidying_up_after_it(warehouse):
+    def chunks_that_break_the_connection():
+        yield [_touch("t1")]
+        warehouse.connection.close()  # the tidying up after the failure cannot run on it either
+        raise ValueError("the source of these rows failed")
+
+    with pytest.raises(ValueError, match="the source of these rows failed"):
+        warehouse.commit({"touchpoints": chunks_that_break_the_connection()})
+
+
 def test_raw_bytes_stay_in_the_writers_private_store_and_out_of_what_readers_open(warehouse):
     import os
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -132,10 +133,16 @@ class DuckDBWarehouse:
                 pass  # a COMMIT that failed has ended the transaction already; its own error is the one to tell
             raise
         finally:
-            con.execute("DROP VIEW IF EXISTS batch")
-            for _, *names in gathered:
-                for name in names:
-                    con.execute(f"DROP TABLE IF EXISTS {name}")
+            failing = sys.exc_info()[1]
+            try:
+                con.execute("DROP VIEW IF EXISTS batch")
+                for _, *names in gathered:
+                    for name in names:
+                        con.execute(f"DROP TABLE IF EXISTS {name}")
+            except duckdb.Error:
+                if failing is None:
+                    raise
+                # the connection the commit broke cannot tidy up either: the commit's own error is the one to tell
             for log in (self.path, self.private_path):
                 wal = log.with_name(log.name + ".wal")
                 if wal.exists():
