@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter, defaultdict
 from decimal import Decimal
@@ -181,25 +182,30 @@ def _landed(request, mode, out) -> dict[str, list[dict]]:
     job = start_job(prefix, sink, "landed", runner=runner[-1])
     try:
         ends_as(expected, sink, "landed", job, len(records), timeout_s=600)
-        return _read_back(sink.target("landed"))
     finally:
         job.terminate()  # SIGTERM: the job stops with a savepoint
         job.wait(timeout=300)
+    return _read_back(sink.target("landed"), writer_stops_within_s=120)
 
 
-def _read_back(target) -> dict[str, list[dict]]:
+def _read_back(target, writer_stops_within_s: float = 0) -> dict[str, list[dict]]:
+    """Every table as its readers see it, and the dead letters' raw bytes from the writer's private store (which a
+    stream's writer holds until its worker has stopped)."""
     names = [*TABLES, "dead_letters", "source_offsets"]
     if not isinstance(target, BigQueryTarget):
         with duckdb.connect(str(target.with_suffix(".published.duckdb")), read_only=True) as con:
             con.execute("SET TimeZone = 'UTC'")
             landed = {name: _query(con, f'SELECT * FROM "{name}"') for name in names}
         assert all(row["value"] is None for row in landed["dead_letters"]), "readers never see raw bytes"
-        try:
-            writer = DuckDBWarehouse(target)  # which keeps them in its private store
-        except duckdb.IOException as error:
-            if not held_by_a_writer(error):
-                raise
-            return landed  # a stream that still runs holds its private store: its bytes are its own meanwhile
+        deadline = time.monotonic() + writer_stops_within_s
+        while True:
+            try:
+                writer = DuckDBWarehouse(target)  # which keeps them in its private store
+                break
+            except duckdb.IOException as error:
+                if not held_by_a_writer(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
         try:
             landed["dead_letters"] = writer.rows("dead_letters", private=True)
         finally:
@@ -502,8 +508,7 @@ def test_landed_dead_letters_are_the_injected_malformed_records_and_every_record
     reasons = set().union(*(MALFORMED_KINDS[kind] for kind in malformed))
     assert {row["reason"] for row in tables["dead_letters"]} <= reasons
     assert all(row["topic"] and row["error"] for row in tables["dead_letters"])
-    if "stream" not in mode:  # read back from the writer's private store (a running stream holds it)
-        assert all(row["value"] is not None for row in tables["dead_letters"])
+    assert all(row["value"] is not None for row in tables["dead_letters"])  # kept in the writer's private store
     valid = sum(len(events) for events in records_by_topic(WORLDS[mode], b"k").values())
     committed = sum(row["next_offset"] for row in tables["source_offsets"])
     assert committed == len(records) == valid + len(malformed), "records in = landed + dead-lettered"
