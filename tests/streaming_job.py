@@ -1,6 +1,7 @@
 """A `journeys stream` job as the streaming and fault tests drive it: started in its own process group, killed
 with SIGKILL, and its warehouse (DuckDB or the BigQuery emulator) read back as snapshots of every table."""
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import signal
@@ -19,6 +20,7 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.generate import records_by_topic
 from schemas.contracts import contract, contracts
 from transforms.bigquery_warehouse import BigQueryTarget
+from transforms.failed_events import FAILED
 from transforms.journey_tables import TABLES, CustomerJourneyTables
 from transforms.json_lines import AppendJsonLines, read_json_lines
 from transforms.pseudonymise import Pseudonymiser, key_secret
@@ -135,8 +137,11 @@ def tables_in_memory(config, out_dir) -> dict[str, list[dict]]:
                           | f"Time{topic}" >> beam.Map(
                               lambda r: TimestampedValue(r, Timestamp.from_utc_datetime(r["event_time"]))))
                   for topic, records in records_by_topic(config, b"k").items()}
-        for name, rows in (topics | CustomerJourneyTables()).items():
+        tables = topics | CustomerJourneyTables()
+        tables[FAILED] = tables[FAILED] | "FailedAsRows" >> beam.Map(dataclasses.asdict)
+        for name, rows in tables.items():
             _ = rows | f"Write{name}" >> beam.ParDo(AppendJsonLines(str(out_dir / f"{name}.jsonl")))
+    assert read_json_lines(out_dir / f"{FAILED}.jsonl") == [], "a step failed on a valid event"
     return {name: latest_rows(name, read_json_lines(out_dir / f"{name}.jsonl")) for name in TABLES}
 
 

@@ -16,8 +16,9 @@ from apache_beam.utils.timestamp import Timestamp
 from pipelines.generate import GeneratorConfig, records_by_topic
 from transforms.channel_grouping import ChannelRules
 from transforms.attribution import markov_removal_effects
-from transforms.customer_journeys import (AttributeOrders, CustomerTouches, DataDrivenAttribution, JourneyConfig,
-                                           StitchIdentities, _RouteSession)
+from transforms.customer_journeys import (LOGGED_IN, STITCHED, AttributeOrders, CustomerTouches, DataDrivenAttribution,
+                                           JourneyConfig, StitchIdentities, _RouteSession)
+from transforms.failed_events import FAILED
 from transforms.json_lines import AppendJsonLines, read_json_lines
 
 LOOKBACK_DAYS = 30
@@ -42,7 +43,9 @@ def _run(world, tmp_path, replay=False):
         config = JourneyConfig()
         keyed = (sessions, orders) | StitchIdentities(config, replay)
         touches = (keyed, social) | CustomerTouches(config)
-        outputs = (touches, orders) | AttributeOrders(config, replay)
+        outputs = (touches["touches"], orders) | AttributeOrders(config, replay)
+        assert_that((touches[FAILED], outputs[FAILED]) | "Failed" >> beam.Flatten(), equal_to([]),
+                    label="NoStepFailed")
         attribution = outputs["order_attribution"]
         _ = attribution | beam.ParDo(AppendJsonLines(out))
         _ = outputs["paths"] | "WritePaths" >> beam.ParDo(AppendJsonLines(paths_out))
@@ -183,8 +186,9 @@ def test_each_session_goes_to_the_first_link_within_its_own_deadline_whatever_th
               _device_event("order", "b", 45, "C2")]
     for replay in (False, True):
         with TestPipeline(runner="FnApiRunner") as pipeline:
-            keyed = ((_timestamped(pipeline, "Sessions", sessions), _timestamped(pipeline, "Orders", orders))
-                     | StitchIdentities(JourneyConfig(), replay) | beam.Flatten())
+            stitched = ((_timestamped(pipeline, "Sessions", sessions), _timestamped(pipeline, "Orders", orders))
+                        | StitchIdentities(JourneyConfig(), replay))
+            keyed = (stitched[LOGGED_IN], stitched[STITCHED]) | beam.Flatten()
             assert_that(keyed | beam.MapTuple(lambda owner, touch: (touch["touch_id"], owner)),
                         equal_to([("a0", "C1"), ("b0", "anon:b"), ("b20", "C2")]))
 
@@ -196,7 +200,7 @@ def test_a_bundle_sends_a_devices_link_only_when_it_is_earlier_than_the_one_it_s
     def links(customer, device, day):
         session = _device_event("session", device, day, customer, session_id=f"{device}{day}")
         outputs = route.process(session, Timestamp(0), GlobalWindow())
-        return [(key, link) for key, (_, link) in (o for o in outputs if not isinstance(o, TaggedOutput))]
+        return [(key, link) for key, (_, link, _) in (o for o in outputs if not isinstance(o, TaggedOutput))]
 
     day = lambda d: _device_event("session", "a", d)["session_start"]
     assert links("C1", "a", 20) == [("a", ("C1", day(20)))]

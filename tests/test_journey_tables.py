@@ -34,6 +34,7 @@ from transforms.bigquery_warehouse import BigQueryTarget
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
 from transforms.duckdb_warehouse import DuckDBWarehouse, held_by_a_writer
 from transforms.json_lines import AppendJsonLines, read_json_lines
+from transforms.failed_events import FAILED
 from transforms.journey_tables import TABLES, CustomerJourneyTables, TablesConfig
 from transforms.kafka_source import ReadFromKafka
 
@@ -236,8 +237,11 @@ def tables(request, mode, world, tmp_path_factory):
             topics = (_stream if streaming else _backfill)(pipeline, world)
         # A bounded stream: the all-of-history tables once, at its end (see updating_global_window)
         config = TablesConfig(update_every_s=None)
-        for name, rows in (topics | CustomerJourneyTables(config)).items():
+        tables = topics | CustomerJourneyTables(config)
+        tables[FAILED] = tables[FAILED] | "FailedAsRows" >> beam.Map(dataclasses.asdict)
+        for name, rows in tables.items():
             _ = rows | f"Write{name}" >> beam.ParDo(AppendJsonLines(str(out / f"{name}.jsonl")))
+    assert read_json_lines(out / f"{FAILED}.jsonl") == [], "a step failed on a valid event"
     return {name: _latest(read_json_lines(out / f"{name}.jsonl"), name) for name in TABLES}
 
 

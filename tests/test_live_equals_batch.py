@@ -6,6 +6,7 @@ every commit. The real broker's side of this is in test_faults.py (a month's sec
 
 JOURNEYS_PROPERTY_RUNS random deliveries (default 3, seeds 0, 1, ...): CI runs a few; scale it up to search.
 """
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,6 +26,7 @@ from pipelines.generate import GeneratorConfig, records_by_topic
 from pipelines.runners import runner_args
 from schemas.contracts import contracts
 from transforms.dq_suites import QualityConfig
+from transforms.failed_events import FAILED
 from transforms.journey_tables import TABLES, CustomerJourneyTables, TablesConfig
 from transforms.warehouse import READ, TICK, _CommitPeriodically, latest_rows, row_batch
 from writer_stubs import Bag, Landing, Value
@@ -50,6 +52,7 @@ class _Collect(beam.DoFn):
 def _tables(topics, path):
     """Each row with its firing (pane index), read where the writer reads it: before the rows leave their windows."""
     tables = topics | CustomerJourneyTables(TablesConfig(update_every_s=None))
+    tables[FAILED] = tables[FAILED] | "FailedAsRows" >> beam.Map(dataclasses.asdict)  # none, _read checks
     tagged = [rows | f"Tag{name}" >> beam.Map(lambda row, table, pane=beam.DoFn.PaneInfoParam:
                                               (table, pane.index, row), name)
               | f"Global{name}" >> beam.WindowInto(beam.window.GlobalWindows()) for name, rows in tables.items()]
@@ -108,7 +111,9 @@ def _read(path) -> list:
     from streaming_job import _typed
 
     with open(path) as lines:
-        return [(table, pane, _typed(table, row)) for table, pane, row in map(json.loads, lines)]
+        collected = list(map(json.loads, lines))
+    assert [row for table, _, row in collected if table == FAILED] == [], "a step failed on a valid event"
+    return [(table, pane, _typed(table, row)) for table, pane, row in collected]
 
 
 def _rules_broken(con) -> list[str]:

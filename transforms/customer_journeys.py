@@ -37,6 +37,8 @@ from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, h
 from transforms.channel_grouping import ChannelRules, social_channel
 from transforms.currency import ExchangeRates
 from transforms.event_time import from_micros, timestamp_of
+from transforms.failed_events import (COORDINATES, FAILED, QuarantinedMap, failed_event, keyed_coordinates, keyed_key,
+                                     quarantined, record_coordinates)
 from transforms.keyed_replay import from_state, keyed_for, keyed_value, stateful_step, to_state
 
 DATA_DRIVEN_MODELS = ("markov", "shapley")
@@ -71,10 +73,11 @@ def _load(state) -> "_Journey":
 
 
 def session_touch(session: dict, rules: ChannelRules) -> dict:
+    """A session as a touch; it keeps the record's Kafka coordinates (COORDINATES), if any, for a step that fails on it."""
     traffic, channel = rules.session_channel(session)
     return {"touch_id": session["session_id"], "time": session["session_start"], "channel": channel,
             "kind": "session", "source": traffic.source, "medium": traffic.medium, "campaign": traffic.campaign,
-            "platform": None, "view_through": False}
+            "platform": None, "view_through": False, COORDINATES: session.get(COORDINATES)}
 
 
 def social_touch(interaction: dict) -> dict:
@@ -82,7 +85,7 @@ def social_touch(interaction: dict) -> dict:
             "channel": social_channel(interaction), "kind": "social", "source": interaction["platform"],
             "medium": "paid_social" if interaction["is_paid"] else "social",
             "campaign": interaction["campaign"] or "(not set)", "platform": interaction["platform"],
-            "view_through": interaction["interaction_type"] in VIEW_THROUGH}
+            "view_through": interaction["interaction_type"] in VIEW_THROUGH, COORDINATES: interaction.get(COORDINATES)}
 
 
 # --- 1. identity stitching -----------------------------------------------------------------------------------------
@@ -100,8 +103,9 @@ class _Stitch(beam.DoFn):
         self.config = config
         self.wait = config.lookback + dt.timedelta(seconds=config.allowed_lateness_s)
 
+    @quarantined("Stitch", keyed_coordinates, keyed_key)
     def process(self, element, device=beam.DoFn.StateParam(DEVICE), expiry=beam.DoFn.TimerParam(EXPIRY)):
-        anonymous_id, (kind, payload) = element
+        anonymous_id, (kind, payload, *_) = element  # and the coordinates of the event it came from
         known, waiting = from_state(device, device.read()) or (None, [])
         stored = (known, waiting)
         # A logged-in session comes as its link, an anonymous one as its touch (_RouteSession); a whole session,
@@ -134,6 +138,7 @@ class _Stitch(beam.DoFn):
         return waiting
 
     @on_timer(EXPIRY)
+    @quarantined("Stitch", key=keyed_key)
     def expire(self, key=beam.DoFn.KeyParam, fired_at=beam.DoFn.TimestampParam,
                device=beam.DoFn.StateParam(DEVICE), expiry=beam.DoFn.TimerParam(EXPIRY)):
         # Never linked while any order could still have used them: an anonymous visitor's own journey.
@@ -148,8 +153,9 @@ class _Stitch(beam.DoFn):
 class StitchIdentities(beam.PTransform):
     """(sessions, orders) → (customer or "anon:<id>", touch) for every session, as two PCollections: the logged-in
     sessions and those stitched by device (CustomerTouches flattens them with the social touches in one Flatten;
-    FnApiRunner copies every element a Flatten passes, once per Flatten). `replay`: a bounded input's devices are
-    replayed in memory (transforms/keyed_replay.py) instead of through keyed state."""
+    FnApiRunner copies every element a Flatten passes, once per Flatten); and the events its steps failed on
+    (transforms/failed_events.py). `replay`: a bounded input's devices are replayed in memory
+    (transforms/keyed_replay.py) instead of through keyed state."""
 
     def __init__(self, config: JourneyConfig, replay: bool = False):
         super().__init__()
@@ -159,16 +165,17 @@ class StitchIdentities(beam.PTransform):
     def expand(self, inputs):
         sessions, orders = inputs
         routed = (sessions | "RouteSessions" >> beam.ParDo(_RouteSession(self.config.channels, self.replay))
-                  .with_outputs(LOGGED_IN, main="by_device"))
+                  .with_outputs(LOGGED_IN, FAILED, main="by_device"))
         links = (orders | "WithDevice" >> beam.Filter(lambda o: o["anonymous_id"] is not None)
-                 | "LinksByDevice" >> keyed_for(
-                     lambda o: (o["anonymous_id"], ("link", (o["customer_id"], o["event_time"]))), self.replay))
+                 | "LinksByDevice" >> keyed_for(lambda o: (o["anonymous_id"], (
+                     "link", (o["customer_id"], o["event_time"]), o.get(COORDINATES))), self.replay))
         stitched = ((routed.by_device, links) | "Devices" >> beam.Flatten()
-                    | "Stitch" >> stateful_step(_Stitch(self.config), self.replay))
-        return routed[LOGGED_IN], stitched
+                    | "Stitch" >> stateful_step(_Stitch(self.config), self.replay, (FAILED,), STITCHED))
+        failed = (routed[FAILED], stitched[FAILED]) | "Failed" >> beam.Flatten()
+        return {LOGGED_IN: routed[LOGGED_IN], STITCHED: stitched[STITCHED], FAILED: failed}
 
 
-LOGGED_IN = "logged_in"
+LOGGED_IN, STITCHED = "logged_in", "stitched"
 
 
 @beam.typehints.with_output_types(beam.typehints.KV[str, beam.typehints.Any])  # not inferred past TaggedOutput
@@ -185,18 +192,22 @@ class _RouteSession(beam.DoFn):
     def start_bundle(self):
         self.earliest_links: dict = {}
 
+    @quarantined("RouteSessions", record_coordinates)
     def process(self, session, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         device, customer = session["anonymous_id"], session["customer_id"]
+        coordinates = session.get(COORDINATES)
         if customer:
             # _Stitch keeps a device's earliest link: a link no earlier than one this bundle sent changes nothing
             # there, and most of a device's sessions are logged in.
             earliest = self.earliest_links.get((device, window))
             if earliest is None or session["session_start"] < earliest:
                 self.earliest_links[device, window] = session["session_start"]
-                yield keyed_value(device, ("link", (customer, session["session_start"])), timestamp, self.replay)
+                yield keyed_value(device, ("link", (customer, session["session_start"]), coordinates), timestamp,
+                                  self.replay)
             yield beam.pvalue.TaggedOutput(LOGGED_IN, (customer, session_touch(session, self.rules)))
         else:
-            yield keyed_value(device, ("touch", session_touch(session, self.rules)), timestamp, self.replay)
+            yield keyed_value(device, ("touch", session_touch(session, self.rules), coordinates), timestamp,
+                              self.replay)
 
 
 # --- 2. attribution per customer ------------------------------------------------------------------------------------
@@ -235,8 +246,9 @@ class _Attribute(beam.DoFn):
         self.correction = config.correction
         self.horizon = max(config.lookback, dt.timedelta(days=config.reversal_horizon_days))
 
+    @quarantined("Attribute", keyed_coordinates, keyed_key)
     def process(self, element, state=beam.DoFn.StateParam(JOURNEY), due=beam.DoFn.TimerParam(DUE)):
-        customer_id, (kind, payload) = element
+        customer_id, (kind, payload, *_) = element  # and the coordinates of the event it came from
         journey = _load(state)
         if kind == "reversal":
             journey.reversals.append(payload)
@@ -288,17 +300,27 @@ class _Attribute(beam.DoFn):
         due.set(self._due(min(moments)))
 
     @on_timer(DUE)
+    @quarantined("Attribute", key=keyed_key)
     def fire(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(JOURNEY), due=beam.DoFn.TimerParam(DUE),
              now=beam.DoFn.TimestampParam):
         cutoff = from_micros(now.micros) - self.lateness  # event time now settled
         journey = _load(state)
         ready = sorted((o for o in journey.pending if o["event_time"] <= cutoff), key=lambda o: o["event_time"])
+        attributed = []
         for order in ready:
             # An attributed order keeps its own candidate touches: a correction or a reversal may come after
             # some of them have left the customer's state.
             order["touches"] = [t for t in journey.touches
                                 if order["event_time"] - self.lookback <= t["time"] <= order["event_time"]]
-            yield from self._attributed(key, order, journey)
+            try:
+                emitted = list(self._attributed(key, order, journey))
+            except Exception as error:  # noqa: BLE001 - that order is quarantined, the customer's others go on
+                yield beam.pvalue.TaggedOutput(FAILED, failed_event(
+                    "Attribute", order.get(COORDINATES), key, {k: v for k, v in order.items() if k != "touches"},
+                    error))
+                continue
+            attributed.append(order)
+            yield from emitted
         # A touch no order can use any more leaves state; an unused one waits for its non-converting path.
         lookback = self.lookback
         expired = [t for t in journey.touches if t["time"] + lookback <= cutoff and t["touch_id"] not in journey.used]
@@ -311,7 +333,7 @@ class _Attribute(beam.DoFn):
             touches=touches,
             used=journey.used & {t["touch_id"] for t in touches},
             pending=[o for o in journey.pending if o["event_time"] > cutoff],
-            done=[o for o in journey.done + ready if o["event_time"] + self.horizon > cutoff],
+            done=[o for o in journey.done + attributed if o["event_time"] + self.horizon > cutoff],
             reversals=[r for r in journey.reversals if r["event_time"] + self.horizon > cutoff],
             unused=journey.unused, paths=journey.paths, emissions=journey.emissions, settled=settled)
         self._save(state, due, journey)
@@ -393,8 +415,9 @@ ORDER_FACTS = ("order_id", "status", "event_time", "amount", "currency")
 
 
 def _order_facts(order: dict) -> dict:
-    """What attribution reads of an order, a cancellation or a refund."""
-    return {k: order[k] for k in ORDER_FACTS}
+    """What attribution reads of an order, a cancellation or a refund, and where it came from: an order is
+    attributed in a timer, long after its element, and a failure then is quarantined with its coordinates."""
+    return {**{k: order[k] for k in ORDER_FACTS}, COORDINATES: order.get(COORDINATES)}
 
 
 def _non_converting(customer_id: str, steps: list[dict], revision: int) -> dict:
@@ -432,25 +455,32 @@ def _path(customer_id: str, order: dict, rows: list[dict], rates: ExchangeRates)
 
 
 class CustomerTouches(beam.PTransform):
-    """(StitchIdentities' customer-keyed sessions, social interactions) → (customer key, touch) for every touch:
-    the sessions, and the social interactions of identified people whose type counts as a touch."""
+    """(StitchIdentities' outputs, social interactions) → {"touches": (customer key, touch) for every touch: the
+    sessions, and the social interactions of identified people whose type counts as a touch; FAILED: the events
+    the steps failed on}."""
 
     def __init__(self, config: JourneyConfig = JourneyConfig()):
         super().__init__()
         self.config = config
 
     def expand(self, inputs):
-        keyed_sessions, social = inputs
+        stitched, social = inputs
         touch_types = self.config.touch_interactions
         social_touches = (social
                           | "KnownPeople" >> beam.Filter(lambda s: s["customer_id"] and s["interaction_type"] in touch_types)
-                          | "SocialTouch" >> beam.Map(lambda s: (s["customer_id"], social_touch(s))))
-        return (*keyed_sessions, social_touches) | "AllTouches" >> beam.Flatten()
+                          | "SocialTouch" >> beam.ParDo(QuarantinedMap(
+                              "SocialTouch", lambda s: (s["customer_id"], social_touch(s)))).with_outputs(
+                              FAILED, main="touches"))
+        touches = ((stitched[LOGGED_IN], stitched[STITCHED], social_touches.touches)
+                   | "AllTouches" >> beam.Flatten())
+        failed = (stitched[FAILED], social_touches[FAILED]) | "Failed" >> beam.Flatten()
+        return {"touches": touches, FAILED: failed}
 
 
 class AttributeOrders(beam.PTransform):
     """(customer-keyed touches, orders) → {"order_attribution": rows (order × model × touch),
-    "paths": converting paths (at attribution) and non-converting ones (when their touches expire unused)}.
+    "paths": converting paths (at attribution) and non-converting ones (when their touches expire unused),
+    FAILED: the events attribution failed on}.
 
     A cancelled or refunded order keeps its placed rows and gains the same rows with that status and negative
     revenue credit, so sums over all statuses are net. Each emission of an order's rows is one group (all statuses
@@ -467,14 +497,15 @@ class AttributeOrders(beam.PTransform):
     def expand(self, inputs):
         keyed_touches, orders = inputs
         # Only what attribution reads crosses the grouping and stays in state (an order's items do not).
-        placed = orders | "ByCustomer" >> keyed_for(
-            lambda o: (o["customer_id"], ("order" if o["status"] == "placed" else "reversal", _order_facts(o))),
-            self.replay)
-        touches = keyed_touches | "AsTouch" >> keyed_for(lambda touch: (touch[0], ("touch", _step(touch[1]))),
-                                                         self.replay)
+        # Each element carries the coordinates of the event it came from, for a step that fails on it.
+        placed = orders | "ByCustomer" >> keyed_for(lambda o: (o["customer_id"], (
+            "order" if o["status"] == "placed" else "reversal", _order_facts(o), o.get(COORDINATES))), self.replay)
+        touches = keyed_touches | "AsTouch" >> keyed_for(
+            lambda touch: (touch[0], ("touch", _step(touch[1]), touch[1].get(COORDINATES))), self.replay)
         outputs = ((touches, placed) | "Meet" >> beam.Flatten()
-                   | "Attribute" >> stateful_step(_Attribute(self.config), self.replay, (PATHS,), "order_attribution"))
-        return {"order_attribution": outputs.order_attribution, PATHS: outputs[PATHS]}
+                   | "Attribute" >> stateful_step(_Attribute(self.config), self.replay, (PATHS, FAILED),
+                                                  "order_attribution"))
+        return {"order_attribution": outputs.order_attribution, PATHS: outputs[PATHS], FAILED: outputs[FAILED]}
 
 
 class DataDrivenAttribution(beam.PTransform):

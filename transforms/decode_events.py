@@ -13,6 +13,7 @@ import apache_beam as beam
 import schemas
 from transforms import codec
 from transforms.event_rules import EventRules
+from transforms.failed_events import COORDINATES
 from transforms.kafka_message import KafkaMessage
 from transforms.pseudonymise import Pseudonymiser
 
@@ -85,7 +86,12 @@ class EventDecoder:
             return _dead(message, "validate", "rule_error", _described(error), now)
         if message.key is None:  # every topic is keyed by customer or visitor: without one, ordering is lost
             return _dead(message, "validate", "null_key", "the message has no key (customer or anonymous id)", now)
-        return self.pseudonyms.record(topic, record) if self.pseudonyms is not None else record
+        if self.pseudonyms is not None:
+            record = self.pseudonyms.record(topic, record)
+        # where it came from, for a step that fails on it (transforms/failed_events.py); the record is the
+        # decoder's own
+        record[COORDINATES] = (message.topic, message.partition, message.offset)
+        return record
 
     def outcome(self, message: KafkaMessage) -> dict | DeadLetter:
         """The message's record or dead letter; the source may have decoded it already (to timestamp it by

@@ -21,6 +21,7 @@ from transforms.customer_journeys import (AttributeOrders, CustomerTouches, Data
                                           StitchIdentities)
 from transforms.customer_profiles import CustomerProfiles
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
+from transforms.failed_events import FAILED
 from transforms.retention import RETENTION_COHORTS
 from transforms.social_impact import social_impact_table
 from transforms.whole_table import WholeTables
@@ -45,7 +46,8 @@ def touchpoint_row(customer_key: str, touch: dict) -> dict:
 
 
 class CustomerJourneyTables(beam.PTransform):
-    """{"web_sessions", "social_interactions", "orders"} (decoded, event-timestamped) → {table name: rows}."""
+    """{"web_sessions", "social_interactions", "orders"} (decoded, event-timestamped) → {table name: rows} for
+    each of TABLES, and FAILED: the events a step failed on (transforms/failed_events.py), held back from it."""
 
     def __init__(self, config: TablesConfig = TablesConfig()):
         super().__init__()
@@ -55,8 +57,9 @@ class CustomerJourneyTables(beam.PTransform):
         config = self.config
         sessions, social, orders = topics["web_sessions"], topics["social_interactions"], topics["orders"]
         replay = config.replay_keyed_state
-        keyed_sessions = (sessions, orders) | "Stitch" >> StitchIdentities(config.journeys, replay)
-        touches = (keyed_sessions, social) | "Touches" >> CustomerTouches(config.journeys)
+        stitched = (sessions, orders) | "Stitch" >> StitchIdentities(config.journeys, replay)
+        keyed_touches = (stitched, social) | "Touches" >> CustomerTouches(config.journeys)
+        touches = keyed_touches["touches"]
         attributed = (touches, orders) | "Attribute" >> AttributeOrders(config.journeys, replay)
         profiles = {"touches": touches, "orders": orders, "social_interactions": social, "web_sessions": sessions,
                     "order_attribution": attributed["order_attribution"]} | "Profiles" >> CustomerProfiles(
@@ -74,11 +77,13 @@ class CustomerJourneyTables(beam.PTransform):
         }
         for name in ("customers", "retention_cohorts", "social_impact", "data_driven_attribution"):
             tables[name] = tables[name] | f"Currency{name}" >> beam.Map(lambda row: {**row, **in_reporting_currency})
+        tables[FAILED] = (keyed_touches[FAILED], attributed[FAILED]) | "FailedEvents" >> beam.Flatten()
         return tables
 
 
 class TablesFromMessages(beam.PTransform):
-    """Kafka messages (decoded by the source) → every output table and the dead letters, {table name: rows}."""
+    """Kafka messages (decoded by the source) → every output table and the dead letters, {table name: rows}: the
+    messages that did not decode, and the events a step failed on."""
 
     def __init__(self, decoder: EventDecoder, config: TablesConfig = TablesConfig()):
         super().__init__()
@@ -88,5 +93,7 @@ class TablesFromMessages(beam.PTransform):
     def expand(self, messages):
         decoded = messages | "Decode" >> DecodeEvents(self.decoder)
         tables = {t: decoded[t] for t in schemas.TOPICS} | "Journeys" >> CustomerJourneyTables(self.config)
-        tables["dead_letters"] = decoded[DEAD_LETTERS] | "DeadLetterRows" >> beam.Map(lambda dead: dead.row())
+        failed = tables.pop(FAILED)
+        tables["dead_letters"] = ((decoded[DEAD_LETTERS], failed) | "DeadAndFailed" >> beam.Flatten()
+                                  | "DeadLetterRows" >> beam.Map(lambda dead: dead.row()))
         return tables

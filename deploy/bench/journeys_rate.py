@@ -37,7 +37,7 @@ def main() -> None:
                     | f"Time{label}" >> beam.Map(lambda r: TimestampedValue(r, Timestamp.from_utc_datetime(r["event_time"]))))
 
         topics = {topic: timed(topic, records) for topic, records in by_topic.items()}
-        for name, rows in (topics | CustomerJourneyTables()).items():
+        for name, rows in (topics | CustomerJourneyTables()).items():  # the tables and the failed events
             _ = rows | f"Count{name}" >> beam.combiners.Count.Globally().without_defaults()
     seconds = time.perf_counter() - started
     report({"customers": args.customers, "days": args.days, "events": events, "seconds": round(seconds, 2),
