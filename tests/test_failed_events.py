@@ -113,8 +113,8 @@ def test_a_session_the_channel_rules_fail_on_is_quarantined_with_its_coordinates
         replay, tmp_path):
     world = _with_coordinates(records_by_topic(WORLD, b"k"))
     poison = world["web_sessions"][17]
-    config = TablesConfig(JourneyConfig(channels=_RulesThatFailOn(session_id=poison["session_id"])), update_every_s=None,
-                          replay_keyed_state=replay)
+    config = TablesConfig(JourneyConfig(channels=_RulesThatFailOn(session_id=poison["session_id"])),
+                          update_every_s=None, replay_keyed_state=replay)
     tables = _journeys(world, config, tmp_path)
     assert [(f["step"], tuple(f["coordinates"]), f["error"]) for f in tables[FAILED]] == [
         ("RouteSessions", ("web_sessions", 0, 17), "KeyError: 'utm_source'")]

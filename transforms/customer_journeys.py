@@ -73,7 +73,7 @@ def _load(state) -> "_Journey":
 
 
 def session_touch(session: dict, rules: ChannelRules) -> dict:
-    """A session as a touch; it keeps the record's Kafka coordinates (COORDINATES), if any, for a step that fails on it."""
+    """A session as a touch, with the record's Kafka coordinates (if any) for a step that fails on it."""
     traffic, channel = rules.session_channel(session)
     return {"touch_id": session["session_id"], "time": session["session_start"], "channel": channel,
             "kind": "session", "source": traffic.source, "medium": traffic.medium, "campaign": traffic.campaign,
@@ -105,7 +105,7 @@ class _Stitch(beam.DoFn):
 
     @quarantined("Stitch", keyed_coordinates, keyed_key)
     def process(self, element, device=beam.DoFn.StateParam(DEVICE), expiry=beam.DoFn.TimerParam(EXPIRY)):
-        anonymous_id, (kind, payload, *_) = element  # and the coordinates of the event it came from
+        anonymous_id, (kind, payload, *_) = element  # a link's third item: the coordinates of its event
         known, waiting = from_state(device, device.read()) or (None, [])
         stored = (known, waiting)
         # A logged-in session comes as its link, an anonymous one as its touch (_RouteSession); a whole session,
@@ -206,8 +206,7 @@ class _RouteSession(beam.DoFn):
                                   self.replay)
             yield beam.pvalue.TaggedOutput(LOGGED_IN, (customer, session_touch(session, self.rules)))
         else:
-            yield keyed_value(device, ("touch", session_touch(session, self.rules), coordinates), timestamp,
-                              self.replay)
+            yield keyed_value(device, ("touch", session_touch(session, self.rules)), timestamp, self.replay)
 
 
 # --- 2. attribution per customer ------------------------------------------------------------------------------------
@@ -248,7 +247,7 @@ class _Attribute(beam.DoFn):
 
     @quarantined("Attribute", keyed_coordinates, keyed_key)
     def process(self, element, state=beam.DoFn.StateParam(JOURNEY), due=beam.DoFn.TimerParam(DUE)):
-        customer_id, (kind, payload, *_) = element  # and the coordinates of the event it came from
+        customer_id, (kind, payload, *_) = element  # a touch's third item: the coordinates of its event
         journey = _load(state)
         if kind == "reversal":
             journey.reversals.append(payload)
@@ -497,9 +496,10 @@ class AttributeOrders(beam.PTransform):
     def expand(self, inputs):
         keyed_touches, orders = inputs
         # Only what attribution reads crosses the grouping and stays in state (an order's items do not).
-        # Each element carries the coordinates of the event it came from, for a step that fails on it.
+        # Each element carries the coordinates of the event it came from, for a step that fails on it (an
+        # order's facts keep them: it is attributed later, in a timer).
         placed = orders | "ByCustomer" >> keyed_for(lambda o: (o["customer_id"], (
-            "order" if o["status"] == "placed" else "reversal", _order_facts(o), o.get(COORDINATES))), self.replay)
+            "order" if o["status"] == "placed" else "reversal", _order_facts(o))), self.replay)
         touches = keyed_touches | "AsTouch" >> keyed_for(
             lambda touch: (touch[0], ("touch", _step(touch[1]), touch[1].get(COORDINATES))), self.replay)
         outputs = ((touches, placed) | "Meet" >> beam.Flatten()

@@ -87,10 +87,12 @@ def _safely(find, args, kwargs):
 
 
 def keyed_coordinates(args, kwargs) -> tuple | None:
-    """The coordinates a keyed step's element carries: (key, (kind, payload, coordinates)) as the journeys key
-    them."""
+    """The coordinates a keyed step's element carries, as the journeys key them: (key, (kind, payload,
+    coordinates)), or in the payload itself when that is a dict that keeps them (a touch, an order's facts)."""
     value = args[0][1]
-    return value[2] if len(value) > 2 else None
+    if len(value) > 2:
+        return value[2]
+    return value[1].get(COORDINATES) if isinstance(value[1], dict) else None
 
 
 def keyed_key(args, kwargs):
