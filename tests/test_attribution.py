@@ -140,8 +140,10 @@ valued_paths = st.lists(st.tuples(st.lists(st.sampled_from("ABCD"), min_size=1, 
 
 def _results(summary: PathSummary):
     markov, shapley = markov_removal_effects(summary), shapley_values(summary)
-    return (markov.removal_effects, shapley.values, summary.credited(markov.shares()),
-            summary.credited(shapley.shares()), summary.revision())
+    by_value = shapley_values(summary, by_value=True)
+    return (markov.removal_effects, markov.value_removal_effects, markov.expected_value, shapley.values,
+            by_value.values, summary.credited(markov.shares(), markov.value_shares()),
+            summary.credited(shapley.shares(), by_value.shares()), summary.revision())
 
 
 @settings(max_examples=100, deadline=None)
@@ -166,3 +168,68 @@ def test_credited_splits_each_converting_path_by_the_shares():
     conversions, value = summary.credited({"A": 0.75, "B": 0.25, "C": 0.0})
     assert conversions == pytest.approx({"A": 0.75, "B": 1.25})
     assert value == pytest.approx({"A": 67.5, "B": 32.5})
+
+
+def _value_weighted_solve(paths, order: int, removed=None) -> float:
+    """The value a path from START earns, computed apart from PathSummary: the order-k chain as a matrix with one
+    absorbing conversion state per state it converts from, its fundamental matrix N = (I - Q)^-1, and each
+    absorption B = N R paid the mean value of the paths that converted there."""
+    import numpy as np
+
+    counts, values = {}, {}
+    for channels, converted, value in paths:
+        states = ["(start)"] + [tuple(channels[max(0, i - order + 1): i + 1]) for i in range(len(channels))]
+        for here, there in zip(states, states[1:]):
+            counts.setdefault(here, {}).setdefault(there, 0)
+            counts[here][there] += 1
+        end = ("conv", states[-1]) if converted else "null"
+        counts.setdefault(states[-1], {}).setdefault(end, 0)
+        counts[states[-1]][end] += 1
+        if converted:
+            values[states[-1]] = values.get(states[-1], 0.0) + value
+    transient = [s for s in counts if s == "(start)" or removed not in s]
+    ends = sorted({("conv", s) for s in values}, key=str)
+    q, r = np.zeros((len(transient), len(transient))), np.zeros((len(transient), len(ends)))
+    for i, state in enumerate(transient):
+        total = sum(counts[state].values())
+        for target, n in counts[state].items():
+            if target in ends:
+                r[i, ends.index(target)] = n / total
+            elif target in transient:
+                q[i, transient.index(target)] = n / total
+    absorbed = np.linalg.inv(np.eye(len(transient)) - q) @ r
+    paid = [values[s] / counts[s][("conv", s)] for _, s in ends]
+    return float(absorbed[0] @ np.array(paid))
+
+
+@settings(max_examples=60, deadline=None)
+@given(paths=valued_paths, order=st.integers(1, 3))
+def test_value_removal_effects_equal_an_independent_value_weighted_absorbing_chain_solve(paths, order):
+    markov = markov_removal_effects(paths, order)
+    whole = _value_weighted_solve(paths, order)
+    assert markov.expected_value == pytest.approx(whole, rel=1e-9, abs=1e-9)
+    for channel, effect in markov.value_removal_effects.items():
+        expected = 1.0 - _value_weighted_solve(paths, order, channel) / whole if whole > 0 else 0.0
+        assert effect == pytest.approx(expected, rel=1e-9, abs=1e-9), channel
+
+
+def test_value_removal_effects_follow_the_large_orders_where_conversion_effects_cannot_see_them():
+    # A and B convert equally often, but A's orders are worth ten times B's.
+    paths = [(["A"], True, 100.0)] * 3 + [(["B"], True, 10.0)] * 3 + [(["A"], False, 0.0), (["B"], False, 0.0)]
+    markov = markov_removal_effects(paths)
+    assert markov.shares() == pytest.approx({"A": 0.5, "B": 0.5})
+    assert markov.value_shares() == pytest.approx({"A": 10 / 11, "B": 1 / 11})
+    assert markov.expected_value == pytest.approx(330.0 / 8)
+    by_value = shapley_values(paths, by_value=True)
+    assert by_value.values == pytest.approx({"A": 300.0, "B": 30.0})  # efficiency: the value of all conversions
+    conversions, value = summarise(paths).credited(markov.shares(), markov.value_shares())
+    assert conversions == pytest.approx({"A": 3.0, "B": 3.0}) and value == pytest.approx({"A": 300.0, "B": 30.0})
+
+
+@settings(max_examples=60, deadline=None)
+@given(paths=st.lists(st.tuples(st.lists(st.sampled_from("ABC"), min_size=1, max_size=4), st.booleans()),
+                      min_size=1, max_size=30), worth=st.floats(min_value=0.5, max_value=1e4))
+def test_with_every_order_worth_the_same_value_effects_are_conversion_effects(paths, worth):
+    markov = markov_removal_effects([(channels, converted, worth if converted else 0.0) for channels, converted in paths])
+    assert markov.value_removal_effects == pytest.approx(markov.removal_effects, abs=1e-9)
+    assert markov.expected_value == pytest.approx(worth * markov.conversion_probability, rel=1e-9)

@@ -125,6 +125,8 @@ class PathSummary:
     conversions_by_set: Counter = field(default_factory=Counter)
     channels: set = field(default_factory=set)
     converting: dict = field(default_factory=dict)  # sorted ((channel, touches), ...) → [paths, value partials]
+    # the chain's last state before CONVERSION → the value partials of the paths that converted from it
+    conversion_value: dict = field(default_factory=dict)
 
     def add(self, channels, converted: bool, value: float = 0.0, weight: int = 1, identity: int = 0) -> "PathSummary":
         """Adds `weight` paths with these channels (oldest first), outcome and summed value."""
@@ -137,6 +139,7 @@ class PathSummary:
             self.transitions[here][there] += weight
         self.transitions[states[-1]][CONVERSION if converted else NULL] += weight
         if converted:
+            _add_exactly(self.conversion_value.setdefault(states[-1], []), value)
             if channels:
                 self.conversions_by_set[frozenset(channels)] += weight
             group = self.converting.setdefault(tuple(sorted(Counter(channels).items())), [0, []])
@@ -156,6 +159,10 @@ class PathSummary:
             group[0] += count
             for partial in partials:
                 _add_exactly(group[1], partial)
+        for state, partials in other.conversion_value.items():
+            mine = self.conversion_value.setdefault(state, [])
+            for partial in partials:
+                _add_exactly(mine, partial)
         return self
 
     def revision(self) -> int:
@@ -163,16 +170,29 @@ class PathSummary:
         the low 32."""
         return self.paths << 32 | self.identity
 
-    def credited(self, shares: dict) -> tuple[dict, dict]:
-        """Conversions and value each channel earns when every converting path is split by data_driven_credits."""
+    def credited(self, shares: dict, value_shares: dict | None = None) -> tuple[dict, dict]:
+        """Conversions and value each channel earns when every converting path is split by data_driven_credits:
+        its conversions by `shares`, its value by `value_shares` (by `shares` when None)."""
         conversions, value = defaultdict(float), defaultdict(float)
         for multiset in sorted(self.converting):
             count, partials = self.converting[multiset]
             total = math.fsum(partials)
-            for channel, credit in channel_credits(dict(multiset), shares).items():
+            touches = dict(multiset)
+            for channel, credit in channel_credits(touches, shares).items():
                 conversions[channel] += credit * count
+            for channel, credit in channel_credits(touches, shares if value_shares is None else value_shares).items():
                 value[channel] += credit * total
         return conversions, value
+
+    def value_by_set(self) -> dict:
+        """The converting paths' value by the set of channels they used (paths with no channel left out, as
+        conversions_by_set leaves them)."""
+        by_set = defaultdict(list)
+        for multiset, (_, partials) in self.converting.items():
+            if multiset:
+                for partial in partials:
+                    _add_exactly(by_set[frozenset(channel for channel, _ in multiset)], partial)
+        return {used: math.fsum(partials) for used, partials in by_set.items()}
 
 
 def summarise(paths, order: int = 1) -> PathSummary:
@@ -206,73 +226,91 @@ def _add_exactly(partials: list, x: float) -> None:
 class MarkovResult:
     conversion_probability: float
     removal_effects: dict  # channel → 1 - P(conversion without it) / P(conversion)
+    expected_value: float = 0.0  # value a path from START earns on average: conversions weighted by their value
+    value_removal_effects: dict = field(default_factory=dict)  # channel → 1 - that value without it / with it
 
     def shares(self) -> dict:
-        total = sum(self.removal_effects.values())
-        return {c: (v / total if total else 0.0) for c, v in self.removal_effects.items()}
+        return _shares(self.removal_effects)
+
+    def value_shares(self) -> dict:
+        return _shares(self.value_removal_effects)
+
+
+def _shares(values: dict) -> dict:
+    total = sum(values.values())
+    return {c: (v / total if total else 0.0) for c, v in values.items()}
 
 
 def markov_removal_effects(paths, order: int = 1) -> MarkovResult:
     """Exact removal effects of an order-k Markov chain fitted to paths (as `summarise` takes them), or to their
-    PathSummary (whose own order counts then)."""
+    PathSummary (whose own order counts then): on conversions, and on value, where each transition into
+    CONVERSION is weighted by the value of the paths that took it (as ChannelAttribution's value removal effects,
+    solved exactly instead of simulated)."""
     summary = paths if isinstance(paths, PathSummary) else summarise(paths, order)
-    base = _absorption_probability(summary.transitions, removed=None)
-    effects = {c: (1.0 - _absorption_probability(summary.transitions, removed=c) / base) if base > 0 else 0.0
-               for c in sorted(summary.channels)}
-    return MarkovResult(base, effects)
+    rewards = {state: math.fsum(partials) for state, partials in summary.conversion_value.items()}
+    probability, value = _absorbed(summary.transitions, None, rewards)
+    conversion, by_value = {}, {}
+    for channel in sorted(summary.channels):
+        without, value_without = _absorbed(summary.transitions, channel, rewards)
+        conversion[channel] = 1.0 - without / probability if probability > 0 else 0.0
+        by_value[channel] = 1.0 - value_without / value if value > 0 else 0.0
+    return MarkovResult(probability, conversion, value, by_value)
 
 
-def _absorption_probability(transitions: dict, removed: str | None) -> float:
-    """P(reaching CONVERSION from START): solve (I - Q) x = r over the transient states, in a fixed order."""
+def _absorbed(transitions: dict, removed: str | None, rewards: dict) -> tuple[float, float]:
+    """P(reaching CONVERSION from START), and the value a path from START earns on average when each transition
+    into CONVERSION pays the mean value of the paths that took it (`rewards`: a state's summed value of the paths
+    that converted from it). One solve of (I - Q) X = [r, r_value] over the transient states, in a fixed order."""
     transient = sorted((s for s in transitions if s == START or removed is None or removed not in s),
                        key=lambda s: (s != START, s))
     index = {s: i for i, s in enumerate(transient)}
     q = np.zeros((len(transient), len(transient)))
-    r = np.zeros(len(transient))
+    r = np.zeros((len(transient), 2))
     for state in transient:
         counts = transitions[state]
         total = sum(counts.values())
         for target in sorted(counts, key=str):
             p = counts[target] / total
             if target == CONVERSION:
-                r[index[state]] += p
+                r[index[state]] += (p, rewards.get(state, 0.0) / total)
             elif target == NULL or (removed is not None and target not in (CONVERSION, NULL) and removed in target):
                 continue  # absorbed without converting: a removed channel's states lead nowhere
             else:
                 q[index[state], index[target]] += p
     solution = np.linalg.solve(np.eye(len(transient)) - q, r)
-    return float(solution[index[START]])
+    return float(solution[index[START], 0]), float(solution[index[START], 1])
 
 
 # --- Shapley values -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ShapleyResult:
-    values: dict  # channel → Shapley value (in conversions); they sum to v(all channels)
+    values: dict  # channel → Shapley value (in conversions, or value); they sum to v(all channels)
     standard_errors: dict  # 0 when exact
     exact: bool
 
     def shares(self) -> dict:
-        total = sum(self.values.values())
-        return {c: (v / total if total else 0.0) for c, v in self.values.items()}
+        return _shares(self.values)
 
 
-def shapley_values(paths, exact_max_channels: int = 12, samples: int = 2000, seed: int = 0) -> ShapleyResult:
-    """Shapley values of channels where a coalition S is worth the conversions of paths using only channels in S;
-    paths as `summarise` takes them, or their PathSummary.
+def shapley_values(paths, exact_max_channels: int = 12, samples: int = 2000, seed: int = 0,
+                   by_value: bool = False) -> ShapleyResult:
+    """Shapley values of channels where a coalition S is worth the conversions (`by_value`: their value) of paths
+    using only channels in S; paths as `summarise` takes them, or their PathSummary.
 
     Exact over all coalitions up to `exact_max_channels` channels; beyond, permutation sampling with each
     value's standard error reported.
     """
     summary = paths if isinstance(paths, PathSummary) else summarise(paths)
-    conversions_by_set = summary.conversions_by_set
+    conversions_by_set = summary.value_by_set() if by_value else summary.conversions_by_set
     channels = sorted(summary.channels)
 
     worths: dict = {}  # an exact solve asks for each coalition's worth once per channel in or out of it
 
     def worth(coalition: frozenset) -> float:
         if coalition not in worths:
-            worths[coalition] = float(sum(n for used, n in conversions_by_set.items() if used <= coalition))
+            # fsum: a value sum (by_value) is then the same in whatever order the summary holds the sets
+            worths[coalition] = math.fsum(n for used, n in conversions_by_set.items() if used <= coalition)
         return worths[coalition]
 
     n = len(channels)
