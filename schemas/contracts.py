@@ -107,17 +107,18 @@ class Contract:
         """The table, without a PRIMARY KEY: the warehouse's commit keeps the key unique (duckdb_warehouse.py says
         why DuckDB does not index it). With `private_store` (a database name): the table of its private columns in
         that database, by the primary key (few rows: an index is cheap, and it lets a replayed commit replace)."""
-        duck = {"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN",
-                "timestamp": "TIMESTAMPTZ", "date": "DATE", "bytes": "BLOB"}
         columns = [c for c in self.columns if not private_store or c.name in (*self.primary_key, *self.private_columns)]
-        lines = []
-        for c in columns:
-            sql_type = f"DECIMAL({c.decimal[0]}, {c.decimal[1]})" if c.decimal else duck[c.type]
-            lines.append(f'  "{c.name}" {sql_type}{"" if c.nullable else " NOT NULL"}')
+        lines = [f'  "{c.name}" {_duckdb_type(c)}{"" if c.nullable else " NOT NULL"}' for c in columns]
         if private_store:
             lines.append("  PRIMARY KEY (" + ", ".join(f'"{k}"' for k in self.primary_key) + ")")
         name = f'{private_store}."{self.table}"' if private_store else f'"{self.table}"'
         return f"CREATE TABLE IF NOT EXISTS {name} (\n" + ",\n".join(lines) + "\n)"
+
+    def duckdb_added_columns(self, existing: set[str]) -> list[str]:
+        """ALTER TABLE statements that give a table created by an earlier contract the columns added since (a
+        contract only adds nullable columns: the rows landed before have none of them)."""
+        return [f'ALTER TABLE "{self.table}" ADD COLUMN "{c.name}" {_duckdb_type(c)}'
+                for c in self.columns if c.name not in existing]
 
     def bigquery_schema(self) -> list:
         from google.cloud.bigquery import SchemaField
@@ -184,6 +185,12 @@ class Contract:
             rows += ["", "Quality rules beyond the columns':", ""]
             rows += [f"- `{name}` ({severity}): {doc}" for name, doc, severity in rules]
         return "\n".join(rows)
+
+
+def _duckdb_type(column: Column) -> str:
+    duck = {"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "timestamp": "TIMESTAMPTZ",
+            "date": "DATE", "bytes": "BLOB"}
+    return f"DECIMAL({column.decimal[0]}, {column.decimal[1]})" if column.decimal else duck[column.type]
 
 
 def tables_markdown() -> str:

@@ -41,6 +41,23 @@ def test_tables_come_from_the_contracts_with_partitioning_and_clustering(warehou
     assert touchpoints.clustering_fields == list(contracts()["touchpoints"].cluster_by)
 
 
+def test_a_dataset_an_earlier_version_created_gains_the_columns_its_contracts_added_since(bigquery_emulator):
+    from google.cloud import bigquery
+
+    target = BigQueryTarget("journeys-local", f"test_{uuid.uuid4().hex[:10]}", endpoint=bigquery_emulator)
+    client = target.client()
+    client.create_dataset(bigquery.Dataset(f"{target.project}.{target.dataset}"))
+    added = ("revenue_effect", "revenue_share")  # data_driven_attribution as it was before value-weighted effects
+    older = [f for f in contracts()["data_driven_attribution"].bigquery_schema() if f.name not in added]
+    client.create_table(bigquery.Table(f"{target.project}.{target.dataset}.data_driven_attribution", schema=older))
+    warehouse = BigQueryWarehouse(target)
+    try:
+        table = warehouse.client.get_table(f"{warehouse.dataset}.data_driven_attribution")
+        assert [f.name for f in table.schema] == [c.name for c in contracts()["data_driven_attribution"].columns]
+    finally:
+        warehouse.close()
+
+
 def test_rows_merge_by_primary_key_and_retractions_delete(warehouse):
     warehouse.commit({"channel_attribution_daily": [_daily("Display", 100.0), _daily("Email", 50.125)]})
     warehouse.commit({"channel_attribution_daily": [_daily("Email", 70.0), _daily("Display", 0.0, **{RETRACTED: True}),

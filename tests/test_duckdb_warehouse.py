@@ -41,6 +41,34 @@ def test_every_contract_is_a_table_and_a_row_written_twice_is_one_row_with_the_l
         (b"\x00\x00\x00\x00\x07\xff", "unknown_schema_id")]
 
 
+def _fitted_row(channel, **extra):
+    return {"window_start": T0, "window_end": T0 + dt.timedelta(days=7), "model": "markov", "channel": channel,
+            "value": 0.5, "share": 0.5, "standard_error": 0.0, "conversions": 2.0, "revenue": Decimal("30.00"),
+            "currency": "EUR", "paths": 9, "revision": 1, "group_rows": 1, **extra}
+
+
+def test_a_file_an_earlier_version_created_gains_the_columns_its_contracts_added_since(tmp_path):
+    from transforms.duckdb_warehouse import DuckDBWarehouse
+
+    path = tmp_path / "journeys.duckdb"
+    DuckDBWarehouse(path).close()
+    with duckdb.connect(str(path)) as older:  # data_driven_attribution as it was before value-weighted effects
+        older.execute('ALTER TABLE data_driven_attribution DROP COLUMN revenue_effect')
+        older.execute('ALTER TABLE data_driven_attribution DROP COLUMN revenue_share')
+        older.execute("INSERT INTO data_driven_attribution BY NAME SELECT TIMESTAMPTZ '2026-08-01 00:00:00+00' AS "
+                      "window_start, window_start + INTERVAL 7 DAY AS window_end, 'markov' AS model, 'Email' AS "
+                      "channel, 1.0 AS value, 1.0 AS share, 0.0 AS standard_error, 1.0 AS conversions, 5 AS revenue, "
+                      "'EUR' AS currency, 1 AS paths, 1 AS revision, 1 AS group_rows")
+    warehouse = DuckDBWarehouse(path)
+    try:
+        warehouse.commit({"data_driven_attribution": [_fitted_row("Display", revenue_effect=0.8, revenue_share=0.8)]})
+        assert warehouse.connection.execute(
+            "SELECT channel, revenue_effect, revenue_share FROM data_driven_attribution ORDER BY channel").fetchall() \
+            == [("Display", 0.8, 0.8), ("Email", None, None)]
+    finally:
+        warehouse.close()
+
+
 def test_a_commit_that_breaks_its_connection_raises_its_own_error_not_the_tidying_up_after_it(warehouse):
     def chunks_that_break_the_connection():
         yield [_touch("t1")]

@@ -322,41 +322,46 @@ def _unused_touch_runs(sql) -> list[dict]:
     return runs
 
 
-def _markov_removal_reference(paths) -> dict:
-    """Removal effects by iterating P(conversion | state) to its fixed point (the pipeline solves it exactly)."""
-    counts = defaultdict(Counter)
+def _markov_removal_reference(paths, by_value: bool = False) -> dict:
+    """Removal effects by iterating P(conversion | state) to its fixed point (the pipeline solves it exactly).
+    `by_value`: a conversion from a state pays the mean value of the paths that converted from it, and the fixed
+    point is the value expected from each state."""
+    counts, paid = defaultdict(Counter), defaultdict(float)
     for path in paths:
         states = ["start"] + path["channels"] + ["conversion" if path["converted"] else "null"]
         for here, there in zip(states, states[1:]):
             counts[here][there] += 1
+        if path["converted"]:
+            paid[states[-2]] += path["revenue"] if by_value else 1.0
     channels = sorted({c for path in paths for c in path["channels"]})
 
-    def conversion_probability(removed):
-        value = defaultdict(float, conversion=1.0)
+    def expected(removed):
+        value = defaultdict(float)
         for _ in range(100_000):
             change = 0.0
             for state, targets in counts.items():
                 if state == removed:
                     continue
-                new = sum(n * (0.0 if target == removed else value[target]) for target, n in targets.items())
+                new = paid[state] + sum(n * (0.0 if target == removed else value[target])
+                                        for target, n in targets.items() if target != "conversion")
                 new /= sum(targets.values())
                 change, value[state] = max(change, abs(new - value[state])), new
-            if change < 1e-15:
+            if change < 1e-15 * max(1.0, abs(value["start"])):
                 break
         return value["start"]
 
-    base = conversion_probability(None)
-    return {c: 1 - conversion_probability(c) / base if base else 0.0 for c in channels}
+    base = expected(None)
+    return {c: 1 - expected(c) / base if base else 0.0 for c in channels}
 
 
-def _shapley_reference(paths) -> dict:
-    """Worth of a coalition = conversions whose channels all lie in it: a sum of unanimity games, so each
-    conversion's Shapley value splits equally over its distinct channels."""
+def _shapley_reference(paths, by_value: bool = False) -> dict:
+    """Worth of a coalition = conversions (`by_value`: their value) whose channels all lie in it: a sum of
+    unanimity games, so each conversion's Shapley value splits equally over its distinct channels."""
     values = {c: 0.0 for path in paths for c in path["channels"]}
     for path in paths:
         if path["converted"]:
             for channel in set(path["channels"]):
-                values[channel] += 1 / len(set(path["channels"]))
+                values[channel] += (path["revenue"] if by_value else 1.0) / len(set(path["channels"]))
     return values
 
 
@@ -369,22 +374,29 @@ def test_data_driven_attribution_equals_the_reference(tables, sql):
     for path in converting + _unused_touch_runs(sql):
         windows[int(path["time"].timestamp()) // week * week].append(path)
     expected = []
+    def shares_of(values):
+        total = sum(values.values())
+        return {c: v / total if total else 0.0 for c, v in values.items()}
+
+    def credit(path, channel, shares):
+        weight = sum(shares[c] for c in set(path["channels"]))
+        return (shares[channel] / weight / path["channels"].count(channel) if weight
+                else 1 / len(path["channels"]))
+
     for start, paths in windows.items():
-        for model, values in (("markov", _markov_removal_reference(paths)), ("shapley", _shapley_reference(paths))):
-            total = sum(values.values())
-            shares = {c: v / total if total else 0.0 for c, v in values.items()}
+        for model, reference in (("markov", _markov_removal_reference), ("shapley", _shapley_reference)):
+            values, by_value = reference(paths), reference(paths, by_value=True)
+            shares, value_shares = shares_of(values), shares_of(by_value)
             conversions, revenue = defaultdict(float), defaultdict(float)
             for path in (p for p in paths if p["converted"]):
-                weight = sum(shares[c] for c in set(path["channels"]))
                 for channel in path["channels"]:
-                    credit = (shares[channel] / weight / path["channels"].count(channel) if weight
-                              else 1 / len(path["channels"]))
-                    conversions[channel] += credit
-                    revenue[channel] += credit * path["revenue"]
+                    conversions[channel] += credit(path, channel, shares)
+                    revenue[channel] += credit(path, channel, value_shares) * path["revenue"]
             window_start = dt.datetime.fromtimestamp(start, dt.timezone.utc)
             expected += [{"window_start": window_start, "window_end": window_start + dt.timedelta(days=7),
                           "model": model, "channel": c, "value": values[c], "share": shares[c],
                           "standard_error": 0.0, "conversions": conversions[c], "revenue": round(revenue[c], 2),
+                          "revenue_effect": by_value[c], "revenue_share": value_shares[c],
                           "currency": "EUR", "paths": len(paths)} for c in values]
     for row in expected:  # every channel of both models is one group per window
         row["group_rows"] = sum(r["window_start"] == row["window_start"] for r in expected)

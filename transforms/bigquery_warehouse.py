@@ -76,6 +76,15 @@ def _dict_rows(rows) -> list[dict]:
     return gathered
 
 
+def _with_added_columns(client, table, schema) -> None:
+    """A table an earlier version created gets the columns its contract added since (nullable, at the end)."""
+    existing = {field.name for field in table.schema}
+    added = [field for field in schema if field.name not in existing]
+    if added:
+        table.schema = [*table.schema, *added]
+        client.update_table(table, ["schema"])
+
+
 def _offsets_schema():
     from google.cloud.bigquery import SchemaField
 
@@ -112,7 +121,7 @@ class BigQueryWarehouse:
                     table.time_partitioning = bigquery.TimePartitioning(
                         field=table_contract.partition_by, type_="MONTH" if kind == "date" else "DAY")
                 table.clustering_fields = list(table_contract.cluster_by) or None
-                self.client.create_table(table, exists_ok=True)
+                _with_added_columns(self.client, self.client.create_table(table, exists_ok=True), table.schema)
             self.client.create_table(bigquery.Table(f"{dataset}.source_offsets", schema=_offsets_schema()),
                                      exists_ok=True)
             for name, query in views().items():

@@ -654,19 +654,24 @@ def _fitted(start: dt.datetime, window: dt.timedelta, summary, config: Attributi
     from transforms.attribution import markov_removal_effects, shapley_values
 
     markov = markov_removal_effects(summary)
-    shapley = shapley_values(summary, config.shapley_exact_max_channels, config.shapley_samples, config.seed)
-    models = {"markov": (markov.removal_effects, markov.shares(), {}),
-              "shapley": (shapley.values, shapley.shares(), shapley.standard_errors)}
+    fit = (config.shapley_exact_max_channels, config.shapley_samples, config.seed)
+    shapley, shapley_by_value = shapley_values(summary, *fit), shapley_values(summary, *fit, by_value=True)
+    # Conversions are credited by each model's values in conversions, order value by its values in value.
+    models = {"markov": (markov.removal_effects, markov.shares(), {}, markov.value_removal_effects,
+                         markov.value_shares()),
+              "shapley": (shapley.values, shapley.shares(), shapley.standard_errors, shapley_by_value.values,
+                          shapley_by_value.shares())}
     # The window's rows are one group: a refit on other paths replaces them whole (a channel may drop out).
     revision = summary.revision()
-    group_rows = sum(len(values) for values, _, _ in models.values())
-    for model, (values, shares, errors) in models.items():
-        conversions, revenue = summary.credited(shares)
+    group_rows = sum(len(values) for values, *_ in models.values())
+    for model, (values, shares, errors, by_value, value_shares) in models.items():
+        conversions, revenue = summary.credited(shares, value_shares)
         for channel in sorted(values):
             yield {"window_start": start, "window_end": start + window,
                    "model": model, "channel": channel, "value": values[channel], "share": shares[channel],
                    "standard_error": errors.get(channel, 0.0), "conversions": conversions[channel],
-                   "revenue": round(revenue[channel], 2), "paths": summary.paths, "revision": revision,
+                   "revenue": round(revenue[channel], 2), "revenue_effect": by_value[channel],
+                   "revenue_share": value_shares[channel], "paths": summary.paths, "revision": revision,
                    "group_rows": group_rows}
 
 
@@ -678,4 +683,5 @@ def _emptied_window(start: dt.datetime, window: dt.timedelta, paths: list[dict])
         for channel in channels:
             yield {"window_start": start, "window_end": start + window, "model": model, "channel": channel,
                    "value": 0.0, "share": 0.0, "standard_error": 0.0, "conversions": 0.0, "revenue": 0.0,
-                   "paths": 0, "revision": revision, "group_rows": len(DATA_DRIVEN_MODELS) * len(channels), RETRACTED: True}
+                   "revenue_effect": 0.0, "revenue_share": 0.0, "paths": 0, "revision": revision,
+                   "group_rows": len(DATA_DRIVEN_MODELS) * len(channels), RETRACTED: True}

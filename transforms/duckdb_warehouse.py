@@ -82,6 +82,11 @@ class DuckDBWarehouse:
             path.chmod(0o600)  # its write-ahead log, created beside it later, takes the umask: see commit
         for table in contracts().values():
             self.connection.execute(table.duckdb_ddl())
+            existing = {row[0] for row in self.connection.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+                "AND table_schema = 'main' AND table_name = ?", [table.table]).fetchall()}
+            for statement in table.duckdb_added_columns(existing):  # a file an earlier version created
+                self.connection.execute(statement)
             if table.private_columns:
                 self.connection.execute(table.duckdb_ddl(private_store=PRIVATE))
         self.connection.execute(OFFSETS_DDL)
