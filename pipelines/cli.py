@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("stream", add_help=False,
                         help="every table from Kafka into the warehouse, continuously, committed every few seconds "
                              "(`journeys stream --help`)")
+    commands.add_parser("attribute", add_help=False,
+                        help="every attribution model side by side on a file of aggregated paths "
+                             "(`journeys attribute --help`)")
     commands.add_parser("validate", add_help=False,
                         help="the data-quality checkpoint on the warehouse now; exit 0 pass, 1 warn, 2 block "
                              "(`journeys validate --help`)")
@@ -273,7 +276,7 @@ def unreachable_broker(error: BaseException) -> bool:
 
 
 PIPELINES = {"count": "pipelines.event_counts", "backfill": "pipelines.backfill", "stream": "pipelines.stream",
-             "validate": "pipelines.validate"}  # commands with their own parser
+             "validate": "pipelines.validate", "attribute": "pipelines.attribute"}  # commands with their own parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,122 @@
+"""Aggregated paths from a file, and every attribution model side by side on them.
+
+The file format is ChannelAttribution's: one aggregated path per line, `path;total_conversions;total_conversion_value;
+total_null`, the path's channels oldest first separated by ` > `. A first line naming those columns (in any order)
+is a header; the separators are the caller's choice (CSV with a comma, for example). A path's conversions and nulls
+are weights: the models read it as that many paths, never as copies (transforms/attribution.py, the functions the
+pipeline runs on its own paths).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from transforms.attribution import (AttributionConfig, PathSummary, Touch, heuristic_credits, markov_removal_effects,
+                                    shapley_values)
+
+COLUMNS = ("path", "total_conversions", "total_conversion_value", "total_null")
+# The heuristic models a path file can feed: time_decay needs the touches' times, which aggregated paths have not.
+HEURISTICS = ("first_touch", "last_touch", "last_non_direct", "linear", "position_based")
+
+
+@dataclass(frozen=True)
+class AggregatedPath:
+    channels: tuple[str, ...]
+    conversions: float
+    value: float
+    nulls: float
+
+
+class PathFileError(ValueError):
+    """A line of a path file that is not an aggregated path: the message says which line and why."""
+
+
+def read_paths(text: str, separator: str = ";", step_separator: str = " > ") -> list[AggregatedPath]:
+    rows = list(csv.reader(io.StringIO(text), delimiter=separator))
+    columns = COLUMNS
+    if rows and {cell.strip() for cell in rows[0]} >= {"path", "total_conversions"}:
+        columns, rows, first = tuple(cell.strip() for cell in rows[0]), rows[1:], 2
+    else:
+        first = 1
+    where = {name: columns.index(name) if name in columns else None for name in COLUMNS}
+    paths = []
+    for number, row in enumerate(rows, start=first):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(where["path"], where["total_conversions"]):
+            raise PathFileError(f"line {number}: {len(row)} fields, expected {separator.join(columns)}")
+
+        def number_in(name: str) -> float:
+            index = where[name]
+            if index is None or index >= len(row) or not row[index].strip():
+                return 0.0
+            try:
+                found = float(row[index])
+            except ValueError:
+                raise PathFileError(f"line {number}: {name} {row[index]!r} is not a number") from None
+            if not math.isfinite(found) or found < 0:
+                raise PathFileError(f"line {number}: {name} {row[index]!r} is not a finite number >= 0")
+            return found
+
+        channels = tuple(step.strip() for step in row[where["path"]].split(step_separator.strip() or step_separator)
+                         if step.strip())
+        if not channels:
+            raise PathFileError(f"line {number}: the path has no channel")
+        paths.append(AggregatedPath(channels, number_in("total_conversions"), number_in("total_conversion_value"),
+                                    number_in("total_null")))
+    return paths
+
+
+def _weight(count: float):
+    """Counts stay integers where they are (exact sums in the models); a fractional count stays as it is."""
+    return int(count) if float(count).is_integer() else count
+
+
+def summary_of(paths: list[AggregatedPath], order: int) -> PathSummary:
+    summary = PathSummary(order)
+    for path in paths:
+        if path.conversions:
+            summary.add(list(path.channels), True, path.value, _weight(path.conversions))
+        if path.nulls:
+            summary.add(list(path.channels), False, 0.0, _weight(path.nulls))
+    return summary
+
+
+def compare_models(paths: list[AggregatedPath], markov_orders=(1, 2, 3), config: AttributionConfig = AttributionConfig()
+                   ) -> list[dict]:
+    """One row per model and channel: the conversions and value the model credits to the channel (long format).
+    A heuristic model splits each path by its credits; markov_k and shapley split each converting path among its
+    channels by their shares of the model's values, its conversions by the values in conversions and its value by
+    the values in value (as the pipeline's data_driven_attribution). Shapley adds its values' sampling errors (0 when
+    exact; empty for the other models)."""
+    rows = []
+    when = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # heuristics here read no times
+    for model in HEURISTICS:
+        conversions, value = defaultdict(float), defaultdict(float)
+        for path in (p for p in paths if p.conversions):
+            touches = [Touch(when, channel) for channel in path.channels]
+            for touch, credit in zip(touches, heuristic_credits(model, touches, when, config)):
+                conversions[touch.channel] += credit * path.conversions
+                value[touch.channel] += credit * path.value
+        rows += _rows(model, conversions, value)
+    for order in markov_orders:
+        summary = summary_of(paths, order)
+        markov = markov_removal_effects(summary)
+        rows += _rows(f"markov_{order}", *summary.credited(markov.shares(), markov.value_shares()))
+    summary = summary_of(paths, 1)
+    fit = (config.shapley_exact_max_channels, config.shapley_samples, config.seed)
+    shapley, by_value = shapley_values(summary, *fit), shapley_values(summary, *fit, by_value=True)
+    rows += _rows("shapley", *summary.credited(shapley.shares(), by_value.shares()),
+                  errors=(shapley.standard_errors, by_value.standard_errors))
+    return rows
+
+
+def _rows(model: str, conversions: dict, value: dict, errors=None) -> list[dict]:
+    return [{"model": model, "channel": channel, "conversions": conversions[channel], "value": value.get(channel, 0.0),
+             "standard_error_conversions": errors[0].get(channel, 0.0) if errors else None,
+             "standard_error_value": errors[1].get(channel, 0.0) if errors else None}
+            for channel in sorted(conversions.keys() | value.keys())]
