@@ -32,6 +32,8 @@ setup(
         "duckdb==1.5.5",
         "plotly==7.1.0",  # journeys report: its charts, and plotly.js written beside the page
         "mistune==3.4.0",  # journeys report: the tables' Markdown documentation as HTML
+        "numpy==2.4.6",  # the data-driven models' solves
+        "scipy==1.17.1",  # sparse solves of higher-order Markov chains (thousands of states)
     ],
     extras_require={
         "dataflow": DATAFLOW,

@@ -233,3 +233,21 @@ def test_with_every_order_worth_the_same_value_effects_are_conversion_effects(pa
     markov = markov_removal_effects([(channels, converted, worth if converted else 0.0) for channels, converted in paths])
     assert markov.value_removal_effects == pytest.approx(markov.removal_effects, abs=1e-9)
     assert markov.expected_value == pytest.approx(worth * markov.conversion_probability, rel=1e-9)
+
+
+@pytest.mark.parametrize("sparse_from", [0, 10_000])
+def test_the_sparse_and_the_dense_solve_agree_with_the_independent_one(sparse_from, monkeypatch):
+    import random
+
+    from transforms.attribution import _AbsorbingChain
+
+    monkeypatch.setattr(_AbsorbingChain, "SPARSE_FROM", sparse_from)
+    rng = random.Random(5)
+    paths = [([rng.choice("ABCDE") for _ in range(rng.randint(1, 5))], rng.random() < 0.4, rng.uniform(5, 500))
+             for _ in range(300)]
+    for order in (1, 3):
+        markov = markov_removal_effects(paths, order)
+        whole = _value_weighted_solve(paths, order)
+        assert markov.expected_value == pytest.approx(whole, rel=1e-9)
+        for channel, effect in markov.value_removal_effects.items():
+            assert effect == pytest.approx(1.0 - _value_weighted_solve(paths, order, channel) / whole, abs=1e-9)

@@ -247,38 +247,63 @@ def markov_removal_effects(paths, order: int = 1) -> MarkovResult:
     CONVERSION is weighted by the value of the paths that took it (as ChannelAttribution's value removal effects,
     solved exactly instead of simulated)."""
     summary = paths if isinstance(paths, PathSummary) else summarise(paths, order)
-    rewards = {state: math.fsum(partials) for state, partials in summary.conversion_value.items()}
-    probability, value = _absorbed(summary.transitions, None, rewards)
+    chain = _AbsorbingChain(summary)
+    probability, value = chain.solve(None)
     conversion, by_value = {}, {}
     for channel in sorted(summary.channels):
-        without, value_without = _absorbed(summary.transitions, channel, rewards)
+        without, value_without = chain.solve(channel)
         conversion[channel] = 1.0 - without / probability if probability > 0 else 0.0
         by_value[channel] = 1.0 - value_without / value if value > 0 else 0.0
     return MarkovResult(probability, conversion, value, by_value)
 
 
-def _absorbed(transitions: dict, removed: str | None, rewards: dict) -> tuple[float, float]:
-    """P(reaching CONVERSION from START), and the value a path from START earns on average when each transition
-    into CONVERSION pays the mean value of the paths that took it (`rewards`: a state's summed value of the paths
-    that converted from it). One solve of (I - Q) X = [r, r_value] over the transient states, in a fixed order."""
-    transient = sorted((s for s in transitions if s == START or removed is None or removed not in s),
-                       key=lambda s: (s != START, s))
-    index = {s: i for i, s in enumerate(transient)}
-    q = np.zeros((len(transient), len(transient)))
-    r = np.zeros((len(transient), 2))
-    for state in transient:
-        counts = transitions[state]
-        total = sum(counts.values())
-        for target in sorted(counts, key=str):
-            p = counts[target] / total
-            if target == CONVERSION:
-                r[index[state]] += (p, rewards.get(state, 0.0) / total)
-            elif target == NULL or (removed is not None and target not in (CONVERSION, NULL) and removed in target):
-                continue  # absorbed without converting: a removed channel's states lead nowhere
-            else:
-                q[index[state], index[target]] += p
-    solution = np.linalg.solve(np.eye(len(transient)) - q, r)
-    return float(solution[index[START], 0]), float(solution[index[START], 1])
+class _AbsorbingChain:
+    """A summary's chain over its transient states (START first, then in order), built once: (I - Q) and the two
+    absorption columns, P(CONVERSION) and the value each transition into it pays (the mean value of the paths
+    that took it). Removing a channel keeps the states without it: a removed channel's states lead nowhere."""
+    SPARSE_FROM = 300  # states: an order-2 or -3 chain has thousands, mostly without a transition between them
+
+    def __init__(self, summary: PathSummary):
+        transitions = summary.transitions
+        self.states = sorted(transitions, key=lambda s: (s != START, s))
+        index = {s: i for i, s in enumerate(self.states)}
+        rows, columns, probabilities = [], [], []
+        self.r = np.zeros((len(self.states), 2))
+        for i, state in enumerate(self.states):
+            counts = transitions[state]
+            total = sum(counts.values())
+            for target in sorted(counts, key=str):
+                if target == CONVERSION:
+                    self.r[i] = (counts[target] / total, math.fsum(summary.conversion_value.get(state, ())) / total)
+                elif target != NULL:
+                    rows.append(i)
+                    columns.append(index[target])
+                    probabilities.append(counts[target] / total)
+        n = len(self.states)
+        if n >= self.SPARSE_FROM:
+            from scipy import sparse
+
+            q = sparse.csr_matrix((probabilities, (rows, columns)), shape=(n, n))
+            self.a = (sparse.identity(n, format="csr") - q).tocsr()
+        else:
+            q = np.zeros((n, n))
+            np.add.at(q, (rows, columns), probabilities)
+            self.a = np.eye(n) - q
+
+    def solve(self, removed: str | None) -> tuple[float, float]:
+        """(P(CONVERSION), the value a path from START earns on average), without `removed`'s states."""
+        if removed is None:
+            a, r = self.a, self.r
+        else:
+            keep = np.array([s == START or removed not in s for s in self.states])
+            a, r = self.a[keep][:, keep], self.r[keep]
+        if isinstance(a, np.ndarray):
+            solution = np.linalg.solve(a, r)
+        else:
+            from scipy.sparse.linalg import splu
+
+            solution = splu(a.tocsc()).solve(r)
+        return float(solution[0, 0]), float(solution[0, 1])
 
 
 # --- Shapley values -------------------------------------------------------------------------------------------------
