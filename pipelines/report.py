@@ -16,7 +16,7 @@ from pathlib import Path
 HEURISTIC_MODELS = ("first_touch", "last_touch", "last_non_direct", "linear", "position_based", "time_decay")
 DATA_DRIVEN_MODELS = ("markov", "shapley")
 BASELINE_MODEL = "last_touch"  # what the data-driven models are compared against: the default of most ad tools
-SOCIAL_GROUPS = ("engaged", "not_engaged", "mention_answered", "mention_unanswered")
+SOCIAL_GROUPS = ("engaged", "not_engaged", "social_only", "mention_answered", "mention_unanswered")
 MIN_MONTHLY_PERIODS = 6  # fewer months of history than this: weekly cohorts say more
 
 QUERIES = {
@@ -248,7 +248,7 @@ def social_impact_figure(rows: list[dict]):
                 ("repeat_rate_90d", "repeat within 90 days"), ("ltv", f"LTV ({currency})"))
     figure = make_subplots(rows=1, cols=len(measures), subplot_titles=[label for _, label in measures])
     groups = sorted(rows, key=lambda r: SOCIAL_GROUPS.index(r["group"]) if r["group"] in SOCIAL_GROUPS else 99)
-    colours = ("#1f77b4", "#7f7f7f", "#2ca02c", "#d62728")
+    colours = ("#1f77b4", "#7f7f7f", "#bcbd22", "#2ca02c", "#d62728")
     for col, (measure, _) in enumerate(measures, start=1):
         for index, row in enumerate(groups):
             value = row[measure]

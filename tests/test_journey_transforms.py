@@ -162,10 +162,12 @@ def test_a_profile_from_an_older_savepoints_whole_values_equals_one_from_lean_on
     devices = ["d1", "d1", "d2"]
     whole = {"touches": [touch], "orders": ORDERS[:3], "interactions": likes,
              "attribution": [placed, first, refunded, linear], "devices": devices}
-    lean = {"touches": [touch["time"]], "orders": ORDERS[:3], "interactions": [interaction_fact(i) for i in likes],
+    lean = {"touches": [(touch["time"], True)], "orders": ORDERS[:3],
+            "interactions": [interaction_fact(i) for i in likes],
             "attribution": [acquisition_row(r) for r in (placed, first)], "devices": devices}
-    [old], [new] = _profile_of("A", whole), _profile_of("A", lean)
-    assert old == new
+    times_alone = {**lean, "touches": [touch["time"]]}  # what a job before first_site_seen grouped
+    [old], [older], [new] = _profile_of("A", whole), _profile_of("A", times_alone), _profile_of("A", lean)
+    assert old == older == new and new.first_site_seen == T0 - 2 * DAY
     assert (new.acquisition_channel, new.first_touch_channel, new.devices, new.first_seen) == \
         ("Email", "Social", 2, T0 - 2 * DAY)
     assert [e[2] for e in new.engagements] == ["like"]  # an impression and a paid share are no engagement
@@ -287,3 +289,21 @@ def test_a_collection_already_in_the_window_is_not_windowed_again():
     # a stream windows again whatever it is in: that starts its elements' panes afresh, as the writer expects
     streaming = beam.Pipeline(options=PipelineOptions(["--streaming"]))
     assert isinstance(updating_global_window(streaming | beam.Create([("c1", 1)]), None), beam.WindowInto)
+
+
+def test_social_impact_compares_customers_the_site_knows_and_counts_a_social_only_audience_apart():
+    def profile(customer, touches, orders, likes):
+        return _profile_of(customer, {"touches": touches, "orders": orders, "attribution": [], "devices": [],
+                                      "interactions": [interaction_fact(i) for i in likes]})[0]
+
+    october = T0 + 30 * DAY
+    people = [profile("A", [], ORDERS[:1], LIKES),  # ordered in September, engaged before
+              profile("B", [], ORDERS[3:], []),  # ordered, never engaged
+              profile("C", [], [], [_like("C", T0)]),  # engaged, never on the site: reach
+              profile("D", [(october, True)], [], [_like("D", T0)]),  # engaged in September, on the site in October
+              profile("E", [(T0, False)], [], [])]  # saw an ad, never on the site, never engaged: in no group
+    rows = {(r["month"].month, r["platform"], r["group"]): r["customers"]
+            for r in social_impact(people, october + DAY)}
+    assert {key: n for key, n in rows.items() if key[1] == "all"} == {
+        (9, "all", "engaged"): 1, (9, "all", "not_engaged"): 1, (9, "all", "social_only"): 2,
+        (10, "all", "engaged"): 2, (10, "all", "not_engaged"): 1, (10, "all", "social_only"): 1}

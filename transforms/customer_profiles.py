@@ -47,6 +47,9 @@ class CustomerProfile:
     engagements: tuple[tuple[dt.datetime, str, str], ...]  # (time, platform, interaction type), oldest first
     devices: int
     events: int  # how many inputs the profile was built from: a later, fuller profile of the customer has more
+    # when the site first knew them: their first session (logged in, or stitched by device) or order; None for
+    # someone seen only on social media (social_impact compares only customers the site knows)
+    first_site_seen: dt.datetime | None = None
 
     @property
     def first_order_time(self) -> dt.datetime | None:
@@ -76,10 +79,11 @@ class CustomerProfile:
 
 def build_profile(customer_id: str, touch_times: list[dt.datetime], orders: list[dict],
                   interactions: list[tuple], attribution: list[dict], devices: list[str],
-                  rates: ExchangeRates = ExchangeRates()) -> CustomerProfile | None:
-    """The customer's profile from everything keyed to them (their touches' times, interactions as
-    interaction_fact gives them, acquisition rows as acquisition_row keeps them); None when nothing identifies a
-    customer. Order values are in the reporting currency."""
+                  rates: ExchangeRates = ExchangeRates(), session_times: list[dt.datetime] = ()
+                  ) -> CustomerProfile | None:
+    """The customer's profile from everything keyed to them (their touches' times, those of their sessions among
+    them, interactions as interaction_fact gives them, acquisition rows as acquisition_row keeps them); None when
+    nothing identifies a customer. Order values are in the reporting currency."""
     times = list(touch_times) + [o["event_time"] for o in orders] + [time for time, _ in interactions]
     if not times:
         return None
@@ -93,9 +97,11 @@ def build_profile(customer_id: str, touch_times: list[dt.datetime], orders: list
                             for o in placed.values()), key=lambda o: (o.time, o.order_id)))
     channels = _acquisition_channels(history[0].order_id, attribution) if history else {}
     engagements = tuple(sorted(engagement for _, engagement in interactions if engagement is not None))
+    on_site = list(session_times) + [o["event_time"] for o in orders]
     return CustomerProfile(customer_id, min(times), max(times), history, channels.get("acquisition_channel"),
                            channels.get("first_touch_channel"), engagements, len(set(devices)),
-                           len(touch_times) + len(orders) + len(interactions) + len(attribution))
+                           len(touch_times) + len(orders) + len(interactions) + len(attribution),
+                           min(on_site) if on_site else None)
 
 
 def interaction_fact(interaction: dict) -> tuple[dt.datetime, tuple | None]:
@@ -166,7 +172,7 @@ class CustomerProfiles(beam.PTransform):
         # Only what a profile uses crosses the grouping: its encoding is most of a grouping's cost.
         keyed = {
             "touches": inputs["touches"] | "KnownTouches" >> beam.FlatMapTuple(
-                lambda key, touch: [(key, touch["time"])] if known(key) else []),
+                lambda key, touch: [(key, (touch["time"], touch["kind"] == "session"))] if known(key) else []),
             "orders": inputs["orders"] | "OrdersByCustomer" >> beam.Map(lambda o: (o["customer_id"], o)),
             "interactions": inputs["social_interactions"] | "InteractionsByCustomer" >> beam.FlatMap(
                 lambda i: [(i["customer_id"], interaction_fact(i))] if known(i["customer_id"]) else []),
@@ -183,9 +189,11 @@ class CustomerProfiles(beam.PTransform):
 
 
 def _profile_of(customer_id: str, grouped: dict, rates: ExchangeRates = ExchangeRates()) -> list[CustomerProfile]:
-    profile = build_profile(customer_id, [_touch_time(t) for t in grouped["touches"]], list(grouped["orders"]),
+    touches = [_touch(t) for t in grouped["touches"]]
+    profile = build_profile(customer_id, [time for time, _ in touches], list(grouped["orders"]),
                             [_interaction(i) for i in grouped["interactions"]],
-                            [r for r in grouped["attribution"] if _acquisition(r)], list(grouped["devices"]), rates)
+                            [r for r in grouped["attribution"] if _acquisition(r)], list(grouped["devices"]), rates,
+                            [time for time, session in touches if session])
     return [profile] if profile is not None else []
 
 
@@ -209,10 +217,13 @@ class _NewDevices(beam.DoFn):
                 yield pair
 
 
-# A stream restored from a savepoint of a job that grouped whole touches, interactions and attribution rows may
-# still hold some: they count as what is grouped now.
-def _touch_time(touch) -> dt.datetime:
-    return touch["time"] if isinstance(touch, dict) else touch
+# A stream restored from a savepoint of a job that grouped whole touches, or their times alone, interactions and
+# attribution rows may still hold some: they count as what is grouped now (a time alone as a session's).
+def _touch(touch) -> tuple[dt.datetime, bool]:
+    """(time, whether it is a session) of a grouped touch."""
+    if isinstance(touch, dict):
+        return touch["time"], touch.get("kind", "session") == "session"
+    return touch if isinstance(touch, tuple) else (touch, True)
 
 
 def _interaction(interaction) -> tuple:

@@ -1,9 +1,15 @@
 """Does social pay? Per month and platform, customers engaged on social media against those who are not, and
 customers whose mentions the brand answered against those it did not.
 
+Engaged and not-engaged customers are compared like with like: both are customers the site knows (a session of
+theirs, logged in or stitched by device, or an order, by then). Someone who engages on social media but has never
+been on the site belongs to neither: counting them among the engaged made the engaged look as if they bought less,
+since most of that audience never visits. They are reported apart, as reach.
+
 For a month M and a platform p ('all': any platform), as of the end of M:
-- engaged: customers whose first engagement on p came before the end of M;
-- not_engaged (platform 'all' only, the baseline of every platform): customers seen by then who never engaged;
+- engaged: customers the site knows whose first engagement on p came before the end of M;
+- not_engaged (platform 'all' only, the baseline of every platform): customers the site knows who never engaged;
+- social_only: people who engaged on p but whom the site does not know yet (reach: no order can be theirs);
 - mention_answered / mention_unanswered: customers who mentioned the brand on p by then, and whether a brand
   reply on p followed one of their mentions within `reply_window`.
 Then for the group's customers: the share with an order in M, orders and net revenue in M, average order value,
@@ -25,7 +31,7 @@ from transforms.retention import cohort_start
 from transforms.whole_table import WholeTable, WholeTables, merged_contributions
 
 ALL = "all"
-GROUPS = ("engaged", "not_engaged", "mention_answered", "mention_unanswered")
+GROUPS = ("engaged", "not_engaged", "social_only", "mention_answered", "mention_unanswered")
 REPEAT_WINDOW = dt.timedelta(days=90)
 REPLY_WINDOW = dt.timedelta(days=7)
 
@@ -53,11 +59,13 @@ def _groups(profile: CustomerProfile, mention_outcomes: dict[str, list], end: dt
     if profile.first_seen >= end:
         return
     engaged_on = {platform for when, platform, _ in profile.engagements if when < end}
+    on_site = profile.first_site_seen is not None and profile.first_site_seen < end
     if not engaged_on:
-        yield ALL, "not_engaged"
+        if on_site:
+            yield ALL, "not_engaged"
         return
     for platform in engaged_on | {ALL}:
-        yield platform, "engaged"
+        yield platform, "engaged" if on_site else "social_only"
     mentions = {platform: [answered for when, answered in outcomes if when < end]
                 for platform, outcomes in mention_outcomes.items()}
     mentions[ALL] = [answered for platform in mentions for answered in mentions[platform]]
