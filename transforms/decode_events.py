@@ -13,7 +13,7 @@ import apache_beam as beam
 import schemas
 from transforms import codec
 from transforms.event_rules import EventRules
-from transforms.failed_events import COORDINATES
+from transforms.failed_events import COORDINATES, bounded, described
 from transforms.kafka_message import KafkaMessage
 from transforms.pseudonymise import Pseudonymiser
 
@@ -77,13 +77,13 @@ class EventDecoder:
         except codec.DecodeError as error:
             return _dead(message, "decode", error.reason, error.detail, now)
         except Exception as error:  # noqa: BLE001 — a record the decoder cannot handle must not stop the job
-            return _dead(message, "decode", "decoder_error", _described(error), now)
+            return _dead(message, "decode", "decoder_error", described(error), now)
         try:
             self.rules.check(topic, record, now)
         except codec.DecodeError as error:
             return _dead(message, "validate", error.reason, error.detail, now)
         except Exception as error:  # noqa: BLE001
-            return _dead(message, "validate", "rule_error", _described(error), now)
+            return _dead(message, "validate", "rule_error", described(error), now)
         if message.key is None:  # every topic is keyed by customer or visitor: without one, ordering is lost
             return _dead(message, "validate", "null_key", "the message has no key (customer or anonymous id)", now)
         if self.pseudonyms is not None:
@@ -99,14 +99,6 @@ class EventDecoder:
         return message.decoded if message.decoded is not None else self(message)
 
 
-# A dead letter keeps the message's raw bytes; its error only says what broke, in a line a reader can take in.
-MAX_ERROR_CHARACTERS = 500
-
-
-def _described(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
 def duplicate(message: KafkaMessage, event_id: str) -> DeadLetter:
     """A message whose event was read before (transforms/dedupe.py): a dead letter, so that it counts once and
     records in = landed + dead-lettered still holds."""
@@ -115,10 +107,8 @@ def duplicate(message: KafkaMessage, event_id: str) -> DeadLetter:
 
 
 def _dead(message: KafkaMessage, stage: str, reason: str, error: str, now: dt.datetime) -> DeadLetter:
-    if len(error) > MAX_ERROR_CHARACTERS:
-        error = f"{error[:MAX_ERROR_CHARACTERS]}… ({len(error):,} characters)"
     return DeadLetter(message.topic, message.partition, message.offset, message.timestamp_ms, message.key,
-                      message.value, message.headers, stage, reason, error, now)
+                      message.value, message.headers, stage, reason, bounded(error), now)
 
 
 class _Route(beam.DoFn):

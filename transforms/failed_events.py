@@ -24,6 +24,7 @@ import apache_beam as beam
 
 COORDINATES = "_coordinates"  # a decoded record's (Kafka topic, partition, offset); absent from records made in memory
 FAILED = "failed_events"  # the tagged output of a quarantined step
+# A dead letter keeps the raw bytes or the event; its error only says what broke, in a line a reader can take in.
 MAX_ERROR_CHARACTERS = 500
 
 
@@ -66,16 +67,21 @@ def quarantined(step: str, coordinates=None, key=None):
     return decorate
 
 
+def described(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def bounded(text: str) -> str:
+    return f"{text[:MAX_ERROR_CHARACTERS]}… ({len(text):,} characters)" if len(text) > MAX_ERROR_CHARACTERS else text
+
+
 def failed_event(step: str, coordinates: tuple | None, key, element, error: Exception) -> FailedEvent:
-    text = f"{type(error).__name__}: {error}"
-    if len(text) > MAX_ERROR_CHARACTERS:
-        text = f"{text[:MAX_ERROR_CHARACTERS]}… ({len(text):,} characters)"
     try:
-        described = json.dumps(element, default=str, sort_keys=True)
+        text = json.dumps(element, default=str, sort_keys=True)
     except (TypeError, ValueError):  # keys that do not sort, or nest too deep
-        described = repr(element)
-    return FailedEvent(step, tuple(coordinates) if coordinates else None, None if key is None else str(key), described,
-                       text, dt.datetime.now(dt.timezone.utc))
+        text = repr(element)
+    return FailedEvent(step, tuple(coordinates) if coordinates else None, None if key is None else str(key), text,
+                       bounded(described(error)), dt.datetime.now(dt.timezone.utc))
 
 
 def _safely(find, args, kwargs):
@@ -116,5 +122,4 @@ class QuarantinedMap(beam.DoFn):
         try:
             yield self.fn(record)
         except Exception as error:  # noqa: BLE001 - see quarantined
-            yield beam.pvalue.TaggedOutput(FAILED, failed_event(self.step, _safely(record_coordinates, (record,), {}),
-                                                                None, record, error))
+            yield beam.pvalue.TaggedOutput(FAILED, failed_event(self.step, record.get(COORDINATES), None, record, error))

@@ -103,11 +103,11 @@ def compare_models(paths: list[AggregatedPath], markov_orders=(1, 2, 3), config:
                 conversions[touch.channel] += credit * path.conversions
                 value[touch.channel] += credit * path.value
         rows += _rows(model, conversions, value)
+    summaries = {order: summary_of(paths, order) for order in {*markov_orders, 1}}  # Shapley reads order 1's
     for order in markov_orders:
-        summary = summary_of(paths, order)
-        markov = markov_removal_effects(summary)
-        rows += _rows(f"markov_{order}", *summary.credited(markov.shares(), markov.value_shares()))
-    summary = summary_of(paths, 1)
+        markov = markov_removal_effects(summaries[order])
+        rows += _rows(f"markov_{order}", *summaries[order].credited(markov.shares(), markov.value_shares()))
+    summary = summaries[1]
     fit = (config.shapley_exact_max_channels, config.shapley_samples, config.seed)
     shapley, by_value = shapley_values(summary, *fit), shapley_values(summary, *fit, by_value=True)
     rows += _rows("shapley", *summary.credited(shapley.shares(), by_value.shares()),
