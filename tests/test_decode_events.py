@@ -24,7 +24,7 @@ def test_decoder_names_stage_and_reason_and_keeps_the_raw_bytes(sample_events):
     order = sample_events["orders"]
     value, headers = codec.encode("orders", order, "avro")
     # the record, with where it came from (for a step that fails on it: transforms/failed_events.py)
-    assert decoder(_message("p.orders", value, headers), NOW) == {**order, COORDINATES: ("p.orders", 1, 0)}
+    assert decoder(_message("p.orders", value, headers), NOW) == {**order, COORDINATES: (decoder.kafka_topics.index("p.orders"), 1, 0)}
 
     dead = decoder(_message("p.orders", value[:7], headers, offset=42), NOW)
     assert isinstance(dead, DeadLetter)
@@ -45,9 +45,9 @@ def test_decode_events_routes_records_by_topic_and_failures_to_dead_letters(samp
     ]
     with TestPipeline(runner=UNIT_RUNNER) as pipeline:
         outputs = pipeline | beam.Create(messages) | DecodeEvents(decoder)
-        assert_that(outputs["web_sessions"], equal_to([{**session, COORDINATES: ("web_sessions", 1, 0)}]),
+        assert_that(outputs["web_sessions"], equal_to([{**session, COORDINATES: (decoder.kafka_topics.index("web_sessions"), 1, 0)}]),
                     label="sessions")
-        assert_that(outputs["social_interactions"], equal_to([{**social, COORDINATES: ("social_interactions", 1, 0)}]),
+        assert_that(outputs["social_interactions"], equal_to([{**social, COORDINATES: (decoder.kafka_topics.index("social_interactions"), 1, 0)}]),
                     label="social")
         assert_that(outputs["orders"], equal_to([]), label="orders")
         reasons = outputs[DEAD_LETTERS] | beam.Map(lambda d: (d.topic, d.offset, d.stage, d.reason))
@@ -79,7 +79,7 @@ def test_every_class_of_the_bad_input_corpus_is_dead_lettered_with_its_own_reaso
         assert (dead.value, dead.key, dead.offset) == (bad.record.value, bad.record.key, offset)
     # Each built from a valid event: the same record with a key and its own bytes decodes.
     valid = codec.encode("orders", sample_events["orders"])
-    assert decoder(_message("orders", *valid), NOW) == {**sample_events["orders"], COORDINATES: ("orders", 1, 0)}
+    assert decoder(_message("orders", *valid), NOW) == {**sample_events["orders"], COORDINATES: (decoder.kafka_topics.index("orders"), 1, 0)}
 
 
 def test_whatever_the_decoder_or_a_rule_raises_becomes_a_dead_letter(sample_events, monkeypatch):
@@ -113,7 +113,7 @@ def test_the_decoder_pseudonymises_the_fields_the_schemas_mark_and_never_carries
     assert personal_fields("social_interactions") == ("customer_id", "handle_pseudonym")
     for topic, record in sample_events.items():
         decoded = decoder(_message(topic, *codec.encode(topic, record)), NOW)
-        assert decoded[COORDINATES] == (topic, 1, 0)
+        assert decoded[COORDINATES] == (decoder.kafka_topics.index(topic), 1, 0)
         for name, value in record.items():
             if name in personal_fields(topic) and value is not None:
                 assert decoded[name] == pseudonym(value, b"a-key-nobody-guesses") != value, (topic, name)

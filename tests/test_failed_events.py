@@ -65,13 +65,13 @@ def test_an_element_a_step_fails_on_gives_none_of_its_outputs_and_the_step_goes_
 
 def test_a_failed_event_lands_as_a_dead_letter_of_the_journeys_stage_that_the_contract_accepts():
     when = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
-    failed = FailedEvent("Attribute", ("p.orders", 2, 41), "ps_c1", '{"order_id": "o1"}', "ZeroDivisionError: x", when)
-    row = failed.row()
+    failed = FailedEvent("Attribute", (1, 2, 41), "ps_c1", '{"order_id": "o1"}', "ZeroDivisionError: x", when)
+    row = failed.row(("p.web_sessions", "p.orders"))
     assert (row["topic"], row["partition"], row["offset"], row["stage"], row["reason"], row["error"]) == (
         "p.orders", 2, 41, "journeys", "step_failed", "Attribute: ZeroDivisionError: x")
     assert row["value"] == b'{"order_id": "o1"}' and row["key"] is None
     assert row["stage"] in next(c for c in contract("dead_letters").columns if c.name == "stage").accepted_values
-    timer = dataclasses.replace(failed, coordinates=None).row()
+    timer = dataclasses.replace(failed, coordinates=None).row(("p.web_sessions", "p.orders"))
     assert (timer["topic"], timer["partition"]) == ("journeys:Attribute", -1)
 
 
@@ -90,8 +90,8 @@ WORLD = GeneratorConfig(customers=40, days=30, seed=11)
 
 
 def _with_coordinates(world: dict) -> dict:
-    """The records as the decoder gives them: each with (topic, partition, offset)."""
-    return {topic: [{**record, COORDINATES: (topic, 0, offset)} for offset, record in enumerate(records)]
+    """The records as the decoder gives them: each with (topic's index, partition, offset)."""
+    return {topic: [{**record, COORDINATES: (schemas.TOPICS.index(topic), 0, offset)} for offset, record in enumerate(records)]
             for topic, records in world.items()}
 
 
@@ -117,7 +117,7 @@ def test_a_session_the_channel_rules_fail_on_is_quarantined_with_its_coordinates
                           update_every_s=None, replay_keyed_state=replay)
     tables = _journeys(world, config, tmp_path)
     assert [(f["step"], tuple(f["coordinates"]), f["error"]) for f in tables[FAILED]] == [
-        ("RouteSessions", ("web_sessions", 0, 17), "KeyError: 'utm_source'")]
+        ("RouteSessions", (schemas.TOPICS.index("web_sessions"), 0, 17), "KeyError: 'utm_source'")]
     landed = {row["touch_id"] for row in tables["touchpoints"]}
     sessions = {s["session_id"] for s in world["web_sessions"]} - {poison["session_id"]}
     assert poison["session_id"] not in landed and sessions <= landed
@@ -139,7 +139,7 @@ def test_an_order_attribution_fails_on_is_quarantined_with_its_coordinates_and_t
     monkeypatch.setattr(_Attribute, "_rows", rows_with_a_bug)  # FnApiRunner runs the steps in this process
     tables = _journeys(world, TablesConfig(update_every_s=None, replay_keyed_state=replay), tmp_path)
     assert [(f["step"], tuple(f["coordinates"]), f["key"], f["error"]) for f in tables[FAILED]] == [
-        ("Attribute", ("orders", 0, world["orders"].index(poison)), poison["customer_id"],
+        ("Attribute", (schemas.TOPICS.index("orders"), 0, world["orders"].index(poison)), poison["customer_id"],
          "ZeroDivisionError: credit of an empty path")]
     attributed = {row["order_id"] for row in tables["order_attribution"]}
     assert poison["order_id"] not in attributed

@@ -56,17 +56,27 @@ class EventDecoder:
     # come (unit tests; every pipeline command gives one)
     pseudonyms: Pseudonymiser | None = None
 
+    def __post_init__(self):
+        # per message: the event topic and the Kafka topic's index, which a decoded record's coordinates carry
+        object.__setattr__(self, "_topics", {kafka: (index, logical)
+                                             for index, (kafka, logical) in enumerate(self.logical_topics)})
+
+    @property
+    def kafka_topics(self) -> tuple[str, ...]:
+        """The Kafka topics by the index a record's coordinates give (failed_events.FailedEvent.row)."""
+        return tuple(kafka for kafka, _ in self.logical_topics)
+
     @classmethod
     def for_prefix(cls, prefix: str = "", rules: EventRules | None = None,
                    pseudonyms: Pseudonymiser | None = None) -> "EventDecoder":
         return cls(tuple((prefix + t, t) for t in schemas.TOPICS), rules or EventRules(), pseudonyms=pseudonyms)
 
     def logical_topic(self, kafka_topic: str) -> str | None:
-        return dict(self.logical_topics).get(kafka_topic)
+        return self._topics.get(kafka_topic, (None, None))[1]
 
     def __call__(self, message: KafkaMessage, now: dt.datetime | None = None) -> dict | DeadLetter:
         now = now or dt.datetime.now(dt.timezone.utc)
-        topic = self.logical_topic(message.topic)
+        topic_index, topic = self._topics.get(message.topic, (None, None))
         if topic is None:
             return _dead(message, "decode", "unknown_topic", f"no event schema for Kafka topic {message.topic}", now)
         if message.value is not None and len(message.value) > self.max_value_bytes:
@@ -89,8 +99,8 @@ class EventDecoder:
         if self.pseudonyms is not None:
             record = self.pseudonyms.record(topic, record)
         # where it came from, for a step that fails on it (transforms/failed_events.py); the record is the
-        # decoder's own
-        record[COORDINATES] = (message.topic, message.partition, message.offset)
+        # decoder's own. The topic as its index: every step a record's touch or order crosses carries these.
+        record[COORDINATES] = (topic_index, message.partition, message.offset)
         return record
 
     def outcome(self, message: KafkaMessage) -> dict | DeadLetter:

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-COORDINATES = "_coordinates"  # a decoded record's (Kafka topic, partition, offset); absent from records made in memory
+# A decoded record's (Kafka topic's index in its EventDecoder, partition, offset); absent from records made in memory.
+# Three small integers: a touch or an order carries them across every grouping, where a topic's name would add
+# some thirty bytes to each.
+COORDINATES = "_coordinates"
 FAILED = "failed_events"  # the tagged output of a quarantined step
 # A dead letter keeps the raw bytes or the event; its error only says what broke, in a line a reader can take in.
 MAX_ERROR_CHARACTERS = 500
@@ -31,18 +34,22 @@ MAX_ERROR_CHARACTERS = 500
 @dataclass(frozen=True)
 class FailedEvent:
     step: str
-    coordinates: tuple | None  # (Kafka topic, partition, offset), or None: a timer's, or an element made in memory
+    coordinates: tuple | None  # (Kafka topic's index, partition, offset), or None: a timer's, or an element made in memory
     key: str | None  # the step's key (a customer or device, as pseudonymised), if it is keyed
     element: str  # what the step was given, as JSON
     error: str
     first_seen: dt.datetime
 
-    def row(self) -> dict:
-        """As a row of the dead_letters table: the event's coordinates, the step and its error; the element (as
-        the step had it, personal ids pseudonymised) in place of the raw value, which the coordinates find. A
-        timer's failure has no event of its own: it lands under the step's name, partition -1, at an offset made
-        from its key."""
-        topic, partition, offset = self.coordinates or (f"journeys:{self.step}", -1, zlib.crc32(f"{self.key}".encode()))
+    def row(self, kafka_topics: tuple[str, ...]) -> dict:
+        """As a row of the dead_letters table: the event's coordinates (its topic named from `kafka_topics`, the
+        decoder's), the step and its error; the element (as the step had it, personal ids pseudonymised) in place of
+        the raw value, which the coordinates find. A timer's failure has no event of its own: it lands under the
+        step's name, partition -1, at an offset made from its key."""
+        if self.coordinates:
+            index, partition, offset = self.coordinates
+            topic = kafka_topics[index] if 0 <= index < len(kafka_topics) else f"topic #{index}"
+        else:
+            topic, partition, offset = f"journeys:{self.step}", -1, zlib.crc32(f"{self.key}".encode())
         return {"topic": topic, "partition": partition, "offset": offset, "kafka_timestamp": None, "key": None,
                 "value": self.element.encode(), "stage": "journeys", "reason": "step_failed",
                 "error": f"{self.step}: {self.error}", "first_seen": self.first_seen}

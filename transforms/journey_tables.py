@@ -93,7 +93,8 @@ class TablesFromMessages(beam.PTransform):
     def expand(self, messages):
         decoded = messages | "Decode" >> DecodeEvents(self.decoder)
         tables = {t: decoded[t] for t in schemas.TOPICS} | "Journeys" >> CustomerJourneyTables(self.config)
-        failed = tables.pop(FAILED)
-        tables["dead_letters"] = ((decoded[DEAD_LETTERS], failed) | "DeadAndFailed" >> beam.Flatten()
-                                  | "DeadLetterRows" >> beam.Map(lambda dead: dead.row()))
+        kafka_topics = self.decoder.kafka_topics
+        failed = tables.pop(FAILED) | "FailedEventRows" >> beam.Map(lambda failed: failed.row(kafka_topics))
+        dead = decoded[DEAD_LETTERS] | "DeadLetterRows" >> beam.Map(lambda dead: dead.row())
+        tables["dead_letters"] = (dead, failed) | "DeadAndFailed" >> beam.Flatten()
         return tables
