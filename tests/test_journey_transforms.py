@@ -12,7 +12,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.contracts import RETRACTED
-from transforms.channel_attribution import ChannelAttributionDaily
+from transforms.channel_attribution import (ChannelAttributionDaily, _merged_deltas, _newest_deltas,
+                                           _NewestRevisions, _NewestRevisionsInBundle, _revision_delta, row_key)
 from transforms.customer_journeys import DataDrivenAttribution, emission_revision
 from transforms.customer_profiles import (CustomerProfiles, _profile_of, acquisition_row, interaction_fact,
                                          updating_global_window)
@@ -45,6 +46,24 @@ def test_channel_attribution_daily_counts_only_the_latest_revision_of_each_row(r
                               ("Organic Search", 0.5, Decimal("50.00"), False),
                               ("Referral", 1.0, Decimal("100.00"), False),
                               ("Display", 0.0, Decimal("0.00"), True)]))  # O3's correction left Display no row
+
+
+def test_a_backfills_daily_attribution_combines_orders_in_a_bounded_table_and_merges_early_flushes_after_grouping():
+    rows = [_credit(order, channel, index, credit, revision)
+            for revision in (0, 1) for order in ("O1", "O2", "O3")
+            for index, (channel, credit) in enumerate([("Email", 0.5), ("Display", 0.5 - 0.5 * revision)])]
+    step = _NewestRevisionsInBundle(max_orders=2)
+    step.start_bundle()
+    flushed = [out.value for row in rows for out in step.process(row, Timestamp(0))]
+    flushed += [out.value for out in step.finish_bundle()]
+    assert len(flushed) > 3, "the table holds at most two orders: some were flushed before their last rows came"
+    for order in ("O1", "O2", "O3"):
+        whole = _NewestRevisions().create_accumulator()
+        for row in rows:
+            if row["order_id"] == order:
+                _NewestRevisions().add_input(whole, (row_key(row), _revision_delta(row)))
+        parts = [newest for flushed_order, newest in flushed if flushed_order == order]
+        assert sorted(_merged_deltas(order, parts)) == sorted(_newest_deltas(order, whole))
 
 
 def test_channel_attribution_daily_sums_exactly_whatever_the_order():

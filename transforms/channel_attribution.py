@@ -9,6 +9,7 @@ each delta counts the rows it adds or takes back: a daily key left with no row i
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from decimal import Decimal
 
 import apache_beam as beam
@@ -135,6 +136,43 @@ class _NewestRevisions(beam.CombineFn):
         return newest
 
 
+@beam.typehints.with_output_types(beam.typehints.KV[str, beam.typehints.Any])
+class _NewestRevisionsInBundle(beam.DoFn):
+    """order_attribution rows → (order id, its _NewestRevisions accumulator), combined in the bundle as a lifted
+    combiner would, but holding at most `max_orders` orders: an order's rows come out of AttributeOrders together,
+    so a small table combines nearly all of them, where Beam's lifted combine keeps up to 100,000 keys whatever
+    their size (about 20 kB each here: most of a worker's memory at ten million events). An order flushed early
+    meets its other accumulators after the grouping."""
+
+    def __init__(self, max_orders: int = 2_000):
+        self.max_orders = max_orders
+        self.combine = _NewestRevisions()
+
+    def start_bundle(self):
+        self.orders: dict = {}  # order id → [accumulator, earliest timestamp], oldest first
+
+    def process(self, row, timestamp=beam.DoFn.TimestampParam):
+        entry = self.orders.get(row["order_id"])
+        if entry is None:
+            if len(self.orders) >= self.max_orders:
+                yield from self._flush(self.max_orders // 2)
+            entry = self.orders[row["order_id"]] = [self.combine.create_accumulator(), timestamp]
+        self.combine.add_input(entry[0], (row_key(row), _revision_delta(row)))
+        entry[1] = min(entry[1], timestamp)
+
+    def finish_bundle(self):
+        yield from self._flush(len(self.orders))
+
+    def _flush(self, count: int):
+        for order_id in list(itertools.islice(self.orders, count)):
+            newest, earliest = self.orders.pop(order_id)
+            yield WindowedValue((order_id, newest), earliest, [window.GlobalWindow()])
+
+
+def _merged_deltas(order_id: str, accumulators) -> list[tuple]:
+    return _newest_deltas(order_id, _NewestRevisions().merge_accumulators(accumulators))
+
+
 NOTHING = (Decimal(0), Decimal(0), 0)
 
 
@@ -173,10 +211,9 @@ class ChannelAttributionDaily(beam.PTransform):
             # the days the older ones credited (which then keep a row only if another order credits them).
             # Combined in the bundles before the grouping, only each order's summary crosses it, never the rows.
             deltas = (rows
-                      | "ByOrder" >> beam.Map(lambda row: (row["order_id"], (row_key(row), _revision_delta(row))))
-                      .with_output_types(beam.typehints.KV[str, beam.typehints.Any])
-                      | "Newest" >> beam.CombinePerKey(_NewestRevisions())
-                      | "Deltas" >> beam.FlatMapTuple(_newest_deltas))
+                      | "NewestInBundle" >> beam.ParDo(_NewestRevisionsInBundle())
+                      | "ByOrder" >> beam.GroupByKey()
+                      | "Deltas" >> beam.FlatMapTuple(_merged_deltas))
         else:
             deltas = (rows
                       | "ByOrder" >> beam.ParDo(_RevisionsByOrder())
