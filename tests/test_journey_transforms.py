@@ -326,3 +326,15 @@ def test_social_impact_compares_customers_the_site_knows_and_counts_a_social_onl
     assert {key: n for key, n in rows.items() if key[1] == "all"} == {
         (9, "all", "engaged"): 1, (9, "all", "not_engaged"): 1, (9, "all", "social_only"): 2,
         (10, "all", "engaged"): 2, (10, "all", "not_engaged"): 1, (10, "all", "social_only"): 1}
+
+
+def test_a_bundles_memo_of_devices_sent_is_bounded_and_every_pair_still_goes_out(monkeypatch):
+    from transforms import customer_profiles
+
+    monkeypatch.setattr(customer_profiles, "BUNDLE_MEMO_ENTRIES", 2)
+    step = customer_profiles._NewDevices()
+    step.start_bundle()
+    sessions = [{"customer_id": f"C{i % 5}", "anonymous_id": f"D{i % 5}"} for i in range(20)]
+    sent = [pair for session in sessions for pair in step.process(session, window.GlobalWindow())]
+    assert len(step.seen) <= 2
+    assert set(sent) == {(f"C{i}", f"D{i}") for i in range(5)}

@@ -36,6 +36,7 @@ from schemas.contracts import RETRACTED
 from transforms.attribution import HEURISTIC_MODELS, AttributionConfig, Touch, heuristic_credits, prepare_path
 from transforms.channel_grouping import ChannelRules, social_channel
 from transforms.currency import ExchangeRates
+from transforms.customer_profiles import BUNDLE_MEMO_ENTRIES
 from transforms.event_time import from_micros, timestamp_of
 from transforms.failed_events import (COORDINATES, FAILED, QuarantinedMap, failed_event, keyed_coordinates, keyed_key,
                                      quarantined, record_coordinates)
@@ -201,6 +202,8 @@ class _RouteSession(beam.DoFn):
             # there, and most of a device's sessions are logged in.
             earliest = self.earliest_links.get((device, window))
             if earliest is None or session["session_start"] < earliest:
+                if len(self.earliest_links) >= BUNDLE_MEMO_ENTRIES:
+                    self.earliest_links.clear()
                 self.earliest_links[device, window] = session["session_start"]
                 yield keyed_value(device, ("link", (customer, session["session_start"]), coordinates), timestamp,
                                   self.replay)

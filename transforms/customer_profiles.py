@@ -203,9 +203,15 @@ def _device_of(session_or_order: dict) -> list[tuple[str, str]]:
     return [(customer, device)] if customer and device else []
 
 
+# What a bundle remembers only to send less holds at most this many entries: on Flink's batch mode a bundle is a
+# whole partition, and a memo of every device in it would grow with history.
+BUNDLE_MEMO_ENTRIES = 100_000
+
+
 class _NewDevices(beam.DoFn):
-    """_device_of each session or order, each pair once per bundle and window: a profile counts a customer's
-    distinct devices, and the many sessions of one pair need not all cross the grouping."""
+    """_device_of each session or order, each pair once per bundle and window (while the bundle's memo holds it): a
+    profile counts a customer's distinct devices, and the many sessions of one pair need not all cross the
+    grouping."""
 
     def start_bundle(self):
         self.seen = set()
@@ -213,6 +219,8 @@ class _NewDevices(beam.DoFn):
     def process(self, session_or_order, window=beam.DoFn.WindowParam):
         for pair in _device_of(session_or_order):
             if (pair, window) not in self.seen:
+                if len(self.seen) >= BUNDLE_MEMO_ENTRIES:
+                    self.seen.clear()
                 self.seen.add((pair, window))
                 yield pair
 
