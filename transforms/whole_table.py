@@ -29,12 +29,12 @@ from schemas.contracts import RETRACTED, contract
 
 # The tables WholeTable computes. A restarted job's first firing does not know what the last run's landed: the
 # commit step retracts the stored keys it no longer computes (transforms/warehouse.py).
-WHOLE_TABLES = frozenset({"retention_cohorts", "social_impact"})
+WHOLE_TABLES = frozenset({"retention_cohorts", "social_impact", "social_impact_effects"})
 BOUNDS = "__bounds__"  # the group whose totals carry the earliest first_seen and the latest last_seen
 # How long a stream's gathering of the totals waits for the rest of one update once the first changed group comes.
 GATHER_DELAY_S = 1
 
-Sums = dict  # subkey → number (int or Decimal)
+Sums = dict  # subkey → number (int or Decimal), or an array of them (a table's bootstrap replicates)
 
 
 def add_sums(into: Sums, other: Sums, sign: int = 1) -> Sums:
@@ -85,10 +85,14 @@ def _later(one, other):
 @dataclass(frozen=True)
 class WholeTable:
     """A table over every customer: `contribute(profile)` gives its (group, sums) pairs, `rows(totals, earliest,
-    latest)` the table from {group: sums} and the bounds of every profile seen (None, None before any)."""
+    latest)` the table from {group: sums} and the bounds of every profile seen (None, None before any).
+    `weigh(customer id, sums)`, if given, turns what a customer adds to the totals (their contribution, or in a
+    stream its difference from their last) into what is folded, e.g. each sum with its bootstrap replicates: the
+    stream's state keeps the plain contribution, and the difference is taken on it."""
     table: str
     contribute: Callable
     rows: Callable
+    weigh: Callable | None = None
 
     def __post_init__(self):
         if self.table not in WHOLE_TABLES:
@@ -99,6 +103,10 @@ def contributions(profile, tables: tuple[WholeTable, ...]) -> dict:
     """{(table, group): sums} of one profile to every table."""
     return {(table.table, group): sums for table in tables
             for group, sums in merged_contributions(table.contribute(profile)).items()}
+
+
+def _weighed(table: WholeTable, customer_id: str, sums: Sums) -> Sums:
+    return table.weigh(customer_id, sums) if table.weigh is not None else sums
 
 
 def _stored(value) -> bytes:
@@ -113,8 +121,10 @@ def _loaded(cell):
 
 
 def _once(profile, tables: tuple[WholeTable, ...]) -> list:
-    """A profile emitted once (a backfill): its contributions and bounds as they are."""
-    return [*((table_group, (sums, None, None)) for table_group, sums in contributions(profile, tables).items()),
+    """A profile emitted once (a backfill): its contributions (weighed) and bounds as they are."""
+    weigh = {table.table: table for table in tables}
+    return [*((table_group, (_weighed(weigh[table_group[0]], profile.customer_id, sums), None, None))
+              for table_group, sums in contributions(profile, tables).items()),
             *(((table.table, BOUNDS), ({}, profile.first_seen, profile.last_seen)) for table in tables)]
 
 
@@ -125,6 +135,7 @@ class _ContributionDeltas(beam.DoFn):
 
     def __init__(self, tables: tuple[WholeTable, ...]):
         self.tables = tables
+        self.by_name = {table.table: table for table in tables}
 
     def process(self, element, last=beam.DoFn.StateParam(LAST)):
         _, profile = element
@@ -137,7 +148,7 @@ class _ContributionDeltas(beam.DoFn):
             delta = {k: v for k, v in add_sums(dict(now.get(table_group, {})), before.get(table_group, {}),
                                                -1).items() if v}
             if delta:
-                yield table_group, (delta, None, None)
+                yield table_group, (_weighed(self.by_name[table_group[0]], profile.customer_id, delta), None, None)
         for table in self.tables:
             yield (table.table, BOUNDS), ({}, profile.first_seen, profile.last_seen)
 
