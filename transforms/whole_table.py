@@ -1,4 +1,5 @@
-"""WholeTables: tables over every customer (retention_cohorts, social_impact), kept as running totals.
+"""WholeTables: tables over every customer (retention_cohorts, social_impact, social_impact_effects), kept as
+running totals.
 
 Each customer's profile contributes sums to a few groups (a cohort and segment, a platform and group): counts and
 amounts per period. The totals of a group are the sum of its members' contributions, folded by a combiner (in a
@@ -122,8 +123,8 @@ def _loaded(cell):
 
 def _once(profile, tables: tuple[WholeTable, ...]) -> list:
     """A profile emitted once (a backfill): its contributions (weighed) and bounds as they are."""
-    weigh = {table.table: table for table in tables}
-    return [*((table_group, (_weighed(weigh[table_group[0]], profile.customer_id, sums), None, None))
+    by_name = {table.table: table for table in tables}
+    return [*((table_group, (_weighed(by_name[table_group[0]], profile.customer_id, sums), None, None))
               for table_group, sums in contributions(profile, tables).items()),
             *(((table.table, BOUNDS), ({}, profile.first_seen, profile.last_seen)) for table in tables)]
 
