@@ -599,6 +599,21 @@ def test_social_impact_recovers_the_planted_engagement_effects(world, tables):
     assert ltv1 / m1 > ltv2 / m2, (ltv1 / m1, ltv2 / m2)
 
 
+@pytest.mark.parametrize("mode", ["backfill"], indirect=True)  # 500 customers over 150 days
+def test_social_impact_effects_recover_the_planted_effects_with_intervals(tables):
+    """On the larger world the planted effects show in social_impact_effects with the planted sign, and the order
+    value's interval holds the planted lift (1.25 - 1) and excludes none (tests/test_social_impact_effects.py
+    checks the intervals' coverage over 40 worlds)."""
+    rows = {row["metric"]: row for row in tables["social_impact_effects"] if row["platform"] == "all"}
+    order_value = rows["order_value"]
+    assert order_value["lift_ci_low"] <= PlantedTruth().engaged_spend_lift - 1 <= order_value["lift_ci_high"]
+    assert order_value["lift_ci_low"] > 0, order_value
+    for metric in ("order_value", "ltv", "repeat_rate_90d", "retention_30d", "retention_60d", "retention_90d"):
+        assert rows[metric]["lift"] > 0, rows[metric]
+    assert rows["ltv"]["lift_ci_low"] > 0 and rows["repeat_rate_90d"]["lift_ci_low"] > 0
+    assert rows["order_value"]["engaged_n"] > 50 and rows["repeat_rate_90d"]["not_engaged_n"] > 30
+
+
 def _per_customer(rows, group):
     """A group's customer-months (platform 'all'), those with an order, and their LTV summed."""
     rows = [r for r in rows if r["platform"] == "all" and r["group"] == group]
