@@ -15,7 +15,7 @@ from pipelines.generate import GeneratorConfig, PlantedTruth, records_by_topic
 from transforms.customer_profiles import CustomerProfile, PlacedOrder, build_profile, interaction_fact
 from transforms.social_impact_effects import (METRICS, SocialImpactEffects, effects_contributions, replicate_weights,
                                               social_impact_effects, social_impact_effects_table, weighed)
-from transforms.whole_table import _ContributionDeltas, merged_contributions
+from transforms.whole_table import Unweighed, _ContributionDeltas, merged_contributions
 
 T0 = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)  # a Monday: first orders' weeks start here
 DAY = dt.timedelta(days=1)
@@ -144,8 +144,9 @@ def test_a_re_emitted_profile_counts_once_in_the_stream_and_in_a_backfill():
 
 
 def test_the_stream_keeps_plain_contributions_and_sends_weighed_differences():
-    """What the state keeps is the plain contribution (no replicates: a stream's state stays small); the deltas it
-    sends add up to the weighed contribution of the newest profile."""
+    """What the state keeps is the plain contribution (no replicates: a stream's state stays small), and what it
+    sends is plain too, weighed by the fold; the deltas add up to the weighed contribution of the newest
+    profile."""
     from writer_stubs import Value
 
     table = social_impact_effects_table(resamples=30, seed=4)
@@ -157,7 +158,9 @@ def test_the_stream_keeps_plain_contributions_and_sends_weighed_differences():
 
     _, stored = pickle.loads(cell.read())
     assert all(isinstance(value, int) for sums in stored.values() for value in sums.values())
-    net = merged_contributions((group, sums) for (_, group), (sums, _, _) in sent if group != "__bounds__")
+    assert all(isinstance(sums, Unweighed) for (_, group), (sums, _, _) in sent if group != "__bounds__"), \
+        "weighed in the fold, after the shuffle"
+    net = merged_contributions((group, sums.weighed()) for (_, group), (sums, _, _) in sent if group != "__bounds__")
     want = merged_contributions((group, weighed("A", sums, 30, 4)) for group, sums in effects_contributions(
         CUSTOMERS[0]))
     net = {group: {k: v for k, v in sums.items() if v.any()} for group, sums in net.items()}

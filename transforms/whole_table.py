@@ -61,7 +61,7 @@ class _Fold(beam.CombineFn):
     def add_input(self, accumulator, value):
         sums, earliest, latest = accumulator
         more, first, last = value
-        add_sums(sums, more)  # in place: a copy per input would cost the accumulator's size each time
+        add_sums(sums, more.weighed() if isinstance(more, Unweighed) else more)  # in place: a copy per input would cost the accumulator's size each time
         return sums, _earlier(earliest, first), _later(latest, last)
 
     def merge_accumulators(self, accumulators):
@@ -106,8 +106,22 @@ def contributions(profile, tables: tuple[WholeTable, ...]) -> dict:
             for group, sums in merged_contributions(table.contribute(profile)).items()}
 
 
-def _weighed(table: WholeTable, customer_id: str, sums: Sums) -> Sums:
-    return table.weigh(customer_id, sums) if table.weigh is not None else sums
+@dataclass(frozen=True)
+class Unweighed:
+    """A customer's sums (or the difference of two of their contributions) on their way to a table's fold, which
+    weighs them. A stream's fold is not lifted before its grouping: weighed at once, every changed customer's
+    replicates (hundreds of times the plain sums) would cross the shuffle one by one; this way they exist only in
+    the fold's accumulators."""
+    customer_id: str
+    sums: Sums
+    weigh: Callable
+
+    def weighed(self) -> Sums:
+        return self.weigh(self.customer_id, self.sums)
+
+
+def _weighed(table: WholeTable, customer_id: str, sums: Sums):
+    return Unweighed(customer_id, sums, table.weigh) if table.weigh is not None else sums
 
 
 def _stored(value) -> bytes:
