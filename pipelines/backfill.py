@@ -22,9 +22,9 @@ import apache_beam as beam
 
 import schemas
 from pipelines import flink
-from pipelines.runners import (BATCH_RUNNER, add_kafka_pipeline_args, add_quality_args, add_warehouse_args,
-                               open_target, parse_with_beam_args, quality_config, required_pseudonymiser,
-                               run_kafka_pipeline, warehouse_target)
+from pipelines.runners import (BATCH_RUNNER, add_effects_args, add_kafka_pipeline_args, add_quality_args,
+                               add_warehouse_args, open_target, parse_with_beam_args, quality_config,
+                               required_pseudonymiser, run_kafka_pipeline, warehouse_target)
 from transforms.customer_profiles import updating_global_window
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TABLES, TablesConfig, TablesFromMessages
@@ -94,7 +94,8 @@ def build(pipeline, args, connection: KafkaConnection):
                                                   event_time=decoder, whole_partitions=replay)
     _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, end_offsets, args.log_every_s))
     tables = messages | "Tables" >> TablesFromMessages(
-        decoder, TablesConfig(update_every_s=None, replay_keyed_state=replay))
+        decoder, TablesConfig(update_every_s=None, replay_keyed_state=replay,
+                              bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed))
     directory = staging_directory(args)
     return (tables | "Stage" >> StageTables(directory)
             | "OneCommit" >> beam.Map(lambda staged: (None, staged))
@@ -111,6 +112,7 @@ def parse_args(argv=None):
     add_kafka_pipeline_args(parser, bounded=True)
     add_warehouse_args(parser)
     add_quality_args(parser)
+    add_effects_args(parser)
     parser.add_argument("--log-every-s", type=float, default=10.0, help="progress log interval")
     parser.add_argument("--staging-dir", help="where bundles stage table rows before the one commit (default: "
                                               "beside the DuckDB file); on a cluster of several hosts, a directory "

@@ -38,6 +38,10 @@ QUERIES = {
                sum(repeat_rate_90d * first_orders_90d) / nullif(sum(first_orders_90d), 0) AS repeat_rate_90d,
                arg_max(ltv, month) AS ltv, any_value(currency) AS currency
         FROM social_impact WHERE platform = 'all' GROUP BY ALL""",
+    "social_effects": """
+        SELECT platform, metric, lift_kind, engaged, not_engaged, lift, lift_ci_low, lift_ci_high, engaged_n,
+               not_engaged_n, engaged_customers, not_engaged_customers, resamples, confidence, as_of, currency
+        FROM social_impact_effects ORDER BY platform <> 'all', platform, metric""",
     "dead_letters": """
         SELECT topic, stage, reason, count(*) AS records FROM dead_letters GROUP BY ALL ORDER BY records DESC""",
     "quality": """
@@ -265,6 +269,37 @@ def social_impact_figure(rows: list[dict]):
     return figure
 
 
+EFFECT_METRICS = ("conversion", "order_value", "ltv", "repeat_rate_90d", "retention_30d", "retention_60d",
+                  "retention_90d")
+
+
+def _effect(value, kind: str) -> str:
+    """A lift as people read it: a ratio in percent, a difference of shares in percentage points."""
+    if value is None:
+        return "—"
+    return f"{value * 100:+.1f} {'%' if kind == 'ratio' else 'pp'}"
+
+
+def social_effects_rows(rows: list[dict]) -> list[dict]:
+    """social_impact_effects for a reader: each metric's values, its lift with the interval, and the sample sizes
+    behind them (platform 'all' first)."""
+    rank = lambda row: (row["platform"] != "all", row["platform"],  # noqa: E731
+                        EFFECT_METRICS.index(row["metric"]) if row["metric"] in EFFECT_METRICS else 99)
+    shown = []
+    for row in sorted(rows, key=rank):
+        money = row["metric"] in ("order_value", "ltv")
+        value = lambda v: "—" if v is None else f"{v:,.2f} {row['currency']}" if money else f"{v:.1%}"  # noqa: E731
+        low, high = (_effect(row[end], row["lift_kind"]) for end in ("lift_ci_low", "lift_ci_high"))
+        interval = "no interval" if row["lift_ci_low"] is None else f"[{low}, {high}]"
+        shown.append({"platform": row["platform"], "metric": row["metric"], "engaged": value(row["engaged"]),
+                      "not engaged": value(row["not_engaged"]),
+                      "lift": _effect(row["lift"], row["lift_kind"]),
+                      f"{row['confidence']:.0%} interval": interval,
+                      "n (engaged / not)": f"{row['engaged_n']:,} / {row['not_engaged_n']:,}",
+                      "customers (engaged / not)": f"{row['engaged_customers']:,} / {row['not_engaged_customers']:,}"})
+    return shown
+
+
 def dead_letter_figure(rows: list[dict]):
     """Dead letters by reason, stacked by topic."""
     import plotly.graph_objects as go
@@ -414,6 +449,13 @@ def render_html(data: dict[str, list[dict]], source: str, generated_at: dt.datet
                                             config={"displaylogo": False, "responsive": True}))
             else:
                 parts.append(f"<div id='{chart_id}' class='chart empty'>No rows in the warehouse yet.</div>")
+        if section.anchor == "social":
+            resamples = data["social_effects"][0]["resamples"] if data["social_effects"] else 0
+            parts += [f"<h3>Effects with intervals</h3><p>Customers engaged on the platform before their first order "
+                      f"against customers not engaged before theirs (both known to the site), as of the latest "
+                      f"event; intervals from {resamples} bootstrap resamples of customers, sampling error only "
+                      f"(engaged customers may differ in other ways). Ratio lifts in %, differences of shares in "
+                      f"percentage points (pp).</p>", _table(social_effects_rows(data["social_effects"]))]
         if section.anchor == "quality":
             parts += ["<h3>Latest validation per table</h3>", _table(data["quality"]),
                       "<h3>Quarantined rows</h3>", _table(data["quarantine"])]

@@ -242,6 +242,27 @@ def add_warehouse_args(parser) -> None:
                                "(default: <dataset>_published)")
 
 
+def add_effects_args(parser) -> None:
+    """social_impact_effects' bootstrap (transforms/social_impact_effects.py)."""
+    from transforms.social_impact_effects import RESAMPLES, SEED
+
+    effects = parser.add_argument_group("social impact intervals")
+    effects.add_argument("--bootstrap-resamples", type=_at_least_zero, default=RESAMPLES,
+                         help="bootstrap replicates behind social_impact_effects' confidence intervals; 0: no "
+                              "intervals (default: %(default)s)")
+    effects.add_argument("--bootstrap-seed", type=_at_least_zero, default=SEED,
+                         help="seed of the bootstrap's per-customer weights (default: %(default)s)")
+
+
+def _at_least_zero(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def add_quality_args(parser) -> None:
     """Data-quality settings (transforms/dq_suites.py QualityConfig). Alert URLs are secrets: environment or file."""
     quality = parser.add_argument_group("data quality (Great Expectations)")

@@ -29,9 +29,9 @@ import apache_beam as beam
 
 import schemas
 from pipelines import flink
-from pipelines.runners import (add_kafka_pipeline_args, add_quality_args, add_warehouse_args, open_target,
-                               parse_with_beam_args, quality_config, required_pseudonymiser, run_kafka_pipeline,
-                               warehouse_target)
+from pipelines.runners import (add_effects_args, add_kafka_pipeline_args, add_quality_args, add_warehouse_args,
+                               open_target, parse_with_beam_args, quality_config, required_pseudonymiser,
+                               run_kafka_pipeline, warehouse_target)
 from transforms import liveness
 from transforms.decode_events import EventDecoder
 from transforms.journey_tables import TablesConfig, TablesFromMessages
@@ -52,7 +52,9 @@ def build(pipeline, args, connection: KafkaConnection):
                                                   idle_after_s=args.idle_after_s,
                                                   flush_after_idle_s=args.flush_after_idle_s, readers=readers)
     _ = messages | "Progress" >> beam.ParDo(LogProgress(connection, None, args.log_every_s))
-    tables = messages | "Tables" >> TablesFromMessages(decoder, TablesConfig(update_every_s=args.update_every_s))
+    tables = messages | "Tables" >> TablesFromMessages(decoder, TablesConfig(
+        update_every_s=args.update_every_s, bootstrap_resamples=args.bootstrap_resamples,
+        bootstrap_seed=args.bootstrap_seed))
     hold = args.hold_after_catch_up_s if args.hold_after_catch_up_s is not None else args.update_every_s
     return ((tables, messages)
             | "Land" >> WriteToWarehouse(warehouse_target(args), args.commit_every_s, hold, quality_config(args)))
@@ -64,6 +66,7 @@ def parse_args(argv=None):
     add_kafka_pipeline_args(parser)
     add_warehouse_args(parser)
     add_quality_args(parser)
+    add_effects_args(parser)
     parser.add_argument("--commit-every-s", type=float, default=10.0, help="commit interval (default: %(default)s)")
     parser.add_argument("--update-every-s", type=int, default=60,
                         help="how often the all-of-history tables are re-emitted (default: %(default)s)")
@@ -113,7 +116,8 @@ START_ATTEMPTS = 3
 # 4: a device's link and waiting sessions in one state cell.
 # 5: the writer keeps its count of commits and the whole tables as it landed them.
 # 6: what a customer contributes to every whole table in one state cell.
-STATE_VERSION = 6
+# 7: social_impact_effects, a whole table: the customers' cells hold no contribution to it yet.
+STATE_VERSION = 7
 
 
 def job_name(args, beam_args) -> str:
@@ -122,7 +126,9 @@ def job_name(args, beam_args) -> str:
     for arg in beam_args:
         if arg.startswith("--job_name="):
             return arg.split("=", 1)[1]
-    digest = hashlib.sha1(f"{STATE_VERSION}|{args.topic_prefix}|{warehouse_target(args)}".encode()).hexdigest()[:10]
+    # The bootstrap's resamples and seed too: totals folded with other replicates would not add up.
+    digest = hashlib.sha1(f"{STATE_VERSION}|{args.topic_prefix}|{warehouse_target(args)}|{args.bootstrap_resamples}|"
+                          f"{args.bootstrap_seed}".encode()).hexdigest()[:10]
     return f"journeys-stream-{digest}"
 
 

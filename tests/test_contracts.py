@@ -10,7 +10,7 @@ import pytest
 from schemas.contracts import _load, contract, contracts
 
 TABLES = ("touchpoints", "customers", "order_attribution", "channel_attribution_daily", "data_driven_attribution",
-          "retention_cohorts", "social_impact", "dead_letters", "quarantine", "dq_results",
+          "retention_cohorts", "social_impact", "social_impact_effects", "dead_letters", "quarantine", "dq_results",
           "channel_spend")  # loaded by the user, for the channel_roi view: the pipeline creates it, never writes it
 
 

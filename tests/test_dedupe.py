@@ -87,7 +87,7 @@ def test_a_backfill_of_events_sent_twice_lands_the_same_tables_as_one_of_each(ka
         with duckdb.connect(str(warehouse), read_only=True) as con:
             tables[name] = {t: sorted(map(str, con.execute(f'SELECT * FROM "{t}"').fetchall()))
                             for t in ("order_attribution", "channel_attribution_daily", "customers",
-                                      "retention_cohorts", "social_impact", "touchpoints")}
+                                      "retention_cohorts", "social_impact", "social_impact_effects", "touchpoints")}
             dead = dict(con.execute("SELECT reason, count(*) FROM dead_letters GROUP BY ALL").fetchall())
             offsets = con.execute("SELECT sum(next_offset) FROM source_offsets").fetchone()[0]
         if name == "twice":

@@ -82,6 +82,23 @@ def test_the_retention_heatmap_menu_shows_one_segment_at_a_time():
     assert buttons[1].args[0] == {"visible": [False, True]}
 
 
+def test_social_effects_show_each_lift_with_its_interval_and_sample_sizes():
+    row = lambda platform, metric, kind, lift, low, high: {  # noqa: E731
+        "platform": platform, "metric": metric, "lift_kind": kind, "engaged": 0.5 if kind == "difference" else 75.0,
+        "not_engaged": 0.25 if kind == "difference" else 50.0, "lift": lift, "lift_ci_low": low,
+        "lift_ci_high": high, "engaged_n": 1200, "not_engaged_n": 30, "engaged_customers": 40,
+        "not_engaged_customers": 60, "resamples": 200, "confidence": 0.95, "currency": "EUR"}
+    shown = report.social_effects_rows([row("x", "ltv", "ratio", 0.5, 0.1, 0.9),
+                                        row("all", "retention_30d", "difference", 0.25, None, None),
+                                        row("all", "order_value", "ratio", 0.5, -0.02, 1.1)])
+    assert [(r["platform"], r["metric"]) for r in shown] == [("all", "order_value"), ("all", "retention_30d"),
+                                                             ("x", "ltv")]
+    assert shown[0]["lift"] == "+50.0 %" and shown[0]["95% interval"] == "[-2.0 %, +110.0 %]"
+    assert shown[0]["engaged"] == "75.00 EUR" and shown[0]["n (engaged / not)"] == "1,200 / 30"
+    assert shown[1]["lift"] == "+25.0 pp" and shown[1]["95% interval"] == "no interval"
+    assert shown[1]["not engaged"] == "25.0%"
+
+
 def test_a_report_of_an_empty_warehouse_says_so(tmp_path, warehouse):
     warehouse.publish()
     index = report.write_report(tmp_path / "journeys.published.duckdb", tmp_path / "report")

@@ -7,7 +7,8 @@ its contract in schemas/tables/.
                                    AttributeOrders ──┼─ order_attribution ─ ChannelAttributionDaily
                                                      └─ paths ─ DataDrivenAttribution
     touches, orders, social, attribution ─ CustomerProfiles ─ customers
-                                                 └ WholeTables: retention_cohorts, social_impact (running totals)
+                                                 └ WholeTables: retention_cohorts, social_impact,
+                                                   social_impact_effects (running totals)
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
 from transforms.failed_events import FAILED
 from transforms.retention import RETENTION_COHORTS
 from transforms.social_impact import social_impact_table
+from transforms.social_impact_effects import RESAMPLES, SEED, social_impact_effects_table
 from transforms.whole_table import WholeTables
 
 TABLES = ("touchpoints", "order_attribution", "channel_attribution_daily", "data_driven_attribution", "customers",
-          "retention_cohorts", "social_impact")
+          "retention_cohorts", "social_impact", "social_impact_effects")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class TablesConfig:
     data_driven_window_days: float = 7.0
     update_every_s: int | None = 60  # how often a stream re-emits the all-of-history tables; None: at its end
     replay_keyed_state: bool = False  # bounded input (a backfill): stateful steps replayed per key in memory
+    bootstrap_resamples: int = RESAMPLES  # social_impact_effects' intervals: replicates, 0 for none
+    bootstrap_seed: int = SEED
 
 
 def touchpoint_row(customer_key: str, touch: dict) -> dict:
@@ -73,9 +77,12 @@ class CustomerJourneyTables(beam.PTransform):
             "data_driven_attribution": attributed["paths"] | "DataDriven" >> DataDrivenAttribution(
                 config.data_driven_window_days, config.journeys),
             "customers": profiles | "CustomerRows" >> beam.Map(lambda profile: profile.row()),
-            **(profiles | "WholeTables" >> WholeTables(RETENTION_COHORTS, social_impact_table())),
+            **(profiles | "WholeTables" >> WholeTables(RETENTION_COHORTS, social_impact_table(),
+                                                       social_impact_effects_table(config.bootstrap_resamples,
+                                                                                   config.bootstrap_seed))),
         }
-        for name in ("customers", "retention_cohorts", "social_impact", "data_driven_attribution"):
+        for name in ("customers", "retention_cohorts", "social_impact", "social_impact_effects",
+                     "data_driven_attribution"):
             tables[name] = tables[name] | f"Currency{name}" >> beam.Map(lambda row: {**row, **in_reporting_currency})
         tables[FAILED] = (keyed_touches[FAILED], attributed[FAILED]) | "FailedEvents" >> beam.Flatten()
         return tables

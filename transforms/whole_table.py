@@ -1,4 +1,5 @@
-"""WholeTables: tables over every customer (retention_cohorts, social_impact), kept as running totals.
+"""WholeTables: tables over every customer (retention_cohorts, social_impact, social_impact_effects), kept as
+running totals.
 
 Each customer's profile contributes sums to a few groups (a cohort and segment, a platform and group): counts and
 amounts per period. The totals of a group are the sum of its members' contributions, folded by a combiner (in a
@@ -29,12 +30,12 @@ from schemas.contracts import RETRACTED, contract
 
 # The tables WholeTable computes. A restarted job's first firing does not know what the last run's landed: the
 # commit step retracts the stored keys it no longer computes (transforms/warehouse.py).
-WHOLE_TABLES = frozenset({"retention_cohorts", "social_impact"})
+WHOLE_TABLES = frozenset({"retention_cohorts", "social_impact", "social_impact_effects"})
 BOUNDS = "__bounds__"  # the group whose totals carry the earliest first_seen and the latest last_seen
 # How long a stream's gathering of the totals waits for the rest of one update once the first changed group comes.
 GATHER_DELAY_S = 1
 
-Sums = dict  # subkey → number (int or Decimal)
+Sums = dict  # subkey → number (int or Decimal), or an array of them (a table's bootstrap replicates)
 
 
 def add_sums(into: Sums, other: Sums, sign: int = 1) -> Sums:
@@ -60,7 +61,7 @@ class _Fold(beam.CombineFn):
     def add_input(self, accumulator, value):
         sums, earliest, latest = accumulator
         more, first, last = value
-        add_sums(sums, more)  # in place: a copy per input would cost the accumulator's size each time
+        add_sums(sums, more.weighed() if isinstance(more, Unweighed) else more)  # in place: a copy per input would cost the accumulator's size each time
         return sums, _earlier(earliest, first), _later(latest, last)
 
     def merge_accumulators(self, accumulators):
@@ -85,10 +86,14 @@ def _later(one, other):
 @dataclass(frozen=True)
 class WholeTable:
     """A table over every customer: `contribute(profile)` gives its (group, sums) pairs, `rows(totals, earliest,
-    latest)` the table from {group: sums} and the bounds of every profile seen (None, None before any)."""
+    latest)` the table from {group: sums} and the bounds of every profile seen (None, None before any).
+    `weigh(customer id, sums)`, if given, turns what a customer adds to the totals (their contribution, or in a
+    stream its difference from their last) into what is folded, e.g. each sum with its bootstrap replicates: the
+    stream's state keeps the plain contribution, and the difference is taken on it."""
     table: str
     contribute: Callable
     rows: Callable
+    weigh: Callable | None = None
 
     def __post_init__(self):
         if self.table not in WHOLE_TABLES:
@@ -99,6 +104,24 @@ def contributions(profile, tables: tuple[WholeTable, ...]) -> dict:
     """{(table, group): sums} of one profile to every table."""
     return {(table.table, group): sums for table in tables
             for group, sums in merged_contributions(table.contribute(profile)).items()}
+
+
+@dataclass(frozen=True)
+class Unweighed:
+    """A customer's sums (or the difference of two of their contributions) on their way to a table's fold, which
+    weighs them. A stream's fold is not lifted before its grouping: weighed at once, every changed customer's
+    replicates (hundreds of times the plain sums) would cross the shuffle one by one; this way they exist only in
+    the fold's accumulators."""
+    customer_id: str
+    sums: Sums
+    weigh: Callable
+
+    def weighed(self) -> Sums:
+        return self.weigh(self.customer_id, self.sums)
+
+
+def _weighed(table: WholeTable, customer_id: str, sums: Sums):
+    return Unweighed(customer_id, sums, table.weigh) if table.weigh is not None else sums
 
 
 def _stored(value) -> bytes:
@@ -113,8 +136,10 @@ def _loaded(cell):
 
 
 def _once(profile, tables: tuple[WholeTable, ...]) -> list:
-    """A profile emitted once (a backfill): its contributions and bounds as they are."""
-    return [*((table_group, (sums, None, None)) for table_group, sums in contributions(profile, tables).items()),
+    """A profile emitted once (a backfill): its contributions (weighed) and bounds as they are."""
+    by_name = {table.table: table for table in tables}
+    return [*((table_group, (_weighed(by_name[table_group[0]], profile.customer_id, sums), None, None))
+              for table_group, sums in contributions(profile, tables).items()),
             *(((table.table, BOUNDS), ({}, profile.first_seen, profile.last_seen)) for table in tables)]
 
 
@@ -125,6 +150,7 @@ class _ContributionDeltas(beam.DoFn):
 
     def __init__(self, tables: tuple[WholeTable, ...]):
         self.tables = tables
+        self.by_name = {table.table: table for table in tables}
 
     def process(self, element, last=beam.DoFn.StateParam(LAST)):
         _, profile = element
@@ -137,7 +163,7 @@ class _ContributionDeltas(beam.DoFn):
             delta = {k: v for k, v in add_sums(dict(now.get(table_group, {})), before.get(table_group, {}),
                                                -1).items() if v}
             if delta:
-                yield table_group, (delta, None, None)
+                yield table_group, (_weighed(self.by_name[table_group[0]], profile.customer_id, delta), None, None)
         for table in self.tables:
             yield (table.table, BOUNDS), ({}, profile.first_seen, profile.last_seen)
 

@@ -1,4 +1,4 @@
-"""Events/s of the analytics stage alone (CustomerJourneyTables: all seven output tables) from decoded records in
+"""Events/s of the analytics stage alone (CustomerJourneyTables: all eight output tables) from decoded records in
 memory, on a local runner. A benchmark, not a test:
 
     .venv/bin/python deploy/bench/journeys_rate.py --customers 5000 --days 60 [--runner DirectRunner] [beam options]
