@@ -29,9 +29,10 @@ interval (--confidence, default 0.95) of the conversions and value the model cre
 --resamples bootstrap replicates of the paths (Poisson weights: a path with c conversions and u nulls draws
 Poisson(c) conversions, its value scaled per conversion, and Poisson(u) nulls; each replicate refitted; seeded by
 --seed), and paths, the sample size behind the fit (every path, converting and not, counted by its weight). The
-heuristic rows leave them empty, as they do with --resamples 0. The intervals are of the sampling of paths only:
-not of the model's assumptions, nor (shapley beyond --shapley-exact-max-channels) of its permutation sampling,
-whose standard errors are the standard_error columns; a replicate's Shapley values are computed exactly.
+heuristic rows leave all five empty; --resamples 0 leaves the intervals empty. The intervals are of the sampling
+of paths only: not of the model's assumptions, nor (shapley beyond --shapley-exact-max-channels) of its
+permutation sampling, whose standard errors are the standard_error columns; a replicate's Shapley values are
+computed exactly.
 """
 
 
