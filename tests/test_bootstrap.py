@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from transforms.attribution import CONVERSION, NULL, START, PathSummary, markov_removal_effects, shapley_values
-from transforms.bootstrap import (WeightedPath, _Credit, _Draws, _markov_shares, _shapley_shares, _walk,
-                                  bootstrap_shares, distinct)
+from transforms.bootstrap import (WeightedPath, _Chain, _Credit, _Draws, _ShapleySplit, _walk, bootstrap_shares,
+                                  distinct)
 from transforms.path_files import read_paths, summary_of
 
 # Loops (A > A, B > A > B), a shared prefix, a path that never converts and one that only does.
@@ -35,7 +35,7 @@ def _channels(paths):
 def test_a_replicate_with_the_observed_weights_is_the_point_fit(order):
     paths = distinct(read_paths(FILE))
     channels = _channels(paths)
-    shares, value_shares = _markov_shares(paths, order, channels, _observed(paths))
+    shares, value_shares = _Chain(paths, order, channels).shares(_observed(paths))
     summary = summary_of(paths, order)
     markov = markov_removal_effects(summary)
     assert shares[0] == pytest.approx([markov.shares()[c] for c in channels], abs=1e-12)
@@ -49,7 +49,7 @@ def test_a_replicate_with_the_observed_weights_is_the_point_fit(order):
 def test_a_replicates_closed_form_shapley_values_are_the_exact_ones():
     paths = distinct(read_paths(FILE))
     channels = _channels(paths)
-    shares, value_shares = _shapley_shares(paths, channels, _observed(paths))
+    shares, value_shares = _ShapleySplit(paths, channels).shares(_observed(paths))
     summary = summary_of(paths, 1)
     assert shares[0] == pytest.approx([shapley_values(summary).shares()[c] for c in channels], abs=1e-12)
     assert value_shares[0] == pytest.approx([shapley_values(summary, by_value=True).shares()[c] for c in channels],
@@ -64,7 +64,7 @@ def test_a_path_drawn_zero_times_is_as_if_it_were_not_there(order):
     draws = _observed(paths)
     for weights in (draws.conversions, draws.nulls, draws.value):
         weights[0, gone] = 0.0
-    shares, value_shares = _markov_shares(paths, order, _channels(paths), draws)
+    shares, value_shares = _Chain(paths, order, _channels(paths)).shares(draws)
     markov = markov_removal_effects(summary_of(paths[:gone] + paths[gone + 1:], order))
     assert shares[0] == pytest.approx([markov.shares().get(c, 0.0) for c in _channels(paths)], abs=1e-12)
     assert value_shares[0] == pytest.approx([markov.value_shares().get(c, 0.0) for c in _channels(paths)], abs=1e-12)
@@ -90,6 +90,21 @@ def test_copies_draw_exactly_as_their_weights_and_the_file_order_does_not_matter
     copies = read_paths("C > A;1;7;1\n" + "A > B;1;10;0\n" * 3 + "B;0;0;1\n" * 5 + "A > B;0;0;1\n" * 2
                         + "B;1;5;0\n" * 2)
     assert bootstrap_shares(weighted, (1, 2), resamples=50) == bootstrap_shares(copies, (1, 2), resamples=50)
+
+
+def test_the_draws_are_the_same_whatever_the_chunk_of_replicates(monkeypatch):
+    import transforms.bootstrap
+
+    def flat(found):
+        return {(model, channel, what, end): getattr(getattr(intervals, what), end)
+                for model, channels in found.models.items() for channel, intervals in channels.items()
+                for what in ("share", "value_share", "conversions", "value")
+                for end in ("low", "high", "standard_error")}
+
+    found = flat(bootstrap_shares(read_paths(FILE), (1, 2), resamples=60, seed=5))
+    monkeypatch.setattr(transforms.bootstrap, "CHUNK", 7)
+    # the same draws; the walks stop when a chunk's slowest replicate is done: equal to the walk's tolerance
+    assert flat(bootstrap_shares(read_paths(FILE), (1, 2), resamples=60, seed=5)) == pytest.approx(found, abs=1e-10)
 
 
 def test_seeded_and_each_interval_holds_its_point():

@@ -8,7 +8,7 @@ replicates' percentiles.
 
 Everything a replicate reads is linear in the paths' weights: the chain's transition counts, the conversions and
 value at each state, the conversions by channel set and by multiset. So the paths are indexed once (their states,
-transitions, sets) into sparse incidence matrices, and all replicates' counts come out of one product each; the
+transitions, sets) into sparse incidence matrices, and a chunk of replicates' counts come out of one product each; the
 state space is the point fit's, a state that no resampled path visits leads nowhere (it is unreachable, so it does
 not change the solve). The Shapley value of a game worth(S) = Σ_{T ⊆ S} n_T (conversions by the set of channels
 they used) is Σ_{T ∋ c} n_T / |T| (a sum of unanimity games), which a replicate computes exactly for any number of
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from transforms.attribution import START
+
+CHUNK = 50  # replicates drawn and fitted together
 
 @dataclass(frozen=True)
 class Interval:
@@ -68,20 +70,27 @@ def bootstrap_shares(paths, markov_orders=(1,), shapley: bool = True, resamples:
     size = math.fsum(p.conversions + p.nulls for p in paths)
     if not paths:
         return Bootstrap(resamples, confidence, size, {})
-    rng = np.random.default_rng(seed)
-    conversions = rng.poisson(np.array([p.conversions for p in paths], dtype=float), size=(resamples, len(paths)))
-    nulls = rng.poisson(np.array([p.nulls for p in paths], dtype=float), size=(resamples, len(paths)))
+    # Conversions and nulls from streams of their own, drawn a chunk of replicates at a time: the draws are the
+    # same whatever the chunk, and a chunk's arrays (replicates × distinct paths) stay small for a large file.
+    streams = [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2)]
+    means = (np.array([p.conversions for p in paths], dtype=float), np.array([p.nulls for p in paths], dtype=float))
     per_conversion = np.array([p.value / p.conversions if p.conversions else 0.0 for p in paths])
-    draws = _Draws(conversions.astype(float), nulls.astype(float), conversions * per_conversion)
     channels = sorted({c for p in paths for c in p.channels})
+    fits = {**{f"markov_{order}": _Chain(paths, order, channels) for order in markov_orders},
+            **({"shapley": _ShapleySplit(paths, channels)} if shapley else {})}
     credit = _Credit(paths, channels)
-    models = {}
-    for order in markov_orders:
-        shares, value_shares = _markov_shares(paths, order, channels, draws)
-        models[f"markov_{order}"] = _intervals(channels, shares, value_shares, credit, draws, confidence)
-    if shapley:
-        shares, value_shares = _shapley_shares(paths, channels, draws)
-        models["shapley"] = _intervals(channels, shares, value_shares, credit, draws, confidence)
+    found: dict = {model: [] for model in fits}  # model → per chunk (shares, value shares, conversions, value)
+    for first in range(0, resamples, CHUNK):
+        count = min(CHUNK, resamples - first)
+        conversions, nulls = (stream.poisson(mean, size=(count, len(paths))).astype(float)
+                              for stream, mean in zip(streams, means))
+        draws = _Draws(conversions, nulls, conversions * per_conversion)
+        for model, fit in fits.items():
+            shares, value_shares = fit.shares(draws)
+            found[model].append((shares, value_shares, credit.credited(draws.conversions, shares),
+                                 credit.credited(draws.value, value_shares)))
+    models = {model: _intervals(channels, *(np.concatenate(part) for part in zip(*chunks)), confidence)
+              for model, chunks in found.items()}
     return Bootstrap(resamples, confidence, size, models)
 
 
@@ -125,43 +134,50 @@ def _shares_of(effects: np.ndarray) -> np.ndarray:
 
 # --- Markov: the order-k chain's removal effects in every replicate -------------------------------------------------
 
-def _markov_shares(paths, order: int, channels: list, draws: _Draws) -> tuple[np.ndarray, np.ndarray]:
-    """replicates × channels shares of the removal effects on conversions and on value."""
-    index = {START: 0}
-    walks = []
-    for p in paths:
-        states = [START] + [tuple(p.channels[max(0, i - order + 1): i + 1]) for i in range(len(p.channels))]
-        walks.append([index.setdefault(s, len(index)) for s in states])
-    n = len(index)
-    states = sorted(index, key=index.get)
-    pairs: dict = {}
-    steps, leaves, ends = ([], [], []), ([], [], []), ([], [], [])  # (path, column, count) of each incidence
-    for i, walk in enumerate(walks):
-        for (here, there), count in Counter(zip(walk, walk[1:])).items():
-            _append(steps, i, pairs.setdefault((here, there), len(pairs)), count)
-        for here, count in Counter(walk[:-1]).items():
-            _append(leaves, i, here, count)  # every step leaves a state; so does the path's end (below)
-        _append(leaves, i, walk[-1], 1)
-        _append(ends, i, walk[-1], 1)
-    by_pair = _incidence(*steps, (len(paths), len(pairs)))
-    leaving, ending = _incidence(*leaves, (len(paths), n)), _incidence(*ends, (len(paths), n))
-    moved = _per_replicate(draws.conversions + draws.nulls, by_pair)  # replicates × pairs
-    left = _per_replicate(draws.conversions + draws.nulls, leaving)  # replicates × states
-    converted, earned = _per_replicate(draws.conversions, ending), _per_replicate(draws.value, ending)
-    # A state no resampled path visits leaves nowhere: its row stays empty (it is unreachable from START).
-    visited = left > 0
-    safe = np.where(visited, left, 1.0)
-    source = np.array([here for here, _ in pairs], dtype=int)
-    target = np.array([there for _, there in pairs], dtype=int)
-    probabilities = moved / safe[:, source]
-    absorbed = np.stack([converted / safe, earned / safe], axis=2)  # replicates × states × (P(conversion), value)
-    keeps = [np.array([s == START or channel not in s for s in states]) for channel in channels]
-    base = _walk(n, source, target, probabilities, absorbed, np.ones(n, dtype=bool))
-    effects = np.zeros((2, len(draws.conversions), len(channels)))
-    for j, keep in enumerate(keeps):
-        without = _walk(n, source, target, probabilities, absorbed, keep)
-        effects[:, :, j] = np.divide(base - without, base, out=np.zeros_like(base), where=base > 0).T
-    return _shares_of(effects[0]), _shares_of(effects[1])
+class _Chain:
+    """The order-k chain of the paths, indexed once for every replicate: its states (START first), the pairs of
+    states a step moves between, and how often each path makes each step, leaves each state and ends in it."""
+
+    def __init__(self, paths, order: int, channels: list):
+        index = {START: 0}
+        walks = []
+        for p in paths:
+            states = [START] + [tuple(p.channels[max(0, i - order + 1): i + 1]) for i in range(len(p.channels))]
+            walks.append([index.setdefault(s, len(index)) for s in states])
+        self.n = n = len(index)
+        states = sorted(index, key=index.get)
+        pairs: dict = {}
+        steps, leaves, ends = ([], [], []), ([], [], []), ([], [], [])  # (path, column, count) of each incidence
+        for i, walk in enumerate(walks):
+            for (here, there), count in Counter(zip(walk, walk[1:])).items():
+                _append(steps, i, pairs.setdefault((here, there), len(pairs)), count)
+            for here, count in Counter(walk[:-1]).items():
+                _append(leaves, i, here, count)  # every step leaves a state; so does the path's end (below)
+            _append(leaves, i, walk[-1], 1)
+            _append(ends, i, walk[-1], 1)
+        self.by_pair = _incidence(*steps, (len(paths), len(pairs)))
+        self.leaving, self.ending = _incidence(*leaves, (len(paths), n)), _incidence(*ends, (len(paths), n))
+        self.source = np.array([here for here, _ in pairs], dtype=int)
+        self.target = np.array([there for _, there in pairs], dtype=int)
+        self.keeps = [np.array([s == START or channel not in s for s in states]) for channel in channels]
+
+    def shares(self, draws: _Draws) -> tuple[np.ndarray, np.ndarray]:
+        """replicates × channels shares of the removal effects on conversions and on value."""
+        moved = _per_replicate(draws.conversions + draws.nulls, self.by_pair)  # replicates × pairs
+        left = _per_replicate(draws.conversions + draws.nulls, self.leaving)  # replicates × states
+        converted = _per_replicate(draws.conversions, self.ending)
+        earned = _per_replicate(draws.value, self.ending)
+        # A state no resampled path visits leaves nowhere: its row stays empty (it is unreachable from START).
+        safe = np.where(left > 0, left, 1.0)
+        probabilities = moved / safe[:, self.source]
+        absorbed = np.stack([converted / safe, earned / safe], axis=2)  # replicates × states × (P, value)
+        walk = lambda keep: _walk(self.n, self.source, self.target, probabilities, absorbed, keep)
+        base = walk(np.ones(self.n, dtype=bool))
+        effects = np.zeros((2, len(draws.conversions), len(self.keeps)))
+        for j, keep in enumerate(self.keeps):
+            without = walk(keep)
+            effects[:, :, j] = np.divide(base - without, base, out=np.zeros_like(base), where=base > 0).T
+        return _shares_of(effects[0]), _shares_of(effects[1])
 
 
 def _append(incidence: tuple, row: int, column: int, count: int) -> None:
@@ -218,21 +234,25 @@ def _solve_exactly(n, source, target, probabilities, absorbed, keep) -> np.ndarr
 
 # --- Shapley: closed form in every replicate ------------------------------------------------------------------------
 
-def _shapley_shares(paths, channels: list, draws: _Draws) -> tuple[np.ndarray, np.ndarray]:
-    """replicates × channels shares of the Shapley values in conversions and in value: each set of channels'
-    conversions (value) split equally among its channels."""
-    sets: dict = {}
-    to_set = ([], [], [])
-    for i, p in enumerate(paths):
-        _append(to_set, i, sets.setdefault(frozenset(p.channels), len(sets)), 1)
-    by_set = _incidence(*to_set, (len(paths), len(sets)))
-    position = {c: j for j, c in enumerate(channels)}
-    split = np.zeros((len(sets), len(channels)))
-    for used, s in sets.items():
-        split[s, [position[c] for c in used]] = 1.0 / len(used)
-    values = _per_replicate(draws.conversions, by_set) @ split
-    by_value = _per_replicate(draws.value, by_set) @ split
-    return _shares_of(values), _shares_of(by_value)
+class _ShapleySplit:
+    """Each set of channels' conversions (value) split equally among its channels: the Shapley values of every
+    replicate, in conversions and in value."""
+
+    def __init__(self, paths, channels: list):
+        sets: dict = {}
+        to_set = ([], [], [])
+        for i, p in enumerate(paths):
+            _append(to_set, i, sets.setdefault(frozenset(p.channels), len(sets)), 1)
+        self.by_set = _incidence(*to_set, (len(paths), len(sets)))
+        position = {c: j for j, c in enumerate(channels)}
+        self.split = np.zeros((len(sets), len(channels)))
+        for used, s in sets.items():
+            self.split[s, [position[c] for c in used]] = 1.0 / len(used)
+
+    def shares(self, draws: _Draws) -> tuple[np.ndarray, np.ndarray]:
+        values = _per_replicate(draws.conversions, self.by_set) @ self.split
+        by_value = _per_replicate(draws.value, self.by_set) @ self.split
+        return _shares_of(values), _shares_of(by_value)
 
 
 # --- credits and intervals --------------------------------------------------------------------------------------------
@@ -268,9 +288,8 @@ class _Credit:
         return out
 
 
-def _intervals(channels, shares, value_shares, credit: _Credit, draws: _Draws, confidence: float) -> dict:
-    conversions = credit.credited(draws.conversions, shares)
-    value = credit.credited(draws.value, value_shares)
+def _intervals(channels, shares, value_shares, conversions, value, confidence: float) -> dict:
+    """replicates × channels arrays → each channel's percentile intervals and standard errors."""
     tail = (1 - confidence) / 2
 
     def interval(replicates: np.ndarray, j: int) -> Interval:
