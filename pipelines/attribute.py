@@ -18,11 +18,21 @@ first line naming the columns (in any order) is a header; without one the column
 total_conversion_value and total_null may be left out (0). Counts are weights: a path with 12 conversions counts
 as twelve paths, never copied.
 
-The output is long: model,channel,conversions,value,standard_error_conversions,standard_error_value, with the
-models first_touch, last_touch, last_non_direct, linear, position_based (time_decay needs the touches' times,
-which aggregated paths have not), markov_1..markov_K (conversions from the removal effects on conversions, value
-from the removal effects on value) and shapley (exact up to --shapley-exact-max-channels channels, sampled beyond,
-with its values' standard errors).
+The output is long: model,channel,conversions,value,standard_error_conversions,standard_error_value and the
+interval columns below, with the models first_touch, last_touch, last_non_direct, linear, position_based
+(time_decay needs the touches' times, which aggregated paths have not), markov_1..markov_K (conversions from the
+removal effects on conversions, value from the removal effects on value) and shapley (exact up to
+--shapley-exact-max-channels channels, sampled beyond, with its values' standard errors).
+
+The data-driven rows add conversions_ci_low, conversions_ci_high, value_ci_low, value_ci_high: the percentile
+interval (--confidence, default 0.95) of the conversions and value the model credits to the channel over
+--resamples bootstrap replicates of the paths (Poisson weights: a path with c conversions and u nulls draws
+Poisson(c) conversions, its value scaled per conversion, and Poisson(u) nulls; each replicate refitted; seeded by
+--seed), and paths, the sample size behind the fit (every path, converting and not, counted by its weight). The
+heuristic rows leave all five empty; --resamples 0 leaves the intervals empty. The intervals are of the sampling
+of paths only: not of the model's assumptions, nor (shapley beyond --shapley-exact-max-channels) of its
+permutation sampling, whose standard errors are the standard_error columns; a replicate's Shapley values are
+computed exactly.
 """
 
 
@@ -37,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapley-exact-max-channels", type=int, default=12,
                         help="exact Shapley values up to this many channels, sampled beyond (default 12)")
     parser.add_argument("--shapley-samples", type=int, default=2000, help="permutations when sampled (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="of the sampled Shapley values (default 0)")
+    parser.add_argument("--resamples", type=int, default=200,
+                        help="bootstrap replicates of the paths behind the data-driven models' intervals (default "
+                             "200; 0: no intervals)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="of the intervals (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="of the bootstrap and the sampled Shapley values (default 0)")
     parser.add_argument("--out", metavar="FILE",
                         help="write there instead of CSV to stdout: FILE.csv, FILE.parquet, or FILE.duckdb (the "
                              "table attribution_comparison, replaced; FILE.duckdb:TABLE names another)")
@@ -61,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     orders = tuple(int(order) for order in args.markov_orders.split(",") if order.strip())
     config = AttributionConfig(shapley_exact_max_channels=args.shapley_exact_max_channels,
                                shapley_samples=args.shapley_samples, seed=args.seed)
-    rows = compare_models(paths, orders, config)
+    if args.resamples == 1 or args.resamples < 0 or not 0 < args.confidence < 1:
+        print("journeys attribute: --resamples 0 or at least 2, --confidence between 0 and 1", file=sys.stderr)
+        return 2
+    rows = compare_models(paths, orders, config, args.resamples, args.confidence)
     if args.out is None:
         _write_csv(rows, sys.stdout)
     else:
@@ -70,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COLUMNS = ("model", "channel", "conversions", "value", "standard_error_conversions", "standard_error_value")
+COLUMNS = ("model", "channel", "conversions", "value", "standard_error_conversions", "standard_error_value",
+           "conversions_ci_low", "conversions_ci_high", "value_ci_low", "value_ci_high", "paths")
 
 
 def _write_csv(rows: list[dict], out) -> None:
@@ -90,7 +109,8 @@ def write(rows: list[dict], destination: str) -> str:
 
     frame = pa.Table.from_pylist(rows, schema=pa.schema([
         ("model", pa.string()), ("channel", pa.string()), ("conversions", pa.float64()), ("value", pa.float64()),
-        ("standard_error_conversions", pa.float64()), ("standard_error_value", pa.float64())]))
+        ("standard_error_conversions", pa.float64()), ("standard_error_value", pa.float64()),
+        *((column, pa.float64()) for column in COLUMNS[6:])]))
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -143,7 +143,8 @@ def _results(summary: PathSummary):
     by_value = shapley_values(summary, by_value=True)
     return (markov.removal_effects, markov.value_removal_effects, markov.expected_value, shapley.values,
             by_value.values, summary.credited(markov.shares(), markov.value_shares()),
-            summary.credited(shapley.shares(), by_value.shares()), summary.revision())
+            summary.credited(shapley.shares(), by_value.shares()), summary.revision(),
+            summary.distinct_paths())  # what a bootstrap of the fit resamples
 
 
 @settings(max_examples=100, deadline=None)
@@ -161,6 +162,8 @@ def test_a_weighted_path_counts_as_that_many_copies():
     weighted = summarise([(["A", "B"], True, 30.0, 3), (["B"], False, 0.0, 2), (["A"], True, 5.0)])
     assert _results(weighted) == _results(copies)
     assert weighted.paths == 6
+    assert [(p.channels, p.conversions, p.value, p.nulls) for p in weighted.distinct_paths()] == [
+        (("A",), 1, 5.0, 0), (("A", "B"), 3, 30.0, 0), (("B",), 0, 0.0, 2)]
 
 
 def test_credited_splits_each_converting_path_by_the_shares():

@@ -47,8 +47,9 @@ def test_a_dataset_an_earlier_version_created_gains_the_columns_its_contracts_ad
     target = BigQueryTarget("journeys-local", f"test_{uuid.uuid4().hex[:10]}", endpoint=bigquery_emulator)
     client = target.client()
     client.create_dataset(bigquery.Dataset(f"{target.project}.{target.dataset}"))
-    added = ("revenue_effect", "revenue_share")  # data_driven_attribution as it was before value-weighted effects
-    older = [f for f in contracts()["data_driven_attribution"].bigquery_schema() if f.name not in added]
+    # data_driven_attribution as it was before value-weighted effects: every column from revenue_effect on came since
+    schema = contracts()["data_driven_attribution"].bigquery_schema()
+    older = schema[:[f.name for f in schema].index("revenue_effect")]
     client.create_table(bigquery.Table(f"{target.project}.{target.dataset}.data_driven_attribution", schema=older))
     warehouse = BigQueryWarehouse(target)
     try:

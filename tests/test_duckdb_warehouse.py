@@ -53,18 +53,20 @@ def test_a_file_an_earlier_version_created_gains_the_columns_its_contracts_added
     path = tmp_path / "journeys.duckdb"
     DuckDBWarehouse(path).close()
     with duckdb.connect(str(path)) as older:  # data_driven_attribution as it was before value-weighted effects
-        older.execute('ALTER TABLE data_driven_attribution DROP COLUMN revenue_effect')
-        older.execute('ALTER TABLE data_driven_attribution DROP COLUMN revenue_share')
+        for added in ("revenue_effect", "revenue_share", "share_ci_low", "share_ci_high", "revenue_share_ci_low",
+                      "revenue_share_ci_high", "resamples"):  # and the bootstrap's intervals, added later still
+            older.execute(f'ALTER TABLE data_driven_attribution DROP COLUMN {added}')
         older.execute("INSERT INTO data_driven_attribution BY NAME SELECT TIMESTAMPTZ '2026-08-01 00:00:00+00' AS "
                       "window_start, window_start + INTERVAL 7 DAY AS window_end, 'markov' AS model, 'Email' AS "
                       "channel, 1.0 AS value, 1.0 AS share, 0.0 AS standard_error, 1.0 AS conversions, 5 AS revenue, "
                       "'EUR' AS currency, 1 AS paths, 1 AS revision, 1 AS group_rows")
     warehouse = DuckDBWarehouse(path)
     try:
-        warehouse.commit({"data_driven_attribution": [_fitted_row("Display", revenue_effect=0.8, revenue_share=0.8)]})
+        warehouse.commit({"data_driven_attribution": [_fitted_row("Display", revenue_effect=0.8, revenue_share=0.8,
+                                                                  share_ci_low=0.6, resamples=100)]})
         assert warehouse.connection.execute(
-            "SELECT channel, revenue_effect, revenue_share FROM data_driven_attribution ORDER BY channel").fetchall() \
-            == [("Display", 0.8, 0.8), ("Email", None, None)]
+            "SELECT channel, revenue_effect, revenue_share, share_ci_low, resamples FROM data_driven_attribution "
+            "ORDER BY channel").fetchall() == [("Display", 0.8, 0.8, 0.6, 100), ("Email", None, None, None, None)]
     finally:
         warehouse.close()
 

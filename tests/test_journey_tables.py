@@ -28,9 +28,10 @@ from pipelines.generate.records import MALFORMED_KINDS
 from pipelines.generate.sinks import produce
 from pipelines.kafka_topics import ensure_topics
 from pipelines.runners import runner_args
-from schemas.contracts import contract
-from transforms.attribution import HEURISTIC_MODELS
+from schemas.contracts import RETRACTED, contract
+from transforms.attribution import HEURISTIC_MODELS, AttributionConfig
 from transforms.bigquery_warehouse import BigQueryTarget
+from transforms.customer_journeys import INTERVAL_COLUMNS
 from transforms.decode_events import DEAD_LETTERS, DecodeEvents, EventDecoder
 from transforms.duckdb_warehouse import DuckDBWarehouse, held_by_a_writer
 from transforms.json_lines import AppendJsonLines, read_json_lines
@@ -400,10 +401,19 @@ def test_data_driven_attribution_equals_the_reference(tables, sql):
                           "currency": "EUR", "paths": len(paths)} for c in values]
     for row in expected:  # every channel of both models is one group per window
         row["group_rows"] = sum(r["window_start"] == row["window_start"] for r in expected)
-    columns = [c.name for c in contract("data_driven_attribution").columns if c.name != "revision"]
+    # The bootstrap's interval columns are draws (seeded): tests/test_bootstrap.py checks them; here, that each
+    # fitted row has them and they hold the share they are about.
+    columns = [c.name for c in contract("data_driven_attribution").columns
+               if c.name != "revision" and c.name not in INTERVAL_COLUMNS]
     got = _keyed(tables["data_driven_attribution"], "data_driven_attribution", columns)
     # revenue: a float sum rounded to cents, which the order of addition may move by one cent
     assert not _differences(got, _keyed(expected, "data_driven_attribution", columns), rounded=("revenue",))
+    fitted = [row for row in tables["data_driven_attribution"] if not row.get(RETRACTED)]
+    assert fitted and all(row["resamples"] == AttributionConfig().bootstrap_resamples for row in fitted)
+    assert all(0 <= row["share_ci_low"] <= row["share_ci_high"] <= 1
+               and 0 <= row["revenue_share_ci_low"] <= row["revenue_share_ci_high"] <= 1 for row in fitted)
+    held = [row["share_ci_low"] - 1e-12 <= row["share"] <= row["share_ci_high"] + 1e-12 for row in fitted]
+    assert sum(held) >= 0.95 * len(held), f"{sum(held)} of {len(held)}"
     assert any(not p["converted"] and len(p["channels"]) > 1 for ps in windows.values() for p in ps)
 
 

@@ -12,9 +12,10 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.contracts import RETRACTED
+from transforms.attribution import AttributionConfig
 from transforms.channel_attribution import (ChannelAttributionDaily, _merged_deltas, _newest_deltas,
                                            _NewestRevisions, _NewestRevisionsInBundle, _revision_delta, row_key)
-from transforms.customer_journeys import DataDrivenAttribution, emission_revision
+from transforms.customer_journeys import INTERVAL_COLUMNS, DataDrivenAttribution, JourneyConfig, emission_revision
 from transforms.customer_profiles import (CustomerProfiles, _profile_of, acquisition_row, interaction_fact,
                                          updating_global_window)
 from transforms.retention import RetentionCohorts, retention_cohorts
@@ -99,6 +100,34 @@ def test_data_driven_attribution_on_two_paths_and_a_corrected_one():
         # Windows of 7 days aligned to the Unix epoch (a Thursday)
         assert_that(rows | beam.Map(lambda r: (r["window_start"].isoformat(), r["window_end"].isoformat())),
                     equal_to([("2026-09-03T00:00:00+00:00", "2026-09-10T00:00:00+00:00")] * 4), label="window")
+
+
+def test_data_driven_attribution_lands_the_bootstrap_intervals_of_its_shares():
+    # Email converts 6 of 10 paths, Display 1 of 10, Display > Email 3 of 6: the shares are uncertain.
+    paths = [_path(T0, ["Email"], True, 50.0, order_id=f"E{i}") for i in range(6)]
+    paths += [_path(T0, ["Email"], False) | {"customer_id": f"e{i}"} for i in range(4)]
+    paths += [_path(T0, ["Display"], True, 20.0, order_id="D0")]
+    paths += [_path(T0, ["Display"], False) | {"customer_id": f"d{i}"} for i in range(9)]
+    paths += [_path(T0, ["Display", "Email"], True, 90.0, order_id=f"B{i}") for i in range(3)]
+    paths += [_path(T0, ["Display", "Email"], False) | {"customer_id": f"b{i}"} for i in range(3)]
+    fits = {}
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        timed = (pipeline | beam.Create(paths)
+                 | beam.Map(lambda p: TimestampedValue(p, Timestamp.from_utc_datetime(p["time"]))))
+        for resamples in (0, 100):
+            config = JourneyConfig(attribution=AttributionConfig(bootstrap_resamples=resamples))
+            fits[resamples] = timed | f"Fit{resamples}" >> DataDrivenAttribution(7, config)
+
+        def check_intervals(rows):
+            assert len(rows) == 4
+            for row in rows:
+                assert row["resamples"] == 100 and row["paths"] == 26
+                assert 0 <= row["share_ci_low"] < row["share"] < row["share_ci_high"] <= 1, row
+                assert 0 <= row["revenue_share_ci_low"] < row["revenue_share"] < row["revenue_share_ci_high"] <= 1, row
+
+        assert_that(fits[100], check_intervals)
+        assert_that(fits[0] | beam.Map(lambda row: [row[c] for c in INTERVAL_COLUMNS]), equal_to([[None] * 5] * 4),
+                    label="none")
 
 
 def _order(order_id, customer, when, amount, currency="EUR", status="placed"):

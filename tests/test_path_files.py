@@ -7,7 +7,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.path_files import AggregatedPath, PathFileError, compare_models, read_paths
+from transforms.attribution import AttributionConfig
+from transforms.path_files import HEURISTICS, INTERVAL_COLUMNS, AggregatedPath, PathFileError, compare_models, read_paths
 
 FILE = """path;total_conversions;total_conversion_value;total_null
 Paid Search > Email > Direct;2;300.0;5
@@ -61,6 +62,24 @@ def test_weights_behave_exactly_like_copies_and_shapley_is_efficient():
     assert {row["standard_error_conversions"] for row in shapley} == {0.0}  # exact
 
 
+def test_the_data_driven_rows_carry_seeded_intervals_around_their_credits_and_their_sample_size():
+    paths = read_paths(FILE + "Email > Display;3;90;2\nDirect;1;15;6\n")
+    rows = compare_models(paths, resamples=300)
+    assert rows == compare_models(paths, resamples=300)  # seeded: config.seed
+    assert rows != compare_models(paths, config=AttributionConfig(seed=1), resamples=300)
+    for row in rows:
+        if row["model"] in HEURISTICS:
+            assert all(row[column] is None for column in (*INTERVAL_COLUMNS, "paths"))
+            continue
+        assert row["paths"] == 27  # 2 + 5 + 1 + 3 + 0 + 4 + 3 + 2 + 1 + 6: converting and not
+        assert row["conversions_ci_low"] <= row["conversions"] <= row["conversions_ci_high"], row
+        assert row["value_ci_low"] <= row["value"] <= row["value_ci_high"], row
+    without = compare_models(paths, resamples=0)
+    assert {row["paths"] for row in without if row["model"] == "shapley"} == {27}
+    assert all(row[column] is None for row in without for column in INTERVAL_COLUMNS)
+    assert _flat(without) == _flat(rows)  # the point estimates are the same either way
+
+
 def _attribute(*args, stdin=None):
     return subprocess.run([sys.executable, "-m", "pipelines.cli", "attribute", *args], capture_output=True, text=True,
                           timeout=120, input=stdin)
@@ -71,7 +90,8 @@ def test_the_command_writes_csv_parquet_and_a_duckdb_table_that_read_back_alike(
     printed = _attribute("--paths", str(tmp_path / "paths.txt"))
     assert printed.returncode == 0, printed.stderr
     lines = printed.stdout.splitlines()
-    assert lines[0] == "model,channel,conversions,value,standard_error_conversions,standard_error_value"
+    assert lines[0] == ("model,channel,conversions,value,standard_error_conversions,standard_error_value,"
+                        "conversions_ci_low,conversions_ci_high,value_ci_low,value_ci_high,paths")
     models = {line.split(",")[0] for line in lines[1:]}
     assert models == {"first_touch", "last_touch", "last_non_direct", "linear", "position_based", "markov_1",
                       "markov_2", "markov_3", "shapley"}
@@ -91,3 +111,4 @@ def test_a_malformed_line_is_refused_with_its_number(tmp_path):
     done = _attribute("--paths", "-", stdin=FILE + "A > B;lots;0;0\n")
     assert done.returncode == 2 and "line 5: total_conversions 'lots' is not a number" in done.stderr
     assert _attribute("--paths", "-", "--out", str(tmp_path / "x.xlsx"), stdin=FILE).returncode == 2
+    assert _attribute("--paths", "-", "--resamples", "1", stdin=FILE).returncode == 2

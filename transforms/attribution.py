@@ -44,7 +44,12 @@ class AttributionConfig:
     markov_order: int = 1
     shapley_exact_max_channels: int = 12
     shapley_samples: int = 2000
-    seed: int = 0
+    seed: int = 0  # of the sampled Shapley values and of the bootstrap
+    # Bootstrap replicates of a data-driven fit's paths for the intervals of its shares (transforms/bootstrap.py);
+    # 0: none. The pipeline refits a window at each late firing of a stream, so they are few: 100 replicates put
+    # a 2.5 % percentile between the 2nd and 3rd smallest of them, rough but seeded and cheap.
+    bootstrap_resamples: int = 100
+    confidence: float = 0.95
 
 
 def prepare_path(touches: list[Touch], conversion_time: dt.datetime, config: AttributionConfig) -> list[Touch]:
@@ -113,11 +118,12 @@ def heuristic_credits(model: str, path: list[Touch], conversion_time: dt.datetim
 @dataclass
 class PathSummary:
     """Everything the data-driven models and their credits read of a set of (channels, converted, value) paths, in
-    a size bounded by the channels, not by the paths: the order-k chain's transition counts, conversions by the set
-    of channels they used, and the converting paths' count and value by their channels' multiset. Summaries of
-    parts merge into the summary of the whole, so a runner can build it where the paths are and combine the parts.
-    Counts are integers and values exact float sums: a summary and every result from it are the same however the
-    paths were split or ordered."""
+    a size bounded by the channels and the distinct paths, not by the paths' number: the order-k chain's transition
+    counts, conversions by the set of channels they used, and the converting paths' count and value by their
+    channels' multiset, and the distinct paths with their counts and value (what a bootstrap of the fit
+    resamples). Summaries of parts merge into the summary of the whole, so a runner can build it where the paths
+    are and combine the parts. Counts are integers and values exact float sums: a summary and every result from it
+    are the same however the paths were split or ordered."""
     order: int = 1
     paths: int = 0
     identity: int = 0  # a checksum of the paths' identities, summed: a revision's low bits (see `revision`)
@@ -127,6 +133,10 @@ class PathSummary:
     converting: dict = field(default_factory=dict)  # sorted ((channel, touches), ...) → [paths, value partials]
     # the chain's last state before CONVERSION → the value partials of the paths that converted from it
     conversion_value: dict = field(default_factory=dict)
+    # The distinct paths, channels (oldest first) → [conversions, value partials, nulls]: what a bootstrap
+    # resamples (transforms/bootstrap.py), as the fit happens where the paths have already been summarised. Bounded
+    # by the distinct channel sequences, not by the paths.
+    distinct: dict = field(default_factory=dict)
 
     def add(self, channels, converted: bool, value: float = 0.0, weight: int = 1, identity: int = 0) -> "PathSummary":
         """Adds `weight` paths with these channels (oldest first), outcome and summed value."""
@@ -138,8 +148,11 @@ class PathSummary:
         for here, there in zip(states, states[1:]):
             self.transitions[here][there] += weight
         self.transitions[states[-1]][CONVERSION if converted else NULL] += weight
+        seen = self.distinct.setdefault(tuple(channels), [0, [], 0])
+        seen[0 if converted else 2] += weight
         if converted:
             _add_exactly(self.conversion_value.setdefault(states[-1], []), value)
+            _add_exactly(seen[1], value)
             if channels:
                 self.conversions_by_set[frozenset(channels)] += weight
             group = self.converting.setdefault(tuple(sorted(Counter(channels).items())), [0, []])
@@ -163,7 +176,21 @@ class PathSummary:
             mine = self.conversion_value.setdefault(state, [])
             for partial in partials:
                 _add_exactly(mine, partial)
+        for channels, (conversions, partials, nulls) in other.distinct.items():
+            seen = self.distinct.setdefault(channels, [0, [], 0])
+            seen[0] += conversions
+            seen[2] += nulls
+            for partial in partials:
+                _add_exactly(seen[1], partial)
         return self
+
+    def distinct_paths(self) -> list:
+        """The distinct paths as transforms.bootstrap resamples them (each with its conversions, value and nulls),
+        sorted."""
+        from transforms.bootstrap import WeightedPath
+
+        return [WeightedPath(channels, conversions, math.fsum(partials), nulls)
+                for channels, (conversions, partials, nulls) in sorted(self.distinct.items())]
 
     def revision(self) -> int:
         """The path count in the high bits, so a summary of more paths is newer, and the identities' checksum in

@@ -667,6 +667,7 @@ def _fitted(start: dt.datetime, window: dt.timedelta, summary, config: Attributi
     # The window's rows are one group: a refit on other paths replaces them whole (a channel may drop out).
     revision = summary.revision()
     group_rows = sum(len(values) for values, *_ in models.values())
+    intervals = _intervals(summary, config)
     for model, (values, shares, errors, by_value, value_shares) in models.items():
         conversions, revenue = summary.credited(shares, value_shares)
         for channel in sorted(values):
@@ -675,7 +676,31 @@ def _fitted(start: dt.datetime, window: dt.timedelta, summary, config: Attributi
                    "standard_error": errors.get(channel, 0.0), "conversions": conversions[channel],
                    "revenue": round(revenue[channel], 2), "revenue_effect": by_value[channel],
                    "revenue_share": value_shares[channel], "paths": summary.paths, "revision": revision,
-                   "group_rows": group_rows}
+                   "group_rows": group_rows, **intervals(model, channel)}
+
+
+INTERVAL_COLUMNS = ("share_ci_low", "share_ci_high", "revenue_share_ci_low", "revenue_share_ci_high", "resamples")
+
+
+def _intervals(summary, config: AttributionConfig):
+    """(model, channel) → the interval columns of its row: the bootstrap of the window's distinct paths
+    (transforms/bootstrap.py), all None when config.bootstrap_resamples is 0."""
+    if not config.bootstrap_resamples:
+        return lambda model, channel: dict.fromkeys(INTERVAL_COLUMNS)
+    from transforms.bootstrap import bootstrap_shares
+
+    found = bootstrap_shares(summary.distinct_paths(), (summary.order,), True, config.bootstrap_resamples,
+                             config.seed, config.confidence).models
+    by_model = {"markov": found.get(f"markov_{summary.order}", {}), "shapley": found.get("shapley", {})}
+
+    def columns(model: str, channel: str) -> dict:
+        interval = by_model[model].get(channel)
+        if interval is None:  # no path with the channel is left to resample (not in a fit of paths)
+            return dict.fromkeys(INTERVAL_COLUMNS)
+        return dict(zip(INTERVAL_COLUMNS, (interval.share.low, interval.share.high, interval.value_share.low,
+                                           interval.value_share.high, config.bootstrap_resamples)))
+
+    return columns
 
 
 def _emptied_window(start: dt.datetime, window: dt.timedelta, paths: list[dict]):
@@ -687,4 +712,5 @@ def _emptied_window(start: dt.datetime, window: dt.timedelta, paths: list[dict])
             yield {"window_start": start, "window_end": start + window, "model": model, "channel": channel,
                    "value": 0.0, "share": 0.0, "standard_error": 0.0, "conversions": 0.0, "revenue": 0.0,
                    "revenue_effect": 0.0, "revenue_share": 0.0, "paths": 0, "revision": revision,
-                   "group_rows": len(DATA_DRIVEN_MODELS) * len(channels), RETRACTED: True}
+                   "group_rows": len(DATA_DRIVEN_MODELS) * len(channels), RETRACTED: True,
+                   **dict.fromkeys(INTERVAL_COLUMNS)}

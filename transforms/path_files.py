@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from transforms.attribution import (AttributionConfig, PathSummary, Touch, heuristic_credits, markov_removal_effects,
                                     shapley_values)
+from transforms.bootstrap import bootstrap_shares
 
 COLUMNS = ("path", "total_conversions", "total_conversion_value", "total_null")
 # The heuristic models a path file can feed: time_decay needs the touches' times, which aggregated paths have not.
@@ -86,13 +87,15 @@ def summary_of(paths: list[AggregatedPath], order: int) -> PathSummary:
     return summary
 
 
-def compare_models(paths: list[AggregatedPath], markov_orders=(1, 2, 3), config: AttributionConfig = AttributionConfig()
-                   ) -> list[dict]:
+def compare_models(paths: list[AggregatedPath], markov_orders=(1, 2, 3), config: AttributionConfig = AttributionConfig(),
+                   resamples: int = 0, confidence: float = 0.95) -> list[dict]:
     """One row per model and channel: the conversions and value the model credits to the channel (long format).
     A heuristic model splits each path by its credits; markov_k and shapley split each converting path among its
     channels by their shares of the model's values, its conversions by the values in conversions and its value by
     the values in value (as the pipeline's data_driven_attribution). Shapley adds its values' sampling errors (0 when
-    exact; empty for the other models)."""
+    exact; empty for the other models). The data-driven models add `paths`, the sample size behind their fit, and
+    with `resamples` (0: none) the percentile intervals at `confidence` of their credits over that many bootstrap
+    replicates of the paths, seeded by config.seed (transforms/bootstrap.py); empty for the heuristics."""
     rows = []
     when = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # heuristics here read no times
     for model in HEURISTICS:
@@ -104,19 +107,35 @@ def compare_models(paths: list[AggregatedPath], markov_orders=(1, 2, 3), config:
                 value[touch.channel] += credit * path.value
         rows += _rows(model, conversions, value)
     summaries = {order: summary_of(paths, order) for order in {*markov_orders, 1}}  # Shapley reads order 1's
+    intervals = (bootstrap_shares(paths, markov_orders, True, resamples, config.seed, confidence).models
+                 if resamples else {})
+    fitted = {"paths": _weight(summaries[1].paths)}
     for order in markov_orders:
         markov = markov_removal_effects(summaries[order])
-        rows += _rows(f"markov_{order}", *summaries[order].credited(markov.shares(), markov.value_shares()))
+        rows += _rows(f"markov_{order}", *summaries[order].credited(markov.shares(), markov.value_shares()),
+                      fitted=fitted, intervals=intervals.get(f"markov_{order}"))
     summary = summaries[1]
     fit = (config.shapley_exact_max_channels, config.shapley_samples, config.seed)
     shapley, by_value = shapley_values(summary, *fit), shapley_values(summary, *fit, by_value=True)
     rows += _rows("shapley", *summary.credited(shapley.shares(), by_value.shares()),
-                  errors=(shapley.standard_errors, by_value.standard_errors))
+                  errors=(shapley.standard_errors, by_value.standard_errors), fitted=fitted,
+                  intervals=intervals.get("shapley"))
     return rows
 
 
-def _rows(model: str, conversions: dict, value: dict, errors=None) -> list[dict]:
+INTERVAL_COLUMNS = ("conversions_ci_low", "conversions_ci_high", "value_ci_low", "value_ci_high")
+
+
+def _rows(model: str, conversions: dict, value: dict, errors=None, fitted=None, intervals=None) -> list[dict]:
+    def bounds(channel: str) -> dict:
+        found = intervals.get(channel) if intervals else None
+        if found is None:
+            return dict.fromkeys(INTERVAL_COLUMNS)
+        return dict(zip(INTERVAL_COLUMNS, (found.conversions.low, found.conversions.high, found.value.low,
+                                           found.value.high)))
+
     return [{"model": model, "channel": channel, "conversions": conversions[channel], "value": value.get(channel, 0.0),
              "standard_error_conversions": errors[0].get(channel, 0.0) if errors else None,
-             "standard_error_value": errors[1].get(channel, 0.0) if errors else None}
+             "standard_error_value": errors[1].get(channel, 0.0) if errors else None,
+             **bounds(channel), "paths": fitted["paths"] if fitted else None}
             for channel in sorted(conversions.keys() | value.keys())]
