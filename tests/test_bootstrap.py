@@ -167,3 +167,16 @@ def test_the_intervals_cover_the_generating_chains_shares():
             checked += 1
             covered += intervals.share.low <= shares[channel] <= intervals.share.high
     assert checked == 120 and covered >= 104, covered  # 95 % nominal: 114 expected; 104 is 3 binomial sd below
+
+
+def test_a_summary_keeps_at_most_so_many_distinct_paths_and_then_none_so_its_fit_has_no_intervals(monkeypatch):
+    from transforms import attribution
+
+    monkeypatch.setattr(attribution, "MAX_DISTINCT_PATHS", 2)
+    kept = PathSummary().add(["Email"], True, 10.0).add(["Email"], False).add(["Direct"], False)
+    assert [(p.channels, p.conversions, p.nulls) for p in kept.distinct_paths()] == [
+        (("Direct",), 0, 1), (("Email",), 1, 1)]
+    full = PathSummary().add(["Email"], True, 10.0).add(["Direct"], False).add(["Display"], False)
+    assert full.distinct_paths() is None and full.paths == 3  # the fit's own counts go on
+    assert PathSummary().add(["Email"], True, 1.0).merge(full).distinct_paths() is None
+    assert kept.merge(PathSummary()).distinct_paths() is not None

@@ -115,6 +115,9 @@ def heuristic_credits(model: str, path: list[Touch], conversion_time: dt.datetim
 
 # --- What the data-driven models read of many paths ---------------------------------------------------------------
 
+MAX_DISTINCT_PATHS = 50_000  # the distinct paths a PathSummary keeps for a bootstrap at most
+
+
 @dataclass
 class PathSummary:
     """Everything the data-driven models and their credits read of a set of (channels, converted, value) paths, in
@@ -134,9 +137,10 @@ class PathSummary:
     # the chain's last state before CONVERSION → the value partials of the paths that converted from it
     conversion_value: dict = field(default_factory=dict)
     # The distinct paths, channels (oldest first) → [conversions, value partials, nulls]: what a bootstrap
-    # resamples (transforms/bootstrap.py), as the fit happens where the paths have already been summarised. Bounded
-    # by the distinct channel sequences, not by the paths.
-    distinct: dict = field(default_factory=dict)
+    # resamples (transforms/bootstrap.py), as the fit happens where the paths have already been summarised. None
+    # once there are more than MAX_DISTINCT_PATHS: they grow with the paths (about one per ten events in generated
+    # worlds), and the summary must stay bounded whatever the history (a window's fit then has no intervals).
+    distinct: dict | None = field(default_factory=dict)
 
     def add(self, channels, converted: bool, value: float = 0.0, weight: int = 1, identity: int = 0) -> "PathSummary":
         """Adds `weight` paths with these channels (oldest first), outcome and summed value."""
@@ -148,7 +152,7 @@ class PathSummary:
         for here, there in zip(states, states[1:]):
             self.transitions[here][there] += weight
         self.transitions[states[-1]][CONVERSION if converted else NULL] += weight
-        seen = self.distinct.setdefault(tuple(channels), [0, [], 0])
+        seen = self._distinct_path(tuple(channels))
         seen[0 if converted else 2] += weight
         if converted:
             _add_exactly(self.conversion_value.setdefault(states[-1], []), value)
@@ -176,19 +180,36 @@ class PathSummary:
             mine = self.conversion_value.setdefault(state, [])
             for partial in partials:
                 _add_exactly(mine, partial)
-        for channels, (conversions, partials, nulls) in other.distinct.items():
-            seen = self.distinct.setdefault(channels, [0, [], 0])
+        if other.distinct is None:
+            self.distinct = None
+        for channels, (conversions, partials, nulls) in (other.distinct or {}).items():
+            seen = self._distinct_path(channels)
             seen[0] += conversions
             seen[2] += nulls
             for partial in partials:
                 _add_exactly(seen[1], partial)
         return self
 
-    def distinct_paths(self) -> list:
+    def _distinct_path(self, channels: tuple) -> list:
+        """The counts of these channels' distinct path, to add to; a scratch list once the summary stops keeping
+        its distinct paths (more than MAX_DISTINCT_PATHS, or merged with a summary that stopped)."""
+        if self.distinct is not None:
+            seen = self.distinct.get(channels)
+            if seen is not None:
+                return seen
+            if len(self.distinct) < MAX_DISTINCT_PATHS:
+                seen = self.distinct[channels] = [0, [], 0]
+                return seen
+            self.distinct = None
+        return [0, [], 0]
+
+    def distinct_paths(self) -> list | None:
         """The distinct paths as transforms.bootstrap resamples them (each with its conversions, value and nulls),
-        sorted."""
+        sorted; None when there were too many to keep."""
         from transforms.bootstrap import WeightedPath
 
+        if self.distinct is None:
+            return None
         return [WeightedPath(channels, conversions, math.fsum(partials), nulls)
                 for channels, (conversions, partials, nulls) in sorted(self.distinct.items())]
 

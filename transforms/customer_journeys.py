@@ -685,11 +685,12 @@ INTERVAL_COLUMNS = ("share_ci_low", "share_ci_high", "revenue_share_ci_low", "re
 def _intervals(summary, config: AttributionConfig):
     """(model, channel) → the interval columns of its row: the bootstrap of the window's distinct paths
     (transforms/bootstrap.py), all None when config.bootstrap_resamples is 0."""
-    if not config.bootstrap_resamples:
+    distinct = summary.distinct_paths() if config.bootstrap_resamples else None
+    if distinct is None:  # no bootstrap, or more distinct paths than a summary keeps (attribution.MAX_DISTINCT_PATHS)
         return lambda model, channel: dict.fromkeys(INTERVAL_COLUMNS)
     from transforms.bootstrap import bootstrap_shares
 
-    found = bootstrap_shares(summary.distinct_paths(), (summary.order,), True, config.bootstrap_resamples,
+    found = bootstrap_shares(distinct, (summary.order,), True, config.bootstrap_resamples,
                              config.seed, config.confidence).models
     by_model = {"markov": found.get(f"markov_{summary.order}", {}), "shapley": found.get("shapley", {})}
 
