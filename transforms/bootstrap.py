@@ -26,6 +26,7 @@ from transforms.attribution import START
 
 CHUNK = 50  # replicates drawn and fitted together
 
+
 @dataclass(frozen=True)
 class Interval:
     low: float
