@@ -192,13 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Simulate customers and their journeys (social interactions, web sessions, "
                                           "orders) with planted ground truth, and send them to Kafka or write Avro "
                                           "container files. The same seed and knobs give the same records.")
-    gen.add_argument("--customers", type=int, default=1000)
+    gen.add_argument("--customers", type=int, default=1000,
+                     help="customers to simulate, prospects included (default: %(default)s)")
     gen.add_argument("--first-customer", type=int, default=0,
                      help="index of the first customer (ids C<index>): new customers for topics that hold a history")
     gen.add_argument("--days", type=float, default=30.0, help="length of the simulated history")
     gen.add_argument("--start", type=_start, default=GeneratorConfig.start.date().isoformat(),
                      help="first day, ISO-8601 (UTC if no zone) or 'now' (default: %(default)s)")
-    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--seed", type=int, default=7,
+                     help="random seed: the same seed and options give the same records (default: %(default)s)")
     gen.add_argument("--format", choices=FORMAT_CHOICES, default="confluent",
                      help="wire format; 'mixed' picks one per record (default: %(default)s)")
     gen.add_argument("--out-of-order", type=_fraction, default=0.0, help="fraction sent up to 10 min late")
@@ -219,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     peek = commands.add_parser("peek", help="print the first decoded records of a topic as JSON lines")
     peek.add_argument("topic", choices=schemas.TOPICS)
-    peek.add_argument("--limit", type=int, default=10)
+    peek.add_argument("--limit", type=int, default=10, help="records to print at most (default: %(default)s)")
     _add_connection_args(peek)
     peek.set_defaults(func=cmd_peek)
 

@@ -22,6 +22,21 @@ def test_help_lists_the_commands():
     assert "--max-dead-letter-rate" in _run("validate", "--help").stdout
 
 
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from pipelines.cli import build_parser
+
+    def silent(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, command in action.choices.items():
+                    yield from silent(command, f"{path} {name}")
+            elif action.option_strings and not action.help and action.help is not argparse.SUPPRESS:
+                yield f"{path} {'/'.join(action.option_strings)}"
+    assert list(silent(build_parser(), "journeys")) == []
+
+
 def test_generate_writes_avro_container_files_and_a_manifest(tmp_path):
     result = _run("generate", "--customers", "80", "--days", "15", "--seed", "3", "--malformed", "0.05",
                   "--out", str(tmp_path), "--manifest", str(tmp_path / "manifest.json"))
