@@ -118,20 +118,46 @@ def cmd_peek(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    """A query on the published copy of the warehouse (read-only: the writer may be running)."""
+    """A query on the published copy of the warehouse (read-only: the writer may be running). A user's mistake (no
+    such file, table or column, a syntax error) ends in one line on stderr and exit 2, not a traceback."""
+    import duckdb
+
     from transforms.duckdb_warehouse import connect_read_only
 
-    with connect_read_only(args.warehouse) as con:
-        cursor = con.execute(args.query)
-        if cursor.description is None:
-            return 0
-        names = [d[0] for d in cursor.description]
-        rows = [["" if v is None else str(v) for v in row] for row in cursor.fetchall()]
-    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-    print("  ".join(n.ljust(w) for n, w in zip(names, widths)))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    if not args.warehouse.exists():
+        print(f"journeys sql: no warehouse at {args.warehouse} (land one with journeys backfill, or give "
+              "--warehouse)", file=sys.stderr)
+        return 2
+    try:
+        with connect_read_only(args.warehouse) as con:
+            cursor = con.execute(args.query)
+            if cursor.description is None:
+                return 0
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+    except duckdb.Error as error:
+        print(f"journeys sql: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    _print_rows(names, rows, args.format)
     return 0
+
+
+def _print_rows(names: list[str], rows: list[tuple], style: str) -> None:
+    if style == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+    elif style == "json":  # one object per line, as jq and BI loaders take them
+        for row in rows:
+            print(json.dumps(dict(zip(names, row)), default=str))
+    else:
+        text = [["" if v is None else str(v) for v in row] for row in rows]
+        widths = [max([len(n)] + [len(r[i]) for r in text]) for i, n in enumerate(names)]
+        print("  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip())
+        for row in text:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def cmd_report(args) -> int:
@@ -229,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="events per topic per event-time window from Kafka, on a Beam runner "
                              "(`journeys count --help`)")
     sql = commands.add_parser("sql", help="run a SQL query on the published warehouse copy")
-    sql.add_argument("query")
+    sql.add_argument("query", help="one SQL statement (DuckDB's dialect); the tables are in schemas/TABLES.md")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                     help="aligned columns, CSV with a header, or one JSON object per row (default: %(default)s)")
     sql.add_argument("--warehouse", type=Path, default=Path(".local/warehouse/journeys.published.duckdb"),
                      help="DuckDB file to read (default: %(default)s)")
     sql.set_defaults(func=cmd_sql)

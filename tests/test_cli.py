@@ -142,20 +142,17 @@ def test_journeys_sql_cannot_write_any_file_or_read_another(tmp_path, statement)
     import argparse
     import hashlib
 
-    import duckdb
-
     from pipelines.cli import cmd_sql
 
     published = _published_warehouse(tmp_path)
     files = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in tmp_path.iterdir()}
     query = statement.format(published=published, writer=tmp_path / "journeys.duckdb",
                              elsewhere=tmp_path / "elsewhere.duckdb")
-    with pytest.raises(duckdb.Error):
-        cmd_sql(argparse.Namespace(warehouse=published, query=query))
+    assert cmd_sql(argparse.Namespace(warehouse=published, query=query, format="table")) == 2  # refused
     assert {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in tmp_path.iterdir()} == files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journeys.duckdb", "journeys.private.duckdb",
                                                           "journeys.published.duckdb"]
-    assert cmd_sql(argparse.Namespace(warehouse=published, query="SELECT count(*) FROM customers")) == 0
+    assert cmd_sql(argparse.Namespace(warehouse=published, query="SELECT count(*) FROM customers", format="table")) == 0
 
 
 def test_validate_on_a_corrupt_warehouse_fails_loudly_instead_of_validating_the_published_copy(tmp_path, capsys):
@@ -183,3 +180,25 @@ def test_a_pipeline_without_a_pseudonym_key_refuses_to_start(tmp_path):
                           text=True, timeout=300, env=env)
     assert done.returncode == 1 and "no pseudonym key" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_sql_ends_a_users_mistake_in_one_line_and_prints_csv_or_json_lines(tmp_path):
+    import duckdb
+
+    warehouse = tmp_path / "w.duckdb"
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("CREATE TABLE customers AS SELECT 'ps_1' AS customer_id, 2 AS orders, NULL AS segment")
+    for query, says in [("SELECT * FROM customerz", "customerz"), ("SELEC 1", "syntax"),
+                        ("SELECT nope FROM customers", "nope")]:
+        failed = _run("sql", "--warehouse", str(warehouse), query)
+        assert failed.returncode == 2 and failed.stdout == "", query
+        assert len(failed.stderr.strip().splitlines()) == 1 and says in failed.stderr.lower(), failed.stderr
+    missing = _run("sql", "--warehouse", str(tmp_path / "none.duckdb"), "SELECT 1")
+    assert missing.returncode == 2 and "no warehouse at" in missing.stderr and "Traceback" not in missing.stderr
+    query = "SELECT customer_id, orders, segment FROM customers"
+    assert _run("sql", "--warehouse", str(warehouse), "--format", "csv", query).stdout == (
+        "customer_id,orders,segment\nps_1,2,\n")
+    lines = _run("sql", "--warehouse", str(warehouse), "--format", "json", query).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == [{"customer_id": "ps_1", "orders": 2, "segment": None}]
+    assert _run("sql", "--warehouse", str(warehouse), query).stdout.split() == ["customer_id", "orders", "segment",
+                                                                               "ps_1", "2"]
