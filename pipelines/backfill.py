@@ -103,7 +103,17 @@ def build(pipeline, args, connection: KafkaConnection):
             | "Gather" >> beam.GroupByKey()
             | "Commit" >> beam.ParDo(_CommitStaged(warehouse_target(args), end_offsets, quality_config(args),
                                                    args.run_id, directory))
-            | "Report" >> beam.Map(lambda summary: print(summary, flush=True)))
+            | "Report" >> beam.Map(lambda summary: print(landed_summary(summary), flush=True)))
+
+
+def landed_summary(summary: dict) -> str:
+    """What a backfill's commit landed, as lines a person reads (the commit step's dict: published, quarantined,
+    then rows per table)."""
+    tables = {k: v for k, v in summary.items() if k not in ("published", "quarantined")}
+    width = max(map(len, tables), default=0)
+    return "\n".join([f"landed (rows per table; published copy: {summary['published']}):",
+                      *(f"  {table.ljust(width)}  {rows:>12,}" for table, rows in tables.items()),
+                      f"  rows the gate quarantined: {summary['quarantined']:,}"])
 
 
 def parse_args(argv=None):

@@ -202,3 +202,13 @@ def test_sql_ends_a_users_mistake_in_one_line_and_prints_csv_or_json_lines(tmp_p
     assert [json.loads(line) for line in lines] == [{"customer_id": "ps_1", "orders": 2, "segment": None}]
     assert _run("sql", "--warehouse", str(warehouse), query).stdout.split() == ["customer_id", "orders", "segment",
                                                                                "ps_1", "2"]
+
+
+def test_a_backfill_ends_with_what_it_landed_in_lines_a_person_reads():
+    from pipelines.backfill import landed_summary
+
+    text = landed_summary({"published": "/w/j.published.duckdb", "quarantined": 3, "touchpoints": 1234567,
+                           "dead_letters": 9})
+    assert text.splitlines() == ["landed (rows per table; published copy: /w/j.published.duckdb):",
+                                 "  touchpoints      1,234,567", "  dead_letters             9",
+                                 "  rows the gate quarantined: 3"]
