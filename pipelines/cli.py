@@ -108,12 +108,21 @@ def cmd_peek(args) -> int:
     from pipelines.kafka_topics import read_topic
     from transforms import codec
 
-    for message in read_topic(_connection(args), args.topic_prefix + args.topic, limit=args.limit):
-        try:
-            shown = codec.to_json(codec.decode(args.topic, message.value, message.headers))
-        except codec.DecodeError as error:
-            shown = {"undecodable": error.reason, "detail": error.detail}
-        print(json.dumps({"partition": message.partition, "offset": message.offset, **shown}))
+    topic, shown = args.topic_prefix + args.topic, 0
+    try:
+        for message in read_topic(_connection(args), topic, limit=args.limit):
+            try:
+                record = codec.to_json(codec.decode(args.topic, message.value, message.headers))
+            except codec.DecodeError as error:
+                record = {"undecodable": error.reason, "detail": error.detail}
+            print(json.dumps({"partition": message.partition, "offset": message.offset, **record}))
+            shown += 1
+    except RuntimeError as error:  # the topic does not exist
+        print(f"journeys peek: {error}", file=sys.stderr)
+        return 2
+    if not shown:
+        print(f"journeys peek: topic {topic} holds no records", file=sys.stderr)
+        return 1
     return 0
 
 

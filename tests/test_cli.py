@@ -62,6 +62,17 @@ def test_generate_to_kafka_then_peek(kafka, topic_prefix):
     assert len(lines) == 3 and all(line["order_id"] and line["status"] for line in lines)
 
 
+@pytest.mark.integration
+def test_peek_says_when_a_topic_is_empty_or_missing(kafka, topic_prefix):
+    from pipelines.kafka_topics import ensure_topics
+
+    ensure_topics(kafka, prefix=topic_prefix)
+    empty = _run("peek", "orders", "--topic-prefix", topic_prefix)
+    assert (empty.returncode, empty.stdout) == (1, "") and f"topic {topic_prefix}orders holds no records" in empty.stderr
+    missing = _run("peek", "orders", "--topic-prefix", f"{topic_prefix}none_")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["backfill", "stream"])
 def test_a_pipeline_started_with_the_broker_down_fails_once_with_a_clear_error(command, tmp_path):
