@@ -68,7 +68,8 @@ def test_peek_says_when_a_topic_is_empty_or_missing(kafka, topic_prefix):
 
     ensure_topics(kafka, prefix=topic_prefix)
     empty = _run("peek", "orders", "--topic-prefix", topic_prefix)
-    assert (empty.returncode, empty.stdout) == (1, "") and f"topic {topic_prefix}orders holds no records" in empty.stderr
+    assert (empty.returncode, empty.stdout) == (1, "")
+    assert f"topic {topic_prefix}orders holds no records" in empty.stderr
     missing = _run("peek", "orders", "--topic-prefix", f"{topic_prefix}none_")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
