@@ -137,7 +137,9 @@ def run_kafka_pipeline(build, args, beam_args: list[str], streaming: bool = Fals
 
     from transforms.compact_coder import use_compact_coders
     from transforms.kafka_connection import KafkaConnection
+    from transforms.state_sizing import use_cheap_state_sizing
 
+    use_cheap_state_sizing()  # for DoFns run in this process: it may have imported transforms before Beam
     beam_args = list(beam_args)
     if args.runner == BATCH_RUNNER:
         return_freed_memory()

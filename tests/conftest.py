@@ -14,6 +14,12 @@ if not (os.environ.get("JOURNEYS_PSEUDONYM_KEY_FILE") or os.environ.get("JOURNEY
         _out.write("journeys-tests-pseudonym-key\n")
     os.environ["JOURNEYS_PSEUDONYM_KEY_FILE"] = _key_file
 
+# Beam's state cache in this process weighs values as a worker's does (transforms/__init__.py tunes only processes
+# that import Beam before our transforms).
+from transforms.state_sizing import use_cheap_state_sizing  # noqa: E402
+
+use_cheap_state_sizing()
+
 
 @pytest.fixture(scope="session")
 def kafka():

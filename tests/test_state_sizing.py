@@ -1,12 +1,11 @@
 """Beam's state cache weighs our state values the same with the cheaper sizing (a long list by a sample of its
-items), and importing our transforms turns it on."""
+items), and importing our transforms turns it on in a process that has Beam (a worker)."""
 import datetime as dt
 import pickle
 from decimal import Decimal
 
 from apache_beam.runners.worker import statecache
 
-import transforms  # noqa: F401 - turns the cheaper sizing on
 from transforms.state_sizing import SAMPLED_ABOVE, _deep_size
 
 ROW = {"order_id": "o1", "credit": 0.5, "revenue_credit": Decimal("12.34"), "when": dt.datetime(2026, 5, 1),
@@ -21,8 +20,17 @@ def _beam_default(*objs):
                                  get_referents_func=statecache._get_referents_func, filter_func=statecache._filter_func)
 
 
-def test_importing_our_transforms_turns_the_cheaper_sizing_on():
-    assert statecache.get_deep_size is _deep_size
+def test_a_process_with_beam_that_imports_our_transforms_sizes_cheaply_and_one_without_stays_free_of_beam():
+    import subprocess
+    import sys
+
+    worker = ("import apache_beam, transforms; from apache_beam.runners.worker import statecache; "
+              "from transforms.state_sizing import _deep_size; assert statecache.get_deep_size is _deep_size")
+    command = "import sys, transforms, pipelines.cli; assert 'apache_beam' not in sys.modules, 'Beam imported'"
+    for code in (worker, command):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert statecache.get_deep_size is _deep_size  # this process: tests/conftest.py
 
 
 def test_the_cheaper_sizing_weighs_our_state_values_as_beam_does():
