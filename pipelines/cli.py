@@ -105,7 +105,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_peek(args) -> int:
-    from pipelines.kafka_topics import read_topic
+    from pipelines.kafka_topics import MissingTopic, read_topic
     from transforms import codec
 
     topic, shown = args.topic_prefix + args.topic, 0
@@ -117,7 +117,7 @@ def cmd_peek(args) -> int:
                 record = {"undecodable": error.reason, "detail": error.detail}
             print(json.dumps({"partition": message.partition, "offset": message.offset, **record}))
             shown += 1
-    except RuntimeError as error:  # the topic does not exist
+    except MissingTopic as error:
         print(f"journeys peek: {error}", file=sys.stderr)
         return 2
     if not shown:

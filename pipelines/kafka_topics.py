@@ -58,6 +58,10 @@ def ensure_topics(connection: KafkaConnection, *, prefix: str = "", partitions: 
         admin.close()
 
 
+class MissingTopic(RuntimeError):
+    """A topic the broker does not have (the local broker creates none by itself)."""
+
+
 def read_topic(connection: KafkaConnection, kafka_topic: str, limit: int | None = None, timeout_s: float = 60.0):
     """Every record of `kafka_topic` from the beginning up to its end at call time (or `limit` of them).
 
@@ -69,7 +73,7 @@ def read_topic(connection: KafkaConnection, kafka_topic: str, limit: int | None 
     try:
         partitions = [TopicPartition(kafka_topic, p) for p in sorted(consumer.partitions_for_topic(kafka_topic) or ())]
         if not partitions:
-            raise RuntimeError(f"topic {kafka_topic} does not exist at {connection.describe()}")
+            raise MissingTopic(f"topic {kafka_topic} does not exist at {connection.describe()}")
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
