@@ -152,11 +152,9 @@ class PathSummary:
         for here, there in zip(states, states[1:]):
             self.transitions[here][there] += weight
         self.transitions[states[-1]][CONVERSION if converted else NULL] += weight
-        seen = self._distinct_path(tuple(channels))
-        seen[0 if converted else 2] += weight
+        self._count_distinct(tuple(channels), *((weight, 0, (value,)) if converted else (0, weight, ())))
         if converted:
             _add_exactly(self.conversion_value.setdefault(states[-1], []), value)
-            _add_exactly(seen[1], value)
             if channels:
                 self.conversions_by_set[frozenset(channels)] += weight
             group = self.converting.setdefault(tuple(sorted(Counter(channels).items())), [0, []])
@@ -183,25 +181,24 @@ class PathSummary:
         if other.distinct is None:
             self.distinct = None
         for channels, (conversions, partials, nulls) in (other.distinct or {}).items():
-            seen = self._distinct_path(channels)
-            seen[0] += conversions
-            seen[2] += nulls
-            for partial in partials:
-                _add_exactly(seen[1], partial)
+            self._count_distinct(channels, conversions, nulls, partials)
         return self
 
-    def _distinct_path(self, channels: tuple) -> list:
-        """The counts of these channels' distinct path, to add to; a scratch list once the summary stops keeping
-        its distinct paths (more than MAX_DISTINCT_PATHS, or merged with a summary that stopped)."""
-        if self.distinct is not None:
-            seen = self.distinct.get(channels)
-            if seen is not None:
-                return seen
-            if len(self.distinct) < MAX_DISTINCT_PATHS:
-                seen = self.distinct[channels] = [0, [], 0]
-                return seen
-            self.distinct = None
-        return [0, [], 0]
+    def _count_distinct(self, channels: tuple, conversions, nulls, values) -> None:
+        """Adds to the counts of these channels' distinct path; once there would be more than MAX_DISTINCT_PATHS
+        (or after a merge with a summary that stopped), the summary keeps none."""
+        if self.distinct is None:
+            return
+        seen = self.distinct.get(channels)
+        if seen is None:
+            if len(self.distinct) >= MAX_DISTINCT_PATHS:
+                self.distinct = None
+                return
+            seen = self.distinct[channels] = [0, [], 0]
+        seen[0] += conversions
+        seen[2] += nulls
+        for value in values:
+            _add_exactly(seen[1], value)
 
     def distinct_paths(self) -> list | None:
         """The distinct paths as transforms.bootstrap resamples them (each with its conversions, value and nulls),

@@ -109,16 +109,16 @@ def compare_models(paths: list[AggregatedPath], markov_orders=(1, 2, 3), config:
     summaries = {order: summary_of(paths, order) for order in {*markov_orders, 1}}  # Shapley reads order 1's
     intervals = (bootstrap_shares(paths, markov_orders, True, resamples, config.seed, confidence).models
                  if resamples else {})
-    fitted = {"paths": _weight(summaries[1].paths)}
+    paths_fitted = _weight(summaries[1].paths)
     for order in markov_orders:
         markov = markov_removal_effects(summaries[order])
         rows += _rows(f"markov_{order}", *summaries[order].credited(markov.shares(), markov.value_shares()),
-                      fitted=fitted, intervals=intervals.get(f"markov_{order}"))
+                      paths=paths_fitted, intervals=intervals.get(f"markov_{order}"))
     summary = summaries[1]
     fit = (config.shapley_exact_max_channels, config.shapley_samples, config.seed)
     shapley, by_value = shapley_values(summary, *fit), shapley_values(summary, *fit, by_value=True)
     rows += _rows("shapley", *summary.credited(shapley.shares(), by_value.shares()),
-                  errors=(shapley.standard_errors, by_value.standard_errors), fitted=fitted,
+                  errors=(shapley.standard_errors, by_value.standard_errors), paths=paths_fitted,
                   intervals=intervals.get("shapley"))
     return rows
 
@@ -126,7 +126,7 @@ def compare_models(paths: list[AggregatedPath], markov_orders=(1, 2, 3), config:
 INTERVAL_COLUMNS = ("conversions_ci_low", "conversions_ci_high", "value_ci_low", "value_ci_high")
 
 
-def _rows(model: str, conversions: dict, value: dict, errors=None, fitted=None, intervals=None) -> list[dict]:
+def _rows(model: str, conversions: dict, value: dict, errors=None, paths=None, intervals=None) -> list[dict]:
     def bounds(channel: str) -> dict:
         found = intervals.get(channel) if intervals else None
         if found is None:
@@ -137,5 +137,5 @@ def _rows(model: str, conversions: dict, value: dict, errors=None, fitted=None, 
     return [{"model": model, "channel": channel, "conversions": conversions[channel], "value": value.get(channel, 0.0),
              "standard_error_conversions": errors[0].get(channel, 0.0) if errors else None,
              "standard_error_value": errors[1].get(channel, 0.0) if errors else None,
-             **bounds(channel), "paths": fitted["paths"] if fitted else None}
+             **bounds(channel), "paths": paths}
             for channel in sorted(conversions.keys() | value.keys())]

@@ -37,10 +37,10 @@ import numpy as np
 from transforms.currency import to_cents
 from transforms.customer_profiles import CustomerProfile
 from transforms.retention import cohort_start
+from transforms.social_impact import ALL
 from transforms.whole_table import WholeTable, WholeTables, merged_contributions
 
 TABLE = "social_impact_effects"
-ALL = "all"
 ENGAGED, NOT_ENGAGED = "engaged", "not_engaged"
 RESAMPLES = 200
 SEED = 0
